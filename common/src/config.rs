@@ -1,0 +1,185 @@
+//! The plain, validated configuration that the training code takes. It never sees clap types:
+//! `cli::TrainArgs::resolve` turns flags into a [`TrainConfig`] or a [`ConfigError`] naming
+//! the flag and what was expected.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Which network to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelKind {
+    /// LeNet-5 style CNN: conv 1→6 k5, pool, conv 6→16 k5, pool, fc 256→120→84→10.
+    LeNet,
+    /// Multi-layer perceptron 784→500→250→10.
+    Mlp,
+}
+
+impl ModelKind {
+    /// The name the reference uses on its command line (`LeNet`, `MLP`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::LeNet => "LeNet",
+            ModelKind::Mlp => "MLP",
+        }
+    }
+}
+
+/// Where tensors live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceKind {
+    /// CUDA when a GPU is usable, else the CPU.
+    Auto,
+    /// Always the CPU.
+    Cpu,
+    /// A CUDA GPU; an error when none is usable.
+    Cuda,
+}
+
+/// Which communication backend reduces gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackendKind {
+    /// NCCL on CUDA devices, the CPU backend otherwise.
+    Auto,
+    /// NCCL (CUDA only).
+    Nccl,
+    /// The CPU backend (shared memory on one machine, TCP between machines).
+    Cpu,
+}
+
+/// Gradient compression applied before the all-reduce (names follow PyTorch's DDP hooks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompressionKind {
+    /// Plain f32 all-reduce.
+    None,
+    /// Divide by world size, all-reduce in fp16.
+    Fp16,
+    /// Divide by world size, all-reduce in bf16.
+    Bf16,
+    /// Top-k by magnitude with error feedback, exchanged by all-gather.
+    TopK,
+    /// PowerSGD low-rank compression.
+    PowerSgd,
+    /// PowerSGD communicating in fp16.
+    PowerSgdFp16,
+    /// PowerSGD on whole flattened buckets.
+    BatchedPowerSgd,
+    /// Batched PowerSGD communicating in fp16.
+    BatchedPowerSgdFp16,
+}
+
+/// A flag value that cannot be used, with the flag's name and what was expected.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value {value} for {flag}: expected {expected}")]
+pub struct ConfigError {
+    /// The flag, e.g. `--epochs`.
+    pub flag: &'static str,
+    /// The value given, as text.
+    pub value: String,
+    /// What would have been accepted.
+    pub expected: &'static str,
+}
+
+/// Everything a worker needs to train or evaluate, validated.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Network to train or evaluate.
+    pub model: ModelKind,
+    /// Per-process training batch size.
+    pub batch_size: usize,
+    /// Evaluation batch size.
+    pub test_batch_size: usize,
+    /// Number of epochs (the cosine schedule's period).
+    pub epochs: usize,
+    /// Initial learning rate.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay added to gradients.
+    pub weight_decay: f64,
+    /// Log training progress every this many batches.
+    pub log_interval: usize,
+    /// Seed for initialisation and shuffling.
+    pub seed: u64,
+    /// Output folder for the log, metrics and checkpoints.
+    pub path: PathBuf,
+    /// Folder holding the MNIST IDX files.
+    pub data: PathBuf,
+    /// Fetch missing data files from the mirrors.
+    pub download: bool,
+    /// Base URLs to download from, tried in order.
+    pub mirrors: Vec<String>,
+    /// Evaluate this model file instead of training.
+    pub evaluate: Option<PathBuf>,
+    /// Continue from `<path>/checkpoint.bin`.
+    pub resume: bool,
+    /// Device selection.
+    pub device: DeviceKind,
+    /// GPU index for rank 0 (the reference's `--gpu`); later ranks use the following indices.
+    pub gpu: Option<usize>,
+    /// Communication backend.
+    pub backend: BackendKind,
+    /// Gradient bucket size in MiB.
+    pub bucket_cap_mb: f64,
+    /// Gradient compression.
+    pub compression: CompressionKind,
+    /// Fraction of each bucket sent by top-k.
+    pub topk_ratio: f64,
+    /// PowerSGD matrix rank.
+    pub powersgd_rank: usize,
+    /// Steps of plain all-reduce before PowerSGD starts.
+    pub powersgd_start_iter: usize,
+    /// Compare parameter checksums across ranks every N steps (0: never).
+    pub check_sync: usize,
+    /// Seconds a collective may wait for a peer.
+    pub timeout_s: f64,
+    /// Intra-op threads (None: cores / local world size, or OMP_NUM_THREADS).
+    pub threads: Option<usize>,
+    /// Show a progress bar (None: when stdout is a terminal).
+    pub progress: Option<bool>,
+}
+
+impl TrainConfig {
+    /// Check ranges that clap's types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(flag: &'static str, value: impl ToString, expected: &'static str) -> ConfigError {
+            ConfigError { flag, value: value.to_string(), expected }
+        }
+        if self.evaluate.is_none() && self.epochs == 0 {
+            return Err(bad("--epochs", self.epochs, "an integer ≥ 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(bad("--batch-size", self.batch_size, "an integer ≥ 1"));
+        }
+        if self.test_batch_size == 0 {
+            return Err(bad("--test-batch-size", self.test_batch_size, "an integer ≥ 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(bad("--lr", self.lr, "a positive number"));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(bad("--momentum", self.momentum, "a number in [0, 1)"));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(bad("--weight-decay", self.weight_decay, "a number ≥ 0"));
+        }
+        if self.log_interval == 0 {
+            return Err(bad("--log-interval", self.log_interval, "an integer ≥ 1"));
+        }
+        if !(self.bucket_cap_mb.is_finite() && self.bucket_cap_mb > 0.0) {
+            return Err(bad("--bucket-cap-mb", self.bucket_cap_mb, "a positive number"));
+        }
+        if !(self.topk_ratio > 0.0 && self.topk_ratio <= 1.0) {
+            return Err(bad("--topk-ratio", self.topk_ratio, "a number in (0, 1]"));
+        }
+        if self.powersgd_rank == 0 {
+            return Err(bad("--powersgd-rank", self.powersgd_rank, "an integer ≥ 1"));
+        }
+        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
+            return Err(bad("--timeout", self.timeout_s, "a positive number of seconds"));
+        }
+        if self.threads == Some(0) {
+            return Err(bad("--threads", 0, "an integer ≥ 1"));
+        }
+        Ok(())
+    }
+}

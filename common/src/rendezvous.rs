@@ -1,0 +1,1 @@
+//! Rendezvous file format (filled in by the multi-process work).

@@ -1,0 +1,1 @@
+//! mnist-comm (in progress).

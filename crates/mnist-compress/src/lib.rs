@@ -1,0 +1,1 @@
+//! mnist-compress (in progress).

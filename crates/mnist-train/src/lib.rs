@@ -1,0 +1,1 @@
+//! mnist-train (in progress).
