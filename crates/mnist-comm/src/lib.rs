@@ -1,1 +1,102 @@
-//! mnist-comm (in progress).
+//! Collective communication between the ranks of one training job.
+//!
+//! [`Communicator`] is the small trait every backend implements; it is passed explicitly to
+//! the training loop (no global singleton). [`Solo`] is the trivial world of one process.
+
+mod solo;
+
+pub use solo::Solo;
+
+/// How an all-reduce combines the ranks' buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// Element-wise sum.
+    Sum,
+    /// Element-wise sum divided by the world size.
+    Average,
+}
+
+/// A failed collective; every message names the rank and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum CommError {
+    /// A peer exited, crashed or reported an error of its own.
+    #[error("rank {rank}: {op} failed: peer rank {peer} {what}")]
+    PeerFailed {
+        /// This rank.
+        rank: usize,
+        /// The collective that was under way.
+        op: String,
+        /// The peer that failed.
+        peer: usize,
+        /// What happened to it.
+        what: String,
+    },
+    /// A peer did not arrive within the timeout.
+    #[error("rank {rank}: {op} timed out after {seconds:.1}s waiting for rank(s) {missing:?}")]
+    Timeout {
+        /// This rank.
+        rank: usize,
+        /// The collective that was under way.
+        op: String,
+        /// Seconds waited.
+        seconds: f64,
+        /// Ranks that had not arrived.
+        missing: Vec<usize>,
+    },
+    /// Ranks called different collectives, or the same one with different sizes.
+    #[error("rank {rank}: collective mismatch at sequence {seq}: {detail}")]
+    Mismatch {
+        /// This rank.
+        rank: usize,
+        /// Sequence number of the collective.
+        seq: u64,
+        /// Which ranks called what.
+        detail: String,
+    },
+    /// Setting up the process group failed.
+    #[error("rank {rank}: rendezvous failed: {detail}")]
+    Rendezvous {
+        /// This rank.
+        rank: usize,
+        /// What went wrong.
+        detail: String,
+    },
+    /// An operating-system call failed.
+    #[error("rank {rank}: {op}: {source}")]
+    Io {
+        /// This rank.
+        rank: usize,
+        /// What was being done.
+        op: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Collectives over the ranks of one job. Every rank must call the same collectives in the
+/// same order with the same sizes; a mismatch is an error on every rank, never a hang.
+pub trait Communicator: Send {
+    /// This process's rank.
+    fn rank(&self) -> usize;
+    /// Number of ranks.
+    fn world_size(&self) -> usize;
+    /// All-reduce f32 values in place.
+    fn all_reduce_f32(&mut self, buf: &mut [f32], op: ReduceOp) -> Result<(), CommError>;
+    /// All-reduce fp16 values in place (accumulated in f32).
+    fn all_reduce_f16(&mut self, buf: &mut [half::f16], op: ReduceOp) -> Result<(), CommError>;
+    /// All-reduce bf16 values in place (accumulated in f32).
+    fn all_reduce_bf16(&mut self, buf: &mut [half::bf16], op: ReduceOp) -> Result<(), CommError>;
+    /// Copy `root`'s bytes into every rank's `buf` (all the same length).
+    fn broadcast(&mut self, buf: &mut [u8], root: usize) -> Result<(), CommError>;
+    /// Gather every rank's bytes (lengths may differ); index r holds rank r's.
+    fn all_gather_bytes(&mut self, send: &[u8]) -> Result<Vec<Vec<u8>>, CommError>;
+    /// Wait until every rank has arrived.
+    fn barrier(&mut self) -> Result<(), CommError>;
+    /// Payload bytes this rank has sent so far (what a network would carry: for an all-reduce
+    /// of n bytes over w ranks, the ring figure 2·n·(w−1)/w; for an all-gather, its own bytes
+    /// times (w−1)). Used to report compression ratios.
+    fn bytes_sent(&self) -> u64;
+    /// Tell the peers this rank is failing, so they stop instead of waiting (best effort).
+    fn abort(&mut self, reason: &str);
+}
