@@ -30,7 +30,7 @@ pub const EXIT_PEER_FAILED: i32 = 3;
 pub const EXIT_USAGE: i32 = 2;
 
 /// Who a worker is within the job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkerIdentity {
     /// Global rank.
     pub rank: usize,
