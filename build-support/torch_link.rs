@@ -1,3 +1,4 @@
+//! Build script shared by the packages that link libtorch: rpath and libtorch_cuda linking.
 // Shared build script for every package whose binaries or tests link libtorch through tch.
 //
 // It (1) records an rpath to libtorch's lib folder so binaries run without LD_LIBRARY_PATH,

@@ -1,1 +1,252 @@
-//! mnist-models (in progress).
+//! The reference's two networks, LeNet and MLP, on tch with PyTorch's parameter names
+//! (`conv1.weight`, `fc1.bias`, …) and PyTorch's default initialisation.
+//!
+//! Parameters are created in a [`tch::nn::VarStore`] and listed in `state_dict` order by
+//! [`Model::parameters`]. The forward pass is written with functional ops so the graph is
+//! exactly the reference's: `relu(maxpool(conv))` twice, then three linear layers.
+
+use tch::{nn, Device, Kind, Tensor};
+
+/// Which network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// conv 1→6 k5, maxpool 2, relu, conv 6→16 k5, maxpool 2, relu, fc 256→120→84→10.
+    LeNet,
+    /// fc 784→500→250→10 with relu between.
+    Mlp,
+}
+
+impl Arch {
+    /// The parameters of this network in PyTorch's `state_dict` order, with their shapes.
+    pub fn parameter_shapes(self) -> Vec<(&'static str, Vec<i64>)> {
+        match self {
+            Arch::LeNet => vec![
+                ("conv1.weight", vec![6, 1, 5, 5]),
+                ("conv1.bias", vec![6]),
+                ("conv2.weight", vec![16, 6, 5, 5]),
+                ("conv2.bias", vec![16]),
+                ("fc1.weight", vec![120, 256]),
+                ("fc1.bias", vec![120]),
+                ("fc2.weight", vec![84, 120]),
+                ("fc2.bias", vec![84]),
+                ("fc3.weight", vec![10, 84]),
+                ("fc3.bias", vec![10]),
+            ],
+            Arch::Mlp => vec![
+                ("fc1.weight", vec![500, 784]),
+                ("fc1.bias", vec![500]),
+                ("fc2.weight", vec![250, 500]),
+                ("fc2.bias", vec![250]),
+                ("fc3.weight", vec![10, 250]),
+                ("fc3.bias", vec![10]),
+            ],
+        }
+    }
+
+    /// The name used on the command line and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::LeNet => "LeNet",
+            Arch::Mlp => "MLP",
+        }
+    }
+}
+
+/// One named parameter of a model.
+#[derive(Debug)]
+pub struct Parameter {
+    /// PyTorch name, e.g. `conv1.weight`.
+    pub name: &'static str,
+    /// The leaf variable (requires grad).
+    pub tensor: Tensor,
+}
+
+/// A network with its parameters.
+pub struct Model {
+    arch: Arch,
+    /// Holds the variables; kept so they stay alive and trainable.
+    pub vs: nn::VarStore,
+    params: Vec<Parameter>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("arch", &self.arch).finish()
+    }
+}
+
+impl Model {
+    /// Create the network on `device` with PyTorch's default initialisation: for conv and
+    /// linear layers, weight and bias ~ U(−1/√fan_in, 1/√fan_in) (kaiming_uniform with a=√5).
+    /// Call `tch::manual_seed` first for reproducible values.
+    pub fn new(arch: Arch, device: Device) -> Model {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let mut params = Vec::new();
+        for (name, shape) in arch.parameter_shapes() {
+            let (layer, kind) = name.split_once('.').expect("parameter names are layer.kind");
+            let fan_in = fan_in(arch, layer);
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let t = (&root / layer).var(kind, &shape, nn::Init::Uniform { lo: -bound, up: bound });
+            params.push(Parameter { name, tensor: t });
+        }
+        Model { arch, vs, params }
+    }
+
+    /// Which network this is.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// Parameters in `state_dict` order.
+    pub fn parameters(&self) -> &[Parameter] {
+        &self.params
+    }
+
+    /// Number of scalar parameters.
+    pub fn numel(&self) -> usize {
+        self.params.iter().map(|p| p.tensor.numel()).sum()
+    }
+
+    fn p(&self, i: usize) -> &Tensor {
+        &self.params[i].tensor
+    }
+
+    /// Logits `[N, 10]` for normalised images `[N, 1, 28, 28]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        match self.arch {
+            Arch::LeNet => {
+                let x = x
+                    .conv2d(self.p(0), Some(self.p(1)), [1, 1], [0, 0], [1, 1], 1)
+                    .max_pool2d_default(2)
+                    .relu();
+                let x = x
+                    .conv2d(self.p(2), Some(self.p(3)), [1, 1], [0, 0], [1, 1], 1)
+                    .max_pool2d_default(2)
+                    .relu();
+                let x = x.view([-1, 256]);
+                let x = x.linear(self.p(4), Some(self.p(5))).relu();
+                let x = x.linear(self.p(6), Some(self.p(7))).relu();
+                x.linear(self.p(8), Some(self.p(9)))
+            }
+            Arch::Mlp => {
+                let x = x.view([-1, 784]);
+                let x = x.linear(self.p(0), Some(self.p(1))).relu();
+                let x = x.linear(self.p(2), Some(self.p(3))).relu();
+                x.linear(self.p(4), Some(self.p(5)))
+            }
+        }
+    }
+
+    /// Copy `values` (in `state_dict` order, each flattened) into the parameters.
+    pub fn load_values(&mut self, values: &[Vec<f32>]) -> Result<(), ModelError> {
+        if values.len() != self.params.len() {
+            return Err(ModelError::Count { expected: self.params.len(), found: values.len() });
+        }
+        tch::no_grad(|| {
+            for (p, v) in self.params.iter_mut().zip(values) {
+                if v.len() != p.tensor.numel() {
+                    return Err(ModelError::Size {
+                        name: p.name,
+                        expected: p.tensor.size(),
+                        found: v.len(),
+                    });
+                }
+                let src = Tensor::from_slice(v).view(p.tensor.size().as_slice()).to_device(p.tensor.device());
+                p.tensor.copy_(&src);
+            }
+            Ok(())
+        })
+    }
+
+    /// The parameters' values, flattened, in `state_dict` order.
+    pub fn values(&self) -> Vec<Vec<f32>> {
+        self.params
+            .iter()
+            .map(|p| {
+                let t = p.tensor.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+                let mut v = vec![0f32; t.numel()];
+                t.copy_data(&mut v, t.numel());
+                v
+            })
+            .collect()
+    }
+}
+
+fn fan_in(arch: Arch, layer: &str) -> usize {
+    match (arch, layer) {
+        (Arch::LeNet, "conv1") => 25,
+        (Arch::LeNet, "conv2") => 6 * 25,
+        (Arch::LeNet, "fc1") => 256,
+        (Arch::LeNet, "fc2") => 120,
+        (Arch::LeNet, "fc3") => 84,
+        (Arch::Mlp, "fc1") => 784,
+        (Arch::Mlp, "fc2") => 500,
+        (Arch::Mlp, "fc3") => 250,
+        _ => unreachable!("unknown layer {layer}"),
+    }
+}
+
+/// Values that do not fit the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Wrong number of tensors.
+    #[error("expected {expected} parameter tensors, found {found}")]
+    Count {
+        /// Parameters in the model.
+        expected: usize,
+        /// Tensors given.
+        found: usize,
+    },
+    /// A tensor of the wrong size.
+    #[error("parameter {name}: expected shape {expected:?}, found {found} values")]
+    Size {
+        /// Parameter name.
+        name: &'static str,
+        /// The model's shape.
+        expected: Vec<i64>,
+        /// Values given.
+        found: usize,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_and_names_match_pytorch() {
+        tch::manual_seed(0);
+        let m = Model::new(Arch::LeNet, Device::Cpu);
+        let names: Vec<_> = m.parameters().iter().map(|p| p.name).collect();
+        assert_eq!(names[0], "conv1.weight");
+        assert_eq!(m.numel(), 44426);
+        let out = m.forward(&Tensor::zeros([3, 1, 28, 28], (Kind::Float, Device::Cpu)));
+        assert_eq!(out.size(), vec![3, 10]);
+        let mlp = Model::new(Arch::Mlp, Device::Cpu);
+        assert_eq!(mlp.numel(), 784 * 500 + 500 + 500 * 250 + 250 + 2510);
+        assert_eq!(mlp.forward(&Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu))).size(), vec![2, 10]);
+    }
+
+    #[test]
+    fn init_bounds_are_pytorch_defaults() {
+        tch::manual_seed(1);
+        let m = Model::new(Arch::LeNet, Device::Cpu);
+        let w = &m.parameters()[4].tensor; // fc1.weight, fan_in 256 → bound 1/16
+        let max = w.abs().max().double_value(&[]);
+        assert!(max <= 1.0 / 16.0 && max > 0.9 / 16.0, "max |w| = {max}");
+        let mean = w.mean(Kind::Float).double_value(&[]);
+        assert!(mean.abs() < 0.002, "mean {mean}");
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let mut m = Model::new(Arch::Mlp, Device::Cpu);
+        let mut v = m.values();
+        v[1][0] = 42.0;
+        m.load_values(&v).unwrap();
+        assert_eq!(m.values()[1][0], 42.0);
+        v.pop();
+        assert!(m.load_values(&v).is_err());
+    }
+}
