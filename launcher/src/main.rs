@@ -1,1 +1,24 @@
-fn main() {}
+//! `mnist-launch`: parse the flags, resolve them, and hand over to [`mnist_launch::run`].
+//! Errors are printed as one line (`mnist-launch: error: …`), followed by the failed worker's
+//! log tail when there is one; the exit codes are listed in the library's documentation.
+
+use clap::Parser;
+use mnist_launch::{LaunchArgs, LaunchError};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = LaunchArgs::parse();
+    let result = args.resolve().map_err(LaunchError::from).and_then(|cfg| mnist_launch::run(&cfg));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let code = err.exit_code();
+            let details = err.details();
+            eprintln!("mnist-launch: error: {:#}", anyhow::Error::new(err));
+            for line in details {
+                eprintln!("mnist-launch: {line}");
+            }
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! `mnist-launch`'s command line ([`LaunchArgs`]) and the plain, validated [`LaunchConfig`]
+//! it resolves to. The training flags are validated here too (so a typo fails before any
+//! process starts) and then forwarded to every worker unchanged.
+
+use clap::Parser;
+use mnist_common::cli::{DeviceArg, TrainArgs};
+use mnist_common::ConfigError;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Name of the worker program looked up next to the launcher's own executable.
+pub const WORKER_PROGRAM: &str = "mnist-worker";
+
+/// Start one training worker per rank and supervise them as a group (like torchrun).
+#[derive(Parser, Clone, Debug)]
+#[command(name = "mnist-launch", version)]
+pub struct LaunchArgs {
+    /// Training flags, forwarded to every worker.
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Worker processes to start [default: the number of visible GPUs, or 1; 1 with
+    /// --device cpu; the length of --gpus when given].
+    #[arg(long, visible_alias = "nproc-per-node", value_name = "N")]
+    pub nproc: Option<usize>,
+    /// GPUs to use, e.g. 0,2: rank r uses the r-th entry (passed to workers as MNIST_GPUS).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub gpus: Option<Vec<usize>>,
+    /// Seconds each worker waits at the rendezvous for its peers.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub rendezvous_timeout: f64,
+    /// Seconds between SIGTERM and SIGKILL when the workers are stopped.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub grace_period: f64,
+    /// The worker program [default: mnist-worker next to this executable].
+    #[arg(long, hide = true, env = "MNIST_WORKER_BIN", value_name = "PATH")]
+    pub worker_bin: Option<PathBuf>,
+}
+
+/// The resolved launch: plain values only, no clap types.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaunchConfig {
+    /// Number of workers (the world size).
+    pub nproc: usize,
+    /// GPU index for each local rank, when `--gpus` was given (`len() == nproc`).
+    pub gpus: Option<Vec<usize>>,
+    /// The worker program.
+    pub worker_bin: PathBuf,
+    /// Training flags, as arguments every worker receives first.
+    pub worker_args: Vec<String>,
+    /// Folder for `rank<N>.log` (the `--path` flag).
+    pub log_dir: PathBuf,
+    /// Seconds each worker waits at the rendezvous.
+    pub rendezvous_timeout_s: f64,
+    /// Time between SIGTERM and SIGKILL when stopping workers.
+    pub grace_period: Duration,
+    /// Adjustments made while resolving, worth one line on stderr each.
+    pub notes: Vec<String>,
+}
+
+/// Facts about the machine that resolution depends on, given explicitly so tests can vary them.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    /// GPUs visible to this process (see [`crate::gpus::visible_gpu_count`]).
+    pub visible_gpus: usize,
+    /// This executable, whose folder holds `mnist-worker` by default.
+    pub current_exe: Option<PathBuf>,
+}
+
+impl Environment {
+    /// The real machine.
+    pub fn detect() -> Self {
+        Environment {
+            visible_gpus: crate::gpus::visible_gpu_count(),
+            current_exe: std::env::current_exe().ok(),
+        }
+    }
+}
+
+/// A launcher flag with a value that cannot work; every message names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    /// A training flag is out of range.
+    #[error(transparent)]
+    Train(#[from] ConfigError),
+    /// `--nproc 0`.
+    #[error("invalid value 0 for --nproc: expected an integer ≥ 1")]
+    ZeroNproc,
+    /// `--gpus` with no entries.
+    #[error("invalid value for --gpus: expected a comma-separated list of GPU indices, e.g. 0,2")]
+    EmptyGpus,
+    /// `--nproc` and `--gpus` disagree.
+    #[error("--nproc {nproc} does not match --gpus {gpus} ({len} entries); give one of them or make them agree")]
+    NprocGpusMismatch {
+        /// The `--nproc` value.
+        nproc: usize,
+        /// The `--gpus` value as written.
+        gpus: String,
+        /// Its number of entries.
+        len: usize,
+    },
+    /// A `--gpus` entry beyond the visible GPUs.
+    #[error("invalid value {gpus} for --gpus: GPU {index} does not exist ({visible} visible; indices count from 0 within CUDA_VISIBLE_DEVICES)")]
+    GpuOutOfRange {
+        /// The `--gpus` value as written.
+        gpus: String,
+        /// The offending index.
+        index: usize,
+        /// How many GPUs are visible.
+        visible: usize,
+    },
+    /// `--gpu` and `--gpus` together.
+    #[error("--gpu {gpu} and --gpus {gpus} cannot be combined; use --gpus alone")]
+    GpuAndGpus {
+        /// The `--gpu` value.
+        gpu: usize,
+        /// The `--gpus` value as written.
+        gpus: String,
+    },
+    /// A negative, infinite or NaN duration.
+    #[error("invalid value {value} for {flag}: expected {expected}")]
+    BadSeconds {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: f64,
+        /// What would be accepted.
+        expected: &'static str,
+    },
+    /// The worker program is missing or not executable.
+    #[error("worker program {path:?} (--worker-bin / MNIST_WORKER_BIN) {problem}")]
+    WorkerBin {
+        /// The program looked for.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// No `--worker-bin` and this executable's folder is unknown.
+    #[error("cannot find {WORKER_PROGRAM} next to this executable (its path is unknown); pass --worker-bin or set MNIST_WORKER_BIN")]
+    NoCurrentExe,
+}
+
+fn list(gpus: &[usize]) -> String {
+    gpus.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+}
+
+impl LaunchArgs {
+    /// Validate against the real machine.
+    pub fn resolve(&self) -> Result<LaunchConfig, ArgsError> {
+        self.resolve_in(&Environment::detect())
+    }
+
+    /// Validate against the machine described by `env`.
+    pub fn resolve_in(&self, env: &Environment) -> Result<LaunchConfig, ArgsError> {
+        self.train.resolve()?;
+        let mut notes = Vec::new();
+        let mut gpus = self.gpus.clone();
+        if let Some(g) = &gpus {
+            if g.is_empty() {
+                return Err(ArgsError::EmptyGpus);
+            }
+            if let Some(gpu) = self.train.gpu {
+                return Err(ArgsError::GpuAndGpus { gpu, gpus: list(g) });
+            }
+            if env.visible_gpus > 0 {
+                if let Some(&index) = g.iter().find(|&&i| i >= env.visible_gpus) {
+                    return Err(ArgsError::GpuOutOfRange {
+                        gpus: list(g),
+                        index,
+                        visible: env.visible_gpus,
+                    });
+                }
+            }
+        }
+        let mut nproc = match (self.nproc, &gpus) {
+            (Some(0), _) => return Err(ArgsError::ZeroNproc),
+            (Some(n), Some(g)) if n != g.len() => {
+                return Err(ArgsError::NprocGpusMismatch { nproc: n, gpus: list(g), len: g.len() })
+            }
+            (Some(n), _) => n,
+            (None, Some(g)) => g.len(),
+            (None, None) if self.train.device == DeviceArg::Cpu => 1,
+            (None, None) => env.visible_gpus.max(1),
+        };
+        if self.train.evaluate.is_some() && nproc > 1 {
+            notes.push(format!("--evaluate runs one process (not {nproc})"));
+            nproc = 1;
+            if let Some(g) = &mut gpus {
+                g.truncate(1);
+            }
+        }
+        let rendezvous_timeout_s = self.rendezvous_timeout;
+        if !(rendezvous_timeout_s.is_finite() && rendezvous_timeout_s > 0.0) {
+            return Err(ArgsError::BadSeconds {
+                flag: "--rendezvous-timeout",
+                value: rendezvous_timeout_s,
+                expected: "a positive number of seconds",
+            });
+        }
+        let grace_period = Duration::try_from_secs_f64(self.grace_period).map_err(|_| {
+            ArgsError::BadSeconds {
+                flag: "--grace-period",
+                value: self.grace_period,
+                expected: "a number of seconds ≥ 0",
+            }
+        })?;
+        let worker_bin = match &self.worker_bin {
+            Some(p) => p.clone(),
+            None => env
+                .current_exe
+                .as_deref()
+                .and_then(Path::parent)
+                .ok_or(ArgsError::NoCurrentExe)?
+                .join(WORKER_PROGRAM),
+        };
+        check_executable(&worker_bin)?;
+        Ok(LaunchConfig {
+            nproc,
+            gpus,
+            worker_bin,
+            worker_args: self.train.to_args(),
+            log_dir: self.train.path.clone(),
+            rendezvous_timeout_s,
+            grace_period,
+            notes,
+        })
+    }
+}
+
+/// Fail unless `path` is a regular file with an execute bit.
+fn check_executable(path: &Path) -> Result<(), ArgsError> {
+    let problem = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "does not exist (build it with `cargo build --release -p mnist-worker`)".to_string()
+        }
+        Err(e) => format!("cannot be read: {e}"),
+        Ok(m) if !m.is_file() => "is not a regular file".to_string(),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => "is not executable".to_string(),
+        Ok(_) => return Ok(()),
+    };
+    Err(ArgsError::WorkerBin { path: path.to_path_buf(), problem })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(gpus: usize) -> Environment {
+        // Any executable file works as the worker here.
+        Environment { visible_gpus: gpus, current_exe: Some(PathBuf::from("/bin/sh")) }
+    }
+
+    fn parse(extra: &[&str]) -> LaunchArgs {
+        let args = ["mnist-launch", "--worker-bin", "/bin/sh"].iter().chain(extra);
+        LaunchArgs::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn nproc_defaults() {
+        assert_eq!(parse(&[]).resolve_in(&env(0)).unwrap().nproc, 1);
+        assert_eq!(parse(&[]).resolve_in(&env(4)).unwrap().nproc, 4);
+        assert_eq!(parse(&["--device", "cpu"]).resolve_in(&env(4)).unwrap().nproc, 1);
+        assert_eq!(parse(&["--nproc", "3"]).resolve_in(&env(0)).unwrap().nproc, 3);
+        let c = parse(&["--gpus", "0,2"]).resolve_in(&env(4)).unwrap();
+        assert_eq!((c.nproc, c.gpus), (2, Some(vec![0, 2])));
+    }
+
+    #[test]
+    fn evaluate_forces_one_process() {
+        let c = parse(&["--nproc", "4", "--evaluate", "m.pt"]).resolve_in(&env(4)).unwrap();
+        assert_eq!(c.nproc, 1);
+        assert_eq!(c.notes.len(), 1);
+        let c = parse(&["--gpus", "1,3", "--evaluate", "m.pt"]).resolve_in(&env(4)).unwrap();
+        assert_eq!((c.nproc, c.gpus), (1, Some(vec![1])));
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--nproc", "0"], "--nproc"),
+            (&["--nproc", "3", "--gpus", "0,1"], "--nproc 3"),
+            (&["--gpus", "0,7"], "GPU 7"),
+            (&["--gpus", "0", "--gpu", "1"], "--gpu 1"),
+            (&["--grace-period", "-1"], "--grace-period"),
+            (&["--rendezvous-timeout", "0"], "--rendezvous-timeout"),
+            (&["--epochs", "0"], "--epochs"),
+        ];
+        for (argv, needle) in cases {
+            let e = parse(argv).resolve_in(&env(2)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{argv:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn worker_bin_default_and_checks() {
+        let mut a = LaunchArgs::try_parse_from(["mnist-launch"]).unwrap();
+        a.worker_bin = None; // whatever MNIST_WORKER_BIN says
+        let e = Environment { visible_gpus: 0, current_exe: Some("/nonexistent/dir/mnist-launch".into()) };
+        let msg = a.resolve_in(&e).unwrap_err().to_string();
+        assert!(msg.contains("/nonexistent/dir/mnist-worker") && msg.contains("does not exist"), "{msg}");
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("w");
+        std::fs::write(&plain, "").unwrap();
+        a.worker_bin = Some(plain);
+        let msg = a.resolve_in(&env(0)).unwrap_err().to_string();
+        assert!(msg.contains("not executable") && msg.contains("--worker-bin"), "{msg}");
+    }
+
+    #[test]
+    fn worker_args_parse_back() {
+        let c = parse(&["--epochs", "3", "--model", "MLP"]).resolve_in(&env(0)).unwrap();
+        let back = LaunchArgs::try_parse_from(
+            ["x", "--worker-bin", "/bin/sh"].iter().map(|s| s.to_string()).chain(c.worker_args.clone()),
+        )
+        .unwrap();
+        assert_eq!(back.train.to_args(), c.worker_args);
+        assert_eq!(c.log_dir, PathBuf::from("./logging/"));
+    }
+}

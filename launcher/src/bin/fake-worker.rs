@@ -1,0 +1,99 @@
+//! A stand-in for `mnist-worker` in the launcher's tests. It accepts and ignores every flag,
+//! takes its rank from the environment (RANK, WORLD_SIZE), prints `rank R of W …`, and then
+//! behaves as the FAKE_* environment variables say:
+//!
+//! - `FAKE_PID_DIR=dir`: write its pid to `dir/rank<R>.pid` first.
+//! - `FAKE_IGNORE_TERM=1`: ignore SIGTERM (so only SIGKILL stops it).
+//! - `FAKE_SPAM=N`: write N lines to stdout and N to stderr as fast as it can.
+//! - `FAKE_EXIT_RANK=r` + `FAKE_EXIT_CODE=c`: rank r exits with code c.
+//! - `FAKE_SIGNAL_RANK=r` + `FAKE_SIGNAL=SIGSEGV`: rank r kills itself with that signal.
+//!   Both wait until every rank wrote its pid file (with FAKE_PID_DIR), then FAKE_DELAY_MS
+//!   (default 200).
+//! - `FAKE_HANG=1`: the other ranks sleep forever.
+//! - `FAKE_SLEEP_MS=n`: sleep n ms before exiting 0.
+
+use nix::sys::signal::{raise, signal, SigHandler, Signal};
+use std::io::Write;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+fn var(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+fn num<T: FromStr>(k: &str) -> Option<T> {
+    var(k).and_then(|v| v.parse().ok())
+}
+
+fn wait_for_pid_files(world: usize) {
+    let Some(dir) = var("FAKE_PID_DIR") else { return };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && !(0..world).all(|r| std::path::Path::new(&dir).join(format!("rank{r}.pid")).exists())
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn main() {
+    let rank: usize = num("RANK").unwrap_or(0);
+    let world: usize = num("WORLD_SIZE").unwrap_or(1);
+    if var("FAKE_IGNORE_TERM").is_some() {
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.expect("ignore SIGTERM");
+    }
+    if let Some(dir) = var("FAKE_PID_DIR") {
+        let dir = std::path::Path::new(&dir);
+        let tmp = dir.join(format!("rank{rank}.pid.tmp"));
+        std::fs::write(&tmp, std::process::id().to_string()).expect("write pid file");
+        std::fs::rename(&tmp, dir.join(format!("rank{rank}.pid"))).expect("rename pid file");
+    }
+    let env = |k: &str| var(k).unwrap_or_default();
+    println!(
+        "rank {rank} of {world} pid={} rendezvous={} run_id={} omp={} gpus={} args={}",
+        std::process::id(),
+        env("MNIST_RENDEZVOUS"),
+        env("MNIST_RUN_ID"),
+        env("OMP_NUM_THREADS"),
+        env("MNIST_GPUS"),
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    eprintln!("rank {rank}: hello on stderr");
+    if let Some(n) = num::<usize>("FAKE_SPAM") {
+        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+        for i in 0..n {
+            let _ = writeln!(out, "rank {rank} stdout line {i}");
+            let _ = writeln!(err, "rank {rank} stderr line {i}");
+        }
+    }
+    let delay = Duration::from_millis(num("FAKE_DELAY_MS").unwrap_or(200));
+    if num::<usize>("FAKE_EXIT_RANK") == Some(rank) {
+        wait_for_pid_files(world);
+        std::thread::sleep(delay);
+        let code: i32 = num("FAKE_EXIT_CODE").unwrap_or(1);
+        println!("rank {rank}: failing on purpose with code {code}");
+        std::process::exit(code);
+    }
+    if num::<usize>("FAKE_SIGNAL_RANK") == Some(rank) {
+        wait_for_pid_files(world);
+        std::thread::sleep(delay);
+        let sig = var("FAKE_SIGNAL").and_then(|s| Signal::from_str(&s).ok()).unwrap_or(Signal::SIGSEGV);
+        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: setrlimit only reads the struct passed by reference.
+        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+        println!("rank {rank}: raising {sig}");
+        let _ = std::io::stdout().flush();
+        let _ = raise(sig);
+        std::thread::sleep(Duration::from_secs(5));
+        std::process::exit(99);
+    }
+    if var("FAKE_HANG").is_some() {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    if let Some(ms) = num("FAKE_SLEEP_MS") {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    println!("rank {rank} done");
+}

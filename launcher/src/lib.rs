@@ -1,0 +1,210 @@
+//! `mnist-launch` as a library: start one `mnist-worker` per rank, pump their output into
+//! per-rank logs, supervise them as a group and report the first failure (see [`run`]).
+//!
+//! Exit codes of the binary: 0 all workers succeeded; 1 a worker failed (or the launch could
+//! not start); 2 bad command-line usage; 128 + signal number when the launcher was stopped by
+//! SIGINT (130), SIGTERM (143) or SIGHUP (129).
+
+pub mod args;
+pub mod gpus;
+pub mod group;
+pub mod output;
+pub mod signals;
+pub mod spec;
+
+pub use args::{ArgsError, LaunchArgs, LaunchConfig};
+pub use group::{Exit, Exited, Outcome};
+
+use nix::sys::signal::Signal;
+use output::{rank_log_path, Pumps, RankLog, Stream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long to wait, after the last worker is reaped, for its output to be drained.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a launch did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Bad flags.
+    #[error(transparent)]
+    Args(#[from] ArgsError),
+    /// The log folder cannot be created.
+    #[error("cannot create the log folder {path:?} (--path)")]
+    LogDir {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A rank's log file cannot be created.
+    #[error("cannot create the log file {path:?} (--path)")]
+    LogFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The signal handlers cannot be installed.
+    #[error("cannot install signal handlers")]
+    Signals(#[source] nix::Error),
+    /// A worker cannot be started.
+    #[error("cannot start worker rank {rank}: {program:?} (--worker-bin)")]
+    Spawn {
+        /// Its rank.
+        rank: usize,
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker failed; the others were stopped.
+    #[error("{0}")]
+    WorkerFailed(Box<WorkerFailure>),
+    /// The launcher was told to stop; the workers were stopped.
+    #[error("stopped by {} after forwarding SIGTERM to {workers} worker(s)", .signal.as_str())]
+    Interrupted {
+        /// The signal received.
+        signal: Signal,
+        /// Number of workers.
+        workers: usize,
+    },
+}
+
+/// The first worker failure of a launch (the root cause).
+#[derive(Debug, Clone)]
+pub struct WorkerFailure {
+    /// The worker that failed first.
+    pub first: Exited,
+    /// Its log file.
+    pub log: PathBuf,
+    /// Its last lines of output.
+    pub tail: Vec<String>,
+    /// How the other workers ended.
+    pub others: Vec<Exited>,
+}
+
+impl std::fmt::Display for WorkerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = &self.first;
+        write!(f, "worker rank {} (pid {}) {} (first failure; log: {})", e.rank, e.pid, e.exit, self.log.display())
+    }
+}
+
+impl LaunchError {
+    /// The launcher's exit code for this error (see the crate docs).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LaunchError::Args(_) => mnist_common::contract::EXIT_USAGE,
+            LaunchError::Interrupted { signal, .. } => signals::exit_code_for(*signal),
+            _ => 1,
+        }
+    }
+
+    /// Lines to print after the one-line error: the failed worker's log tail and how the
+    /// other workers ended.
+    pub fn details(&self) -> Vec<String> {
+        let LaunchError::WorkerFailed(f) = self else { return Vec::new() };
+        let mut v = vec![format!("last {} line(s) of rank {}'s output:", f.tail.len(), f.first.rank)];
+        v.extend(f.tail.iter().map(|l| format!("  [rank{}] {l}", f.first.rank)));
+        for o in &f.others {
+            let how = if o.stopped { " (stopped by the launcher)" } else { "" };
+            v.push(format!("worker rank {} (pid {}) {}{how}", o.rank, o.pid, o.exit));
+        }
+        v
+    }
+}
+
+/// Removes the rendezvous file, if any, when the launch ends however it ends.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Run a launch: start `cfg.nproc` workers, log their output to `<log_dir>/rank<N>.log`
+/// (rank 0's also to this process's stdout/stderr), and supervise them until all succeed
+/// (`Ok`), one fails, or SIGINT/SIGTERM/SIGHUP arrives (`Err`; the others are stopped with
+/// SIGTERM, `cfg.grace_period`, SIGKILL). Must be called from the thread that outlives the
+/// workers (the main thread), see [`group`].
+pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
+    for note in &cfg.notes {
+        eprintln!("mnist-launch: note: {note}");
+    }
+    let run_id = spec::new_run_id();
+    let rendezvous = (cfg.nproc > 1).then(|| spec::rendezvous_path(&run_id));
+    let _remove_rendezvous = RemoveOnDrop(rendezvous.clone());
+    let logs = create_logs(&cfg.log_dir, cfg.nproc)?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let specs = spec::worker_specs(cfg, &run_id, rendezvous.as_deref(), std::env::vars_os(), cores);
+    log_config(cfg, &run_id, rendezvous.as_deref(), &specs);
+
+    let signals = signals::install().map_err(LaunchError::Signals)?;
+    let mut pumps = Pumps::new();
+    let mut group = group::ProcessGroup::new();
+    for (spec, log) in specs.iter().zip(&logs) {
+        let rank = spec.identity.rank;
+        let spawn_err = |source| LaunchError::Spawn { rank, program: spec.program.clone(), source };
+        let (out, err) = group.spawn(spec).map_err(spawn_err)?;
+        pumps.attach(out, Stream::Stdout, log.clone()).map_err(spawn_err)?;
+        pumps.attach(err, Stream::Stderr, log.clone()).map_err(spawn_err)?;
+    }
+    let outcome = group.supervise(cfg.grace_period, &signals);
+    if !pumps.finish(DRAIN_TIMEOUT) {
+        eprintln!("mnist-launch: warning: a worker's output pipe stayed open after it exited (a child process of it?); not waiting for it");
+    }
+    match outcome {
+        Outcome::Success => Ok(()),
+        Outcome::Interrupted(signal) => Err(LaunchError::Interrupted { signal, workers: cfg.nproc }),
+        Outcome::Failed(first) => {
+            let log = &logs[first.rank];
+            let others = group.exits().into_iter().filter(|e| e.rank != first.rank).collect();
+            Err(LaunchError::WorkerFailed(Box::new(WorkerFailure {
+                log: log.path().to_path_buf(),
+                tail: log.tail(),
+                first,
+                others,
+            })))
+        }
+    }
+}
+
+fn create_logs(dir: &Path, nproc: usize) -> Result<Vec<Arc<RankLog>>, LaunchError> {
+    std::fs::create_dir_all(dir).map_err(|source| LaunchError::LogDir { path: dir.to_path_buf(), source })?;
+    (0..nproc)
+        .map(|rank| {
+            RankLog::create(dir, rank, rank == 0)
+                .map(Arc::new)
+                .map_err(|source| LaunchError::LogFile { path: rank_log_path(dir, rank), source })
+        })
+        .collect()
+}
+
+/// One or two lines on stderr describing the launch, like torchrun's start-up log.
+fn log_config(cfg: &LaunchConfig, run_id: &str, rendezvous: Option<&Path>, specs: &[spec::WorkerSpec]) {
+    let rdzv = rendezvous.map_or("none (single process)".to_string(), |p| p.display().to_string());
+    eprintln!(
+        "mnist-launch: starting {} worker(s) of {}; run id {run_id}; rendezvous {rdzv}; logs {}",
+        cfg.nproc,
+        cfg.worker_bin.display(),
+        rank_log_path(&cfg.log_dir, 0).with_file_name("rank*.log").display(),
+    );
+    let env = |k: &str| {
+        specs.first().and_then(|s| s.env.iter().find(|(key, _)| key == k)).map(|(_, v)| v.to_string_lossy().into_owned())
+    };
+    let omp = env(spec::ENV_OMP_NUM_THREADS).unwrap_or_default();
+    let gpus = env(spec::ENV_GPUS).map_or("GPUs: per the worker's --gpu/--device".to_string(), |g| format!("GPUs {g} ({})", spec::ENV_GPUS));
+    eprintln!(
+        "mnist-launch: OMP_NUM_THREADS={omp} per worker; {gpus}; CUDA_VISIBLE_DEVICES={}; grace period {:.1}s",
+        std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "(unset)".into()),
+        cfg.grace_period.as_secs_f64()
+    );
+}
