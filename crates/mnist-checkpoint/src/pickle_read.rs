@@ -162,7 +162,9 @@ struct Vm {
 
 impl Vm {
     fn pop(&mut self) -> Result<Rc<Value>, String> {
-        self.stack.pop().ok_or_else(|| "stack underflow".to_string())
+        self.stack
+            .pop()
+            .ok_or_else(|| "stack underflow".to_string())
     }
     fn pop_mark(&mut self) -> Result<Vec<Rc<Value>>, String> {
         let saved = self.marks.pop().ok_or("no MARK on the stack")?;
@@ -180,7 +182,10 @@ impl Vm {
         Ok(())
     }
     fn get(&mut self, idx: u64) -> Result<(), String> {
-        let v = self.memo.get(&idx).ok_or(format!("memo key {idx} not set"))?;
+        let v = self
+            .memo
+            .get(&idx)
+            .ok_or(format!("memo key {idx} not set"))?;
         self.stack.push(Rc::clone(v));
         Ok(())
     }
@@ -190,7 +195,7 @@ impl Vm {
         Ok(())
     }
     fn set_items(&mut self, items: Vec<Rc<Value>>) -> Result<(), String> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(format!("SETITEMS with an odd item count {}", items.len()));
         }
         let new_depth = depth_of(&items)?;
@@ -231,7 +236,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Rc<Value>, String> {
     };
     loop {
         let at = r.pos;
-        let opcode = r.u8().map_err(|e| format!("pickle ended without STOP ({e})"))?;
+        let opcode = r
+            .u8()
+            .map_err(|e| format!("pickle ended without STOP ({e})"))?;
         match step(&mut r, &mut vm, opcode) {
             Ok(true) => return vm.pop().map_err(|e| format!("pickle byte {at}: STOP: {e}")),
             Ok(false) => {}
@@ -347,13 +354,21 @@ fn step(r: &mut Reader<'_>, vm: &mut Vm, opcode: u8) -> Result<bool, String> {
         b'j' => vm.get(r.len_u32()? as u64)?,
         b'g' => {
             let line = r.line()?;
-            vm.get(line.trim().parse().map_err(|_| format!("bad GET {line:?}"))?)?;
+            vm.get(
+                line.trim()
+                    .parse()
+                    .map_err(|_| format!("bad GET {line:?}"))?,
+            )?;
         }
         b'q' => vm.put(r.u8()? as u64)?,
         b'r' => vm.put(r.len_u32()? as u64)?,
         b'p' => {
             let line = r.line()?;
-            vm.put(line.trim().parse().map_err(|_| format!("bad PUT {line:?}"))?)?;
+            vm.put(
+                line.trim()
+                    .parse()
+                    .map_err(|_| format!("bad PUT {line:?}"))?,
+            )?;
         }
         0x94 => {
             let idx = vm.memo.len() as u64;
@@ -435,7 +450,12 @@ fn persistent_load(pid: &Value) -> Result<Value, String> {
     let dtype = match &*items[1] {
         Value::Global(m, n) if m == "torch" => DType::from_torch_storage(n)
             .ok_or_else(|| format!("unsupported storage type torch.{n}"))?,
-        other => return Err(format!("storage type is {}, not a torch.*Storage", other.kind())),
+        other => {
+            return Err(format!(
+                "storage type is {}, not a torch.*Storage",
+                other.kind()
+            ))
+        }
     };
     let key = match &*items[2] {
         Value::Str(s) => s.clone(),

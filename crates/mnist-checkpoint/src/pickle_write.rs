@@ -74,8 +74,7 @@ impl Pickler {
         } else {
             // LONG1: little-endian two's complement, minimal length, sign bit clear.
             let mut bytes: Vec<u8> = v.to_le_bytes().to_vec();
-            while bytes.len() > 1 && bytes[bytes.len() - 1] == 0 && bytes[bytes.len() - 2] < 0x80
-            {
+            while bytes.len() > 1 && bytes[bytes.len() - 1] == 0 && bytes[bytes.len() - 2] < 0x80 {
                 bytes.pop();
             }
             if bytes.last().is_some_and(|&b| b >= 0x80) {

@@ -19,7 +19,7 @@ pub(crate) fn looks_like_safetensors(bytes: &[u8]) -> bool {
     let mut n = [0u8; 8];
     n.copy_from_slice(len);
     let n = u64::from_le_bytes(n);
-    n >= 2 && n <= MAX_HEADER && n <= (bytes.len() as u64 - 8) && bytes.get(8) == Some(&b'{')
+    (2..=MAX_HEADER).contains(&n) && n <= (bytes.len() as u64 - 8) && bytes.get(8) == Some(&b'{')
 }
 
 /// Maps a safetensors dtype to ours.
@@ -40,7 +40,10 @@ fn dtype_of(d: Dtype) -> Option<DType> {
 }
 
 /// Reads every tensor of a safetensors file, in data-offset order.
-pub(crate) fn read(path: &Path, bytes: &[u8]) -> Result<Vec<(NamedTensor, DType)>, CheckpointError> {
+pub(crate) fn read(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<(NamedTensor, DType)>, CheckpointError> {
     let st = SafeTensors::deserialize(bytes).map_err(|source| CheckpointError::Safetensors {
         path: path.to_path_buf(),
         source,
@@ -48,7 +51,12 @@ pub(crate) fn read(path: &Path, bytes: &[u8]) -> Result<Vec<(NamedTensor, DType)
     // `tensors()` has no stable order; sort by where the data lies (the writing order).
     let mut views: Vec<(String, TensorView<'_>)> = st.tensors();
     let base = bytes.as_ptr() as usize;
-    views.sort_by_key(|(name, v)| ((v.data().as_ptr() as usize).saturating_sub(base), name.clone()));
+    views.sort_by_key(|(name, v)| {
+        (
+            (v.data().as_ptr() as usize).saturating_sub(base),
+            name.clone(),
+        )
+    });
     let mut out = Vec::with_capacity(views.len());
     for (name, view) in views {
         let dtype = dtype_of(view.dtype()).ok_or_else(|| CheckpointError::Malformed {

@@ -138,11 +138,12 @@ pub(crate) fn read_archive(
             Err(e) => return Err(zip_err(e)),
         };
         let mut buf = Vec::with_capacity(f.size().min(1 << 30) as usize);
-        f.read_to_end(&mut buf).map_err(|source| CheckpointError::Io {
-            path: path.join(&full),
-            action: "reading zip record",
-            source,
-        })?;
+        f.read_to_end(&mut buf)
+            .map_err(|source| CheckpointError::Io {
+                path: path.join(&full),
+                action: "reading zip record",
+                source,
+            })?;
         Ok(Some(buf))
     };
     let big_endian = match read_record("byteorder")?.as_deref() {
@@ -181,8 +182,8 @@ pub(crate) fn read_archive(
         if out.iter().any(|(o, _)| &o.name == name) {
             return Err(malformed(format!("entry '{name}' appears twice")));
         }
-        let data = tensor_values(t, &mut storages, &mut read_record, big_endian)
-            .map_err(|e| match e {
+        let data =
+            tensor_values(t, &mut storages, &mut read_record, big_endian).map_err(|e| match e {
                 Fail::Error(e) => e,
                 Fail::Msg(m) => malformed(format!("tensor '{name}': {m}")),
             })?;
