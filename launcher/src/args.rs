@@ -27,10 +27,20 @@ pub struct LaunchArgs {
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub gpus: Option<Vec<usize>>,
     /// Seconds each worker waits at the rendezvous for its peers.
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    #[arg(
+        long,
+        default_value_t = 60.0,
+        value_name = "SECS",
+        allow_negative_numbers = true
+    )]
     pub rendezvous_timeout: f64,
     /// Seconds between SIGTERM and SIGKILL when the workers are stopped.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    #[arg(
+        long,
+        default_value_t = 5.0,
+        value_name = "SECS",
+        allow_negative_numbers = true
+    )]
     pub grace_period: f64,
     /// The worker program [default: mnist-worker next to this executable].
     #[arg(long, hide = true, env = "MNIST_WORKER_BIN", value_name = "PATH")]
@@ -141,7 +151,10 @@ pub enum ArgsError {
 }
 
 fn list(gpus: &[usize]) -> String {
-    gpus.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+    gpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl LaunchArgs {
@@ -175,7 +188,11 @@ impl LaunchArgs {
         let mut nproc = match (self.nproc, &gpus) {
             (Some(0), _) => return Err(ArgsError::ZeroNproc),
             (Some(n), Some(g)) if n != g.len() => {
-                return Err(ArgsError::NprocGpusMismatch { nproc: n, gpus: list(g), len: g.len() })
+                return Err(ArgsError::NprocGpusMismatch {
+                    nproc: n,
+                    gpus: list(g),
+                    len: g.len(),
+                })
             }
             (Some(n), _) => n,
             (None, Some(g)) => g.len(),
@@ -197,13 +214,12 @@ impl LaunchArgs {
                 expected: "a positive number of seconds",
             });
         }
-        let grace_period = Duration::try_from_secs_f64(self.grace_period).map_err(|_| {
-            ArgsError::BadSeconds {
+        let grace_period =
+            Duration::try_from_secs_f64(self.grace_period).map_err(|_| ArgsError::BadSeconds {
                 flag: "--grace-period",
                 value: self.grace_period,
                 expected: "a number of seconds ≥ 0",
-            }
-        })?;
+            })?;
         let worker_bin = match &self.worker_bin {
             Some(p) => p.clone(),
             None => env
@@ -238,7 +254,10 @@ fn check_executable(path: &Path) -> Result<(), ArgsError> {
         Ok(m) if m.permissions().mode() & 0o111 == 0 => "is not executable".to_string(),
         Ok(_) => return Ok(()),
     };
-    Err(ArgsError::WorkerBin { path: path.to_path_buf(), problem })
+    Err(ArgsError::WorkerBin {
+        path: path.to_path_buf(),
+        problem,
+    })
 }
 
 #[cfg(test)]
@@ -247,11 +266,16 @@ mod tests {
 
     fn env(gpus: usize) -> Environment {
         // Any executable file works as the worker here.
-        Environment { visible_gpus: gpus, current_exe: Some(PathBuf::from("/bin/sh")) }
+        Environment {
+            visible_gpus: gpus,
+            current_exe: Some(PathBuf::from("/bin/sh")),
+        }
     }
 
     fn parse(extra: &[&str]) -> LaunchArgs {
-        let args = ["mnist-launch", "--worker-bin", "/bin/sh"].iter().chain(extra);
+        let args = ["mnist-launch", "--worker-bin", "/bin/sh"]
+            .iter()
+            .chain(extra);
         LaunchArgs::try_parse_from(args).unwrap()
     }
 
@@ -259,18 +283,31 @@ mod tests {
     fn nproc_defaults() {
         assert_eq!(parse(&[]).resolve_in(&env(0)).unwrap().nproc, 1);
         assert_eq!(parse(&[]).resolve_in(&env(4)).unwrap().nproc, 4);
-        assert_eq!(parse(&["--device", "cpu"]).resolve_in(&env(4)).unwrap().nproc, 1);
-        assert_eq!(parse(&["--nproc", "3"]).resolve_in(&env(0)).unwrap().nproc, 3);
+        assert_eq!(
+            parse(&["--device", "cpu"])
+                .resolve_in(&env(4))
+                .unwrap()
+                .nproc,
+            1
+        );
+        assert_eq!(
+            parse(&["--nproc", "3"]).resolve_in(&env(0)).unwrap().nproc,
+            3
+        );
         let c = parse(&["--gpus", "0,2"]).resolve_in(&env(4)).unwrap();
         assert_eq!((c.nproc, c.gpus), (2, Some(vec![0, 2])));
     }
 
     #[test]
     fn evaluate_forces_one_process() {
-        let c = parse(&["--nproc", "4", "--evaluate", "m.pt"]).resolve_in(&env(4)).unwrap();
+        let c = parse(&["--nproc", "4", "--evaluate", "m.pt"])
+            .resolve_in(&env(4))
+            .unwrap();
         assert_eq!(c.nproc, 1);
         assert_eq!(c.notes.len(), 1);
-        let c = parse(&["--gpus", "1,3", "--evaluate", "m.pt"]).resolve_in(&env(4)).unwrap();
+        let c = parse(&["--gpus", "1,3", "--evaluate", "m.pt"])
+            .resolve_in(&env(4))
+            .unwrap();
         assert_eq!((c.nproc, c.gpus), (1, Some(vec![1])));
     }
 
@@ -295,22 +332,36 @@ mod tests {
     fn worker_bin_default_and_checks() {
         let mut a = LaunchArgs::try_parse_from(["mnist-launch"]).unwrap();
         a.worker_bin = None; // whatever MNIST_WORKER_BIN says
-        let e = Environment { visible_gpus: 0, current_exe: Some("/nonexistent/dir/mnist-launch".into()) };
+        let e = Environment {
+            visible_gpus: 0,
+            current_exe: Some("/nonexistent/dir/mnist-launch".into()),
+        };
         let msg = a.resolve_in(&e).unwrap_err().to_string();
-        assert!(msg.contains("/nonexistent/dir/mnist-worker") && msg.contains("does not exist"), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/dir/mnist-worker") && msg.contains("does not exist"),
+            "{msg}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let plain = dir.path().join("w");
         std::fs::write(&plain, "").unwrap();
         a.worker_bin = Some(plain);
         let msg = a.resolve_in(&env(0)).unwrap_err().to_string();
-        assert!(msg.contains("not executable") && msg.contains("--worker-bin"), "{msg}");
+        assert!(
+            msg.contains("not executable") && msg.contains("--worker-bin"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn worker_args_parse_back() {
-        let c = parse(&["--epochs", "3", "--model", "MLP"]).resolve_in(&env(0)).unwrap();
+        let c = parse(&["--epochs", "3", "--model", "MLP"])
+            .resolve_in(&env(0))
+            .unwrap();
         let back = LaunchArgs::try_parse_from(
-            ["x", "--worker-bin", "/bin/sh"].iter().map(|s| s.to_string()).chain(c.worker_args.clone()),
+            ["x", "--worker-bin", "/bin/sh"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(c.worker_args.clone()),
         )
         .unwrap();
         assert_eq!(back.train.to_args(), c.worker_args);

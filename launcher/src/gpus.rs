@@ -55,7 +55,11 @@ mod tests {
             ("GPU-8c3e1e0a-aaaa,MIG-1234", 2),
             (",,", 0),
         ] {
-            assert_eq!(count_cuda_visible_devices(value), n, "CUDA_VISIBLE_DEVICES={value:?}");
+            assert_eq!(
+                count_cuda_visible_devices(value),
+                n,
+                "CUDA_VISIBLE_DEVICES={value:?}"
+            );
         }
     }
 

@@ -50,7 +50,10 @@ impl Exit {
     pub fn from_status(status: ExitStatus) -> Self {
         match (status.code(), status.signal()) {
             (Some(c), _) => Exit::Code(c),
-            (None, Some(signo)) => Exit::Signal { signo, core_dumped: status.core_dumped() },
+            (None, Some(signo)) => Exit::Signal {
+                signo,
+                core_dumped: status.core_dumped(),
+            },
             (None, None) => Exit::Unknown(format!("{status}")),
         }
     }
@@ -160,7 +163,9 @@ impl ProcessGroup {
         });
         match pipes {
             (Some(out), Some(err)) => Ok((out, err)),
-            _ => Err(io::Error::other("the worker's stdout/stderr pipes are missing")),
+            _ => Err(io::Error::other(
+                "the worker's stdout/stderr pipes are missing",
+            )),
         }
     }
 
@@ -181,7 +186,12 @@ impl ProcessGroup {
 
     fn exited(m: &Member) -> Option<Exited> {
         let exit = m.exit.clone()?;
-        Some(Exited { rank: m.rank, pid: m.pid, exit, stopped: m.stopped })
+        Some(Exited {
+            rank: m.rank,
+            pid: m.pid,
+            exit,
+            stopped: m.stopped,
+        })
     }
 
     /// Reap every worker that has ended since the last call, without blocking.
@@ -209,7 +219,11 @@ impl ProcessGroup {
                 self.stop(grace, &|| signals.count() > seen);
                 return Outcome::Interrupted(sig);
             }
-            let mut failures: Vec<Exited> = self.reap().into_iter().filter(|e| !e.exit.success()).collect();
+            let mut failures: Vec<Exited> = self
+                .reap()
+                .into_iter()
+                .filter(|e| !e.exit.success())
+                .collect();
             if !failures.is_empty() {
                 // "A peer failed" is a symptom: give the peer a moment to show its own exit.
                 let deadline = Instant::now() + ROOT_CAUSE_WINDOW;
@@ -217,7 +231,11 @@ impl ProcessGroup {
                     std::thread::sleep(POLL);
                     failures.extend(self.reap().into_iter().filter(|e| !e.exit.success()));
                 }
-                let root = failures.iter().find(|e| !is_peer_failed(e)).unwrap_or(&failures[0]).clone();
+                let root = failures
+                    .iter()
+                    .find(|e| !is_peer_failed(e))
+                    .unwrap_or(&failures[0])
+                    .clone();
                 let seen = signals.count();
                 self.stop(grace, &|| signals.count() > seen);
                 // A terminal's Ctrl-C reaches the workers too; then the signal is the cause.
@@ -284,10 +302,19 @@ mod tests {
     #[test]
     fn exit_descriptions() {
         assert_eq!(Exit::Code(7).to_string(), "exited with code 7");
-        let segv = Exit::Signal { signo: libc::SIGSEGV, core_dumped: true };
+        let segv = Exit::Signal {
+            signo: libc::SIGSEGV,
+            core_dumped: true,
+        };
         assert_eq!(segv.to_string(), "killed by signal SIGSEGV (core dumped)");
-        assert_eq!(Exit::from_status(ExitStatus::from_raw(9)).to_string(), "killed by signal SIGKILL");
-        assert_eq!(Exit::from_status(ExitStatus::from_raw(3 << 8)), Exit::Code(3));
+        assert_eq!(
+            Exit::from_status(ExitStatus::from_raw(9)).to_string(),
+            "killed by signal SIGKILL"
+        );
+        assert_eq!(
+            Exit::from_status(ExitStatus::from_raw(3 << 8)),
+            Exit::Code(3)
+        );
         assert!(Exit::Code(0).success() && !Exit::Code(1).success());
     }
 

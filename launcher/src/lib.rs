@@ -91,7 +91,14 @@ pub struct WorkerFailure {
 impl std::fmt::Display for WorkerFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let e = &self.first;
-        write!(f, "worker rank {} (pid {}) {} (first failure; log: {})", e.rank, e.pid, e.exit, self.log.display())
+        write!(
+            f,
+            "worker rank {} (pid {}) {} (first failure; log: {})",
+            e.rank,
+            e.pid,
+            e.exit,
+            self.log.display()
+        )
     }
 }
 
@@ -108,12 +115,29 @@ impl LaunchError {
     /// Lines to print after the one-line error: the failed worker's log tail and how the
     /// other workers ended.
     pub fn details(&self) -> Vec<String> {
-        let LaunchError::WorkerFailed(f) = self else { return Vec::new() };
-        let mut v = vec![format!("last {} line(s) of rank {}'s output:", f.tail.len(), f.first.rank)];
-        v.extend(f.tail.iter().map(|l| format!("  [rank{}] {l}", f.first.rank)));
+        let LaunchError::WorkerFailed(f) = self else {
+            return Vec::new();
+        };
+        let mut v = vec![format!(
+            "last {} line(s) of rank {}'s output:",
+            f.tail.len(),
+            f.first.rank
+        )];
+        v.extend(
+            f.tail
+                .iter()
+                .map(|l| format!("  [rank{}] {l}", f.first.rank)),
+        );
         for o in &f.others {
-            let how = if o.stopped { " (stopped by the launcher)" } else { "" };
-            v.push(format!("worker rank {} (pid {}) {}{how}", o.rank, o.pid, o.exit));
+            let how = if o.stopped {
+                " (stopped by the launcher)"
+            } else {
+                ""
+            };
+            v.push(format!(
+                "worker rank {} (pid {}) {}{how}",
+                o.rank, o.pid, o.exit
+            ));
         }
         v
     }
@@ -143,8 +167,16 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
     let rendezvous = (cfg.nproc > 1).then(|| spec::rendezvous_path(&run_id));
     let _remove_rendezvous = RemoveOnDrop(rendezvous.clone());
     let logs = create_logs(&cfg.log_dir, cfg.nproc)?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let specs = spec::worker_specs(cfg, &run_id, rendezvous.as_deref(), std::env::vars_os(), cores);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let specs = spec::worker_specs(
+        cfg,
+        &run_id,
+        rendezvous.as_deref(),
+        std::env::vars_os(),
+        cores,
+    );
     log_config(cfg, &run_id, rendezvous.as_deref(), &specs);
 
     let signals = signals::install().map_err(LaunchError::Signals)?;
@@ -152,10 +184,18 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
     let mut group = group::ProcessGroup::new();
     for (spec, log) in specs.iter().zip(&logs) {
         let rank = spec.identity.rank;
-        let spawn_err = |source| LaunchError::Spawn { rank, program: spec.program.clone(), source };
+        let spawn_err = |source| LaunchError::Spawn {
+            rank,
+            program: spec.program.clone(),
+            source,
+        };
         let (out, err) = group.spawn(spec).map_err(spawn_err)?;
-        pumps.attach(out, Stream::Stdout, log.clone()).map_err(spawn_err)?;
-        pumps.attach(err, Stream::Stderr, log.clone()).map_err(spawn_err)?;
+        pumps
+            .attach(out, Stream::Stdout, log.clone())
+            .map_err(spawn_err)?;
+        pumps
+            .attach(err, Stream::Stderr, log.clone())
+            .map_err(spawn_err)?;
     }
     let outcome = group.supervise(cfg.grace_period, &signals);
     if !pumps.finish(DRAIN_TIMEOUT) {
@@ -163,10 +203,17 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
     }
     match outcome {
         Outcome::Success => Ok(()),
-        Outcome::Interrupted(signal) => Err(LaunchError::Interrupted { signal, workers: cfg.nproc }),
+        Outcome::Interrupted(signal) => Err(LaunchError::Interrupted {
+            signal,
+            workers: cfg.nproc,
+        }),
         Outcome::Failed(first) => {
             let log = &logs[first.rank];
-            let others = group.exits().into_iter().filter(|e| e.rank != first.rank).collect();
+            let others = group
+                .exits()
+                .into_iter()
+                .filter(|e| e.rank != first.rank)
+                .collect();
             Err(LaunchError::WorkerFailed(Box::new(WorkerFailure {
                 log: log.path().to_path_buf(),
                 tail: log.tail(),
@@ -178,30 +225,51 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
 }
 
 fn create_logs(dir: &Path, nproc: usize) -> Result<Vec<Arc<RankLog>>, LaunchError> {
-    std::fs::create_dir_all(dir).map_err(|source| LaunchError::LogDir { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| LaunchError::LogDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     (0..nproc)
         .map(|rank| {
             RankLog::create(dir, rank, rank == 0)
                 .map(Arc::new)
-                .map_err(|source| LaunchError::LogFile { path: rank_log_path(dir, rank), source })
+                .map_err(|source| LaunchError::LogFile {
+                    path: rank_log_path(dir, rank),
+                    source,
+                })
         })
         .collect()
 }
 
 /// One or two lines on stderr describing the launch, like torchrun's start-up log.
-fn log_config(cfg: &LaunchConfig, run_id: &str, rendezvous: Option<&Path>, specs: &[spec::WorkerSpec]) {
-    let rdzv = rendezvous.map_or("none (single process)".to_string(), |p| p.display().to_string());
+fn log_config(
+    cfg: &LaunchConfig,
+    run_id: &str,
+    rendezvous: Option<&Path>,
+    specs: &[spec::WorkerSpec],
+) {
+    let rdzv = rendezvous.map_or("none (single process)".to_string(), |p| {
+        p.display().to_string()
+    });
     eprintln!(
         "mnist-launch: starting {} worker(s) of {}; run id {run_id}; rendezvous {rdzv}; logs {}",
         cfg.nproc,
         cfg.worker_bin.display(),
-        rank_log_path(&cfg.log_dir, 0).with_file_name("rank*.log").display(),
+        rank_log_path(&cfg.log_dir, 0)
+            .with_file_name("rank*.log")
+            .display(),
     );
     let env = |k: &str| {
-        specs.first().and_then(|s| s.env.iter().find(|(key, _)| key == k)).map(|(_, v)| v.to_string_lossy().into_owned())
+        specs
+            .first()
+            .and_then(|s| s.env.iter().find(|(key, _)| key == k))
+            .map(|(_, v)| v.to_string_lossy().into_owned())
     };
     let omp = env(spec::ENV_OMP_NUM_THREADS).unwrap_or_default();
-    let gpus = env(spec::ENV_GPUS).map_or("GPUs: per the worker's --gpu/--device".to_string(), |g| format!("GPUs {g} ({})", spec::ENV_GPUS));
+    let gpus = env(spec::ENV_GPUS)
+        .map_or("GPUs: per the worker's --gpu/--device".to_string(), |g| {
+            format!("GPUs {g} ({})", spec::ENV_GPUS)
+        });
     eprintln!(
         "mnist-launch: OMP_NUM_THREADS={omp} per worker; {gpus}; CUDA_VISIBLE_DEVICES={}; grace period {:.1}s",
         std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "(unset)".into()),

@@ -8,7 +8,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = LaunchArgs::parse();
-    let result = args.resolve().map_err(LaunchError::from).and_then(|cfg| mnist_launch::run(&cfg));
+    let result = args
+        .resolve()
+        .map_err(LaunchError::from)
+        .and_then(|cfg| mnist_launch::run(&cfg));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

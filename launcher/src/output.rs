@@ -66,14 +66,19 @@ impl RankLog {
 
     /// The last [`TAIL_LINES`] lines (both streams, in arrival order).
     pub fn tail(&self) -> Vec<String> {
-        self.tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default()
+        self.tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Record one line (bytes as the worker wrote them, newline included if any). `flush`
     /// pushes buffered bytes out, done whenever the worker has nothing more queued.
     pub fn write(&self, bytes: &[u8], stream: Stream, flush: bool) {
         if let Ok(mut f) = self.file.lock() {
-            let r = f.write_all(bytes).and_then(|()| if flush { f.flush() } else { Ok(()) });
+            let r = f
+                .write_all(bytes)
+                .and_then(|()| if flush { f.flush() } else { Ok(()) });
             if let Err(e) = r {
                 if !self.write_failed.swap(true, Ordering::SeqCst) {
                     eprintln!(
@@ -147,7 +152,11 @@ impl Pumps {
     /// No threads yet.
     pub fn new() -> Self {
         let (done_tx, done_rx) = channel();
-        Pumps { handles: Vec::new(), done_tx, done_rx }
+        Pumps {
+            handles: Vec::new(),
+            done_tx,
+            done_rx,
+        }
     }
 
     /// Copy `reader` line by line into `log` on a new thread until end of file.
@@ -158,7 +167,15 @@ impl Pumps {
         log: Arc<RankLog>,
     ) -> io::Result<()> {
         let done = Done(self.done_tx.clone());
-        let name = format!("rank{}-{}", log.rank, if stream == Stream::Stdout { "out" } else { "err" });
+        let name = format!(
+            "rank{}-{}",
+            log.rank,
+            if stream == Stream::Stdout {
+                "out"
+            } else {
+                "err"
+            }
+        );
         let handle = std::thread::Builder::new().name(name).spawn(move || {
             let _done = done;
             pump(reader, stream, &log);
@@ -211,15 +228,28 @@ mod tests {
     fn lines_reach_the_file_and_the_tail() {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(RankLog::create(dir.path(), 3, false).unwrap());
-        let text: String = (0..25).map(|i| format!("line {i}\n")).collect::<String>() + "50%\r100%\nno newline";
+        let text: String =
+            (0..25).map(|i| format!("line {i}\n")).collect::<String>() + "50%\r100%\nno newline";
         let mut pumps = Pumps::new();
-        pumps.attach(io::Cursor::new(text.clone().into_bytes()), Stream::Stderr, log.clone()).unwrap();
+        pumps
+            .attach(
+                io::Cursor::new(text.clone().into_bytes()),
+                Stream::Stderr,
+                log.clone(),
+            )
+            .unwrap();
         assert!(pumps.finish(Duration::from_secs(5)));
         let tail = log.tail();
         assert_eq!(tail.len(), TAIL_LINES);
-        assert_eq!(tail[TAIL_LINES - 2..], ["100%".to_string(), "no newline".to_string()]);
+        assert_eq!(
+            tail[TAIL_LINES - 2..],
+            ["100%".to_string(), "no newline".to_string()]
+        );
         drop(log);
-        assert_eq!(std::fs::read_to_string(dir.path().join("rank3.log")).unwrap(), text);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("rank3.log")).unwrap(),
+            text
+        );
     }
 
     #[test]

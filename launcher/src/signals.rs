@@ -30,8 +30,14 @@ pub struct SignalGuard {
 pub fn install() -> nix::Result<SignalGuard> {
     FIRST.store(0, Ordering::SeqCst);
     COUNT.store(0, Ordering::SeqCst);
-    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
-    let mut guard = SignalGuard { previous: Vec::new() };
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    let mut guard = SignalGuard {
+        previous: Vec::new(),
+    };
     for sig in STOP_SIGNALS {
         // SAFETY: `on_signal` only touches lock-free atomics, which is async-signal-safe.
         let old = unsafe { sigaction(sig, &action) }?;

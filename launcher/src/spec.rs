@@ -48,11 +48,19 @@ pub struct WorkerSpec {
 /// A fresh run id: hex of this process's id, the time in nanoseconds and a random number
 /// (std's per-process random hash keys), so concurrent and successive runs never collide.
 pub fn new_run_id() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(nanos);
     h.write_u32(std::process::id());
-    format!("{:x}-{:x}-{:016x}", std::process::id(), nanos as u64, h.finish())
+    format!(
+        "{:x}-{:x}-{:016x}",
+        std::process::id(),
+        nanos as u64,
+        h.finish()
+    )
 }
 
 /// The rendezvous file of run `run_id`: `<temp dir>/mnist-ddp-<run_id>.rdzv`.
@@ -97,10 +105,20 @@ pub fn worker_specs(
                 rendezvous_timeout_s: cfg.rendezvous_timeout_s,
             };
             let mut env = base.clone();
-            env.extend(identity.to_env().into_iter().map(|(k, v)| (k.into(), v.into())));
+            env.extend(
+                identity
+                    .to_env()
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into())),
+            );
             let mut args = cfg.worker_args.clone();
             args.extend(identity.to_args());
-            WorkerSpec { identity, program: cfg.worker_bin.clone(), args, env: env.into_iter().collect() }
+            WorkerSpec {
+                identity,
+                program: cfg.worker_bin.clone(),
+                args,
+                env: env.into_iter().collect(),
+            }
         })
         .collect()
 }
@@ -124,13 +142,21 @@ mod tests {
     }
 
     fn get<'a>(s: &'a WorkerSpec, k: &str) -> Option<&'a str> {
-        s.env.iter().find(|(key, _)| key == k).and_then(|(_, v)| v.to_str())
+        s.env
+            .iter()
+            .find(|(key, _)| key == k)
+            .and_then(|(_, v)| v.to_str())
     }
 
     #[test]
     fn identity_env_args_and_inheritance() {
-        let parent = [("PATH", "/bin"), ("RANK", "9"), ("MNIST_GPUS", "5"), ("CUDA_VISIBLE_DEVICES", "1,3")]
-            .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let parent = [
+            ("PATH", "/bin"),
+            ("RANK", "9"),
+            ("MNIST_GPUS", "5"),
+            ("CUDA_VISIBLE_DEVICES", "1,3"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         let rdzv = rendezvous_path("abc");
         let specs = worker_specs(&cfg(2, Some(vec![1, 0])), "abc", Some(&rdzv), parent, 8);
         assert_eq!(specs.len(), 2);
@@ -144,8 +170,16 @@ mod tests {
         assert_eq!(get(s, "MNIST_RUN_ID"), Some("abc"));
         assert_eq!(get(s, "MNIST_RENDEZVOUS"), rdzv.to_str());
         assert_eq!(&s.args[..2], ["--epochs", "2"]);
-        assert!(s.args.windows(2).any(|w| w == ["--rank", "1"]), "{:?}", s.args);
-        assert!(s.args.windows(2).any(|w| w[0] == "--rendezvous"), "{:?}", s.args);
+        assert!(
+            s.args.windows(2).any(|w| w == ["--rank", "1"]),
+            "{:?}",
+            s.args
+        );
+        assert!(
+            s.args.windows(2).any(|w| w[0] == "--rendezvous"),
+            "{:?}",
+            s.args
+        );
     }
 
     #[test]
@@ -161,7 +195,10 @@ mod tests {
 
     #[test]
     fn omp_and_run_ids() {
-        assert_eq!((omp_threads(8, 3), omp_threads(2, 4), omp_threads(0, 0)), (2, 1, 1));
+        assert_eq!(
+            (omp_threads(8, 3), omp_threads(2, 4), omp_threads(0, 0)),
+            (2, 1, 1)
+        );
         let (a, b) = (new_run_id(), new_run_id());
         assert_ne!(a, b);
         assert_ne!(rendezvous_path(&a), rendezvous_path(&b));

@@ -26,10 +26,16 @@ fn num<T: FromStr>(k: &str) -> Option<T> {
 }
 
 fn wait_for_pid_files(world: usize) {
-    let Some(dir) = var("FAKE_PID_DIR") else { return };
+    let Some(dir) = var("FAKE_PID_DIR") else {
+        return;
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline
-        && !(0..world).all(|r| std::path::Path::new(&dir).join(format!("rank{r}.pid")).exists())
+        && !(0..world).all(|r| {
+            std::path::Path::new(&dir)
+                .join(format!("rank{r}.pid"))
+                .exists()
+        })
     {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -77,10 +83,18 @@ fn main() {
     if num::<usize>("FAKE_SIGNAL_RANK") == Some(rank) {
         wait_for_pid_files(world);
         std::thread::sleep(delay);
-        let sig = var("FAKE_SIGNAL").and_then(|s| Signal::from_str(&s).ok()).unwrap_or(Signal::SIGSEGV);
-        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let sig = var("FAKE_SIGNAL")
+            .and_then(|s| Signal::from_str(&s).ok())
+            .unwrap_or(Signal::SIGSEGV);
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: setrlimit only reads the struct passed by reference.
         unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+        // Rust's runtime handles SIGSEGV/SIGBUS itself (stack overflow detection): undo that.
+        // SAFETY: SIG_DFL installs no handler code.
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
         println!("rank {rank}: raising {sig}");
         let _ = std::io::stdout().flush();
         let _ = raise(sig);

@@ -1,0 +1,411 @@
+//! End-to-end tests of `mnist-launch` with the `fake-worker` binary standing in for
+//! `mnist-worker`: success, worker failures, signals to the launcher, output pumping, bad
+//! `--path`, concurrent runs. This test process makes itself a child subreaper, so a worker
+//! the launcher failed to reap (or left running) is re-parented here and caught by
+//! [`assert_all_gone`] instead of vanishing into init.
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+const LAUNCH: &str = env!("CARGO_BIN_EXE_mnist-launch");
+const FAKE: &str = env!("CARGO_BIN_EXE_fake-worker");
+
+/// A temp folder with `pids/` (the workers' pid files) and `logs/` (`--path`).
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Self {
+        static SUBREAPER: Once = Once::new();
+        SUBREAPER.call_once(|| {
+            nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER")
+        });
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pids")).unwrap();
+        Case { dir }
+    }
+
+    fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// The launcher with `nproc` fake workers, a 1 s grace period and `env` for the workers.
+    fn command(&self, nproc: usize, env: &[(&str, &str)]) -> Command {
+        self.command_at(nproc, env, &self.logs())
+    }
+
+    /// [`Case::command`] with `--path` set to `path`.
+    fn command_at(&self, nproc: usize, env: &[(&str, &str)], path: &Path) -> Command {
+        let mut c = Command::new(LAUNCH);
+        c.args([
+            "--worker-bin",
+            FAKE,
+            "--grace-period",
+            "1",
+            "--device",
+            "cpu",
+            "--nproc",
+        ])
+        .arg(nproc.to_string())
+        .arg("--path")
+        .arg(path)
+        .env("FAKE_PID_DIR", self.dir.path().join("pids"))
+        .envs(env.iter().copied());
+        c
+    }
+
+    fn spawn(&self, nproc: usize, env: &[(&str, &str)]) -> Child {
+        self.command(nproc, env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `(rank, pid)` from the pid files written so far.
+    fn worker_pids(&self) -> Vec<(usize, i32)> {
+        let mut v: Vec<(usize, i32)> = std::fs::read_dir(self.dir.path().join("pids"))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let rank = name
+                    .strip_prefix("rank")?
+                    .strip_suffix(".pid")?
+                    .parse()
+                    .ok()?;
+                let pid = std::fs::read_to_string(self.dir.path().join("pids").join(&name)).ok()?;
+                Some((rank, pid.trim().parse().ok()?))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn wait_for_workers(&self, n: usize) -> Vec<(usize, i32)> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let pids = self.worker_pids();
+            if pids.len() == n {
+                return pids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} workers started",
+                pids.len()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn log(&self, rank: usize) -> String {
+        std::fs::read_to_string(self.logs().join(format!("rank{rank}.log"))).unwrap()
+    }
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+/// Every pid must stop existing (ESRCH) within a second: not running, and not a zombie
+/// (a zombie left by the launcher would be re-parented to this subreaper and stay visible).
+fn assert_all_gone(pids: &[(usize, i32)]) {
+    assert!(!pids.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for &(rank, pid) in pids {
+        while kill(Pid::from_raw(pid), None) != Err(nix::errno::Errno::ESRCH) {
+            if Instant::now() > deadline {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                panic!("worker rank {rank} (pid {pid}) still exists after the launcher exited");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn error_lines(o: &Output) -> Vec<String> {
+    text(&o.stderr)
+        .lines()
+        .filter(|l| l.starts_with("mnist-launch: error:"))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn all_workers_succeed() {
+    let case = Case::new();
+    let out = case
+        .command(3, &[("FAKE_SLEEP_MS", "100")])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for r in 0..3 {
+        let log = case.log(r);
+        assert!(log.contains(&format!("rank {r} of 3 ")), "{log}");
+        assert!(
+            log.contains(&format!("rank {r}: hello on stderr")) && log.contains("done"),
+            "{log}"
+        );
+    }
+    // Rank 0 is echoed to the console, stdout to stdout and stderr to stderr; others are not.
+    assert!(
+        stdout.contains("rank 0 of 3") && !stdout.contains("rank 1 of 3"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("rank 0: hello on stderr") && !stderr.contains("rank 2: hello"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("starting 3 worker(s)"), "{stderr}");
+    // The rendezvous file is per run and gone afterwards.
+    let rdzv = stdout
+        .split("rendezvous=")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap();
+    assert!(
+        rdzv.contains("mnist-ddp-") && case.log(2).contains(rdzv),
+        "{stdout}"
+    );
+    assert!(!Path::new(rdzv).exists());
+    assert_all_gone(&case.worker_pids());
+}
+
+#[test]
+fn single_worker_logs_and_has_no_rendezvous() {
+    let case = Case::new();
+    let out = case.command(1, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("rank 0 of 1 pid="));
+    assert!(
+        case.log(0).contains("rendezvous= run_id="),
+        "{}",
+        case.log(0)
+    );
+}
+
+#[test]
+fn first_failure_is_reported_and_the_rest_are_stopped() {
+    let case = Case::new();
+    let start = Instant::now();
+    let env = [
+        ("FAKE_EXIT_RANK", "1"),
+        ("FAKE_EXIT_CODE", "7"),
+        ("FAKE_HANG", "1"),
+    ];
+    let out = case.command(3, &env).output().unwrap();
+    let elapsed = start.elapsed();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "took {elapsed:?} (grace period 1 s)"
+    );
+    let pids = case.worker_pids();
+    assert_eq!(pids.len(), 3);
+    let errors = error_lines(&out);
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(&format!(
+            "worker rank 1 (pid {}) exited with code 7",
+            pids[1].1
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("[rank1] rank 1: failing on purpose with code 7"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("worker rank 0")
+            && stderr.contains("killed by signal SIGTERM (stopped by the launcher)")
+    );
+    assert_all_gone(&pids);
+}
+
+#[test]
+fn death_by_signal_names_the_signal() {
+    let case = Case::new();
+    let env = [
+        ("FAKE_SIGNAL_RANK", "1"),
+        ("FAKE_SIGNAL", "SIGSEGV"),
+        ("FAKE_HANG", "1"),
+    ];
+    let out = case.command(2, &env).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let pids = case.worker_pids();
+    let errors = error_lines(&out);
+    assert!(
+        errors[0].contains(&format!(
+            "worker rank 1 (pid {}) killed by signal SIGSEGV",
+            pids[1].1
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rank 1: raising SIGSEGV"), "{stderr}");
+    assert_all_gone(&pids);
+}
+
+#[test]
+fn a_worker_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let case = Case::new();
+    let start = Instant::now();
+    let env = [
+        ("FAKE_EXIT_RANK", "1"),
+        ("FAKE_EXIT_CODE", "2"),
+        ("FAKE_HANG", "1"),
+        ("FAKE_IGNORE_TERM", "1"),
+    ];
+    let out = case.command(2, &env).output().unwrap();
+    let elapsed = start.elapsed();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(4),
+        "took {elapsed:?}"
+    );
+    assert!(stderr.contains("exited with code 2"), "{stderr}");
+    assert!(
+        stderr.contains("killed by signal SIGKILL (stopped by the launcher)"),
+        "{stderr}"
+    );
+    assert_all_gone(&case.worker_pids());
+}
+
+#[test]
+fn stop_signals_to_the_launcher_stop_the_workers() {
+    for (sig, code) in [
+        (Signal::SIGTERM, 143),
+        (Signal::SIGINT, 130),
+        (Signal::SIGHUP, 129),
+    ] {
+        let case = Case::new();
+        let child = case.spawn(2, &[("FAKE_HANG", "1")]);
+        let pids = case.wait_for_workers(2);
+        kill(Pid::from_raw(child.id() as i32), sig).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{sig}: {stderr}");
+        assert!(
+            error_lines(&out)[0].contains(&format!("stopped by {}", sig.as_str())),
+            "{stderr}"
+        );
+        assert_all_gone(&pids);
+    }
+}
+
+#[test]
+fn workers_die_with_a_sigkilled_launcher() {
+    let case = Case::new();
+    let mut child = case.spawn(2, &[("FAKE_HANG", "1")]);
+    let pids = case.wait_for_workers(2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The orphans are re-parented to this subreaper: reap them to see how they ended.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (rank, pid) in pids {
+        loop {
+            match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    assert_eq!(sig, Signal::SIGTERM, "rank {rank}");
+                    break;
+                }
+                other => {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    panic!(
+                        "worker rank {rank} (pid {pid}) after the launcher's SIGKILL: {other:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn heavy_output_on_both_streams_does_not_block() {
+    let case = Case::new();
+    let n = 200_000;
+    let out = case
+        .command(2, &[("FAKE_SPAM", &n.to_string())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for r in 0..2 {
+        // The rank line, the stderr greeting, n lines per stream, "done".
+        assert_eq!(case.log(r).lines().count(), 2 * n + 3, "rank {r}");
+    }
+    assert_eq!(text(&out.stdout).lines().count(), n + 2);
+    assert!(text(&out.stdout).contains(&format!("rank 0 stdout line {}\n", n - 1)));
+    assert_all_gone(&case.worker_pids());
+}
+
+#[test]
+fn unusable_path_is_one_clear_error() {
+    let case = Case::new();
+    let file = case.dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = case.command_at(2, &[], &file.join("sub")).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors = error_lines(&out);
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("--path") && errors[0].contains("a-file/sub"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(case.worker_pids().is_empty(), "no worker may start");
+}
+
+#[test]
+fn bad_flags_exit_with_usage_code() {
+    let case = Case::new();
+    let out = case.command(0, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        error_lines(&out),
+        ["mnist-launch: error: invalid value 0 for --nproc: expected an integer ≥ 1"]
+    );
+}
+
+#[test]
+fn gpus_reach_the_workers() {
+    let case = Case::new();
+    let mut c = case.command(2, &[("CUDA_VISIBLE_DEVICES", "4,5,6")]);
+    let out = c.args(["--gpus", "2,0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(case.log(1).contains("gpus=2,0 "), "{}", case.log(1));
+}
+
+#[test]
+fn concurrent_runs_use_different_rendezvous_files() {
+    let (a, b) = (Case::new(), Case::new());
+    let env = [("FAKE_SLEEP_MS", "300")];
+    let (ca, cb) = (a.spawn(2, &env), b.spawn(2, &env));
+    let (oa, ob) = (
+        ca.wait_with_output().unwrap(),
+        cb.wait_with_output().unwrap(),
+    );
+    assert!(oa.status.success() && ob.status.success());
+    let rdzv = |case: &Case, rank| {
+        let log = case.log(rank);
+        log.split("rendezvous=")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(rdzv(&a, 0), rdzv(&a, 1));
+    assert_eq!(rdzv(&b, 0), rdzv(&b, 1));
+    assert_ne!(rdzv(&a, 0), rdzv(&b, 0));
+}
