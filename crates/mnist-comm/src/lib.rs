@@ -1,11 +1,22 @@
 //! Collective communication between the ranks of one training job.
 //!
 //! [`Communicator`] is the small trait every backend implements; it is passed explicitly to
-//! the training loop (no global singleton). [`Solo`] is the trivial world of one process.
+//! the training loop (no global singleton). [`Solo`] is the trivial world of one process;
+//! [`connect`] joins a multi-process group through the rendezvous file and returns the
+//! shared-memory backend ([`ShmComm`], all ranks on one host) or the TCP one ([`TcpComm`]).
 
+mod connect;
+mod group;
+mod liveness;
+mod reduce;
+mod shm;
 mod solo;
+mod tcp;
 
+pub use connect::{connect, CommOptions, Transport};
+pub use shm::{shm_name_for, ShmComm};
 pub use solo::Solo;
+pub use tcp::TcpComm;
 
 /// How an all-reduce combines the ranks' buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +71,24 @@ pub enum CommError {
         rank: usize,
         /// What went wrong.
         detail: String,
+    },
+    /// A collective was called with an argument that cannot work (e.g. a root out of range).
+    #[error("rank {rank}: {op}: {detail}")]
+    InvalidArgument {
+        /// This rank.
+        rank: usize,
+        /// The collective.
+        op: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An earlier collective failed; the group cannot be used any more.
+    #[error("rank {rank}: communicator unusable after an earlier failure: {first}")]
+    Poisoned {
+        /// This rank.
+        rank: usize,
+        /// The first failure.
+        first: String,
     },
     /// An operating-system call failed.
     #[error("rank {rank}: {op}: {source}")]

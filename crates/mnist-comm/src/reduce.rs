@@ -1,0 +1,157 @@
+//! Element types and the reduction kernel shared by the backends: sums accumulate in f32,
+//! half-precision inputs are widened once and rounded back once.
+
+use crate::ReduceOp;
+use half::{bf16, f16, slice::HalfFloatSliceExt};
+
+/// Elements per reduction block: 2,048 f32 = 8 KiB of accumulator that stays in L1.
+pub(crate) const BLOCK: usize = 2048;
+
+/// Wire/shared-memory code of an element type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum DType {
+    /// Raw bytes (broadcast, all-gather, barrier).
+    U8 = 1,
+    /// IEEE single precision.
+    F32 = 2,
+    /// IEEE half precision.
+    F16 = 3,
+    /// bfloat16.
+    Bf16 = 4,
+}
+
+impl DType {
+    /// Human name used in error messages.
+    pub(crate) fn name(code: u32) -> &'static str {
+        match code {
+            1 => "u8",
+            2 => "f32",
+            3 => "f16",
+            4 => "bf16",
+            _ => "?",
+        }
+    }
+}
+
+/// An element an all-reduce can sum.
+pub(crate) trait Elem: Copy + Default + Send + 'static {
+    /// Its type code.
+    const DTYPE: DType;
+    /// `acc[i] = src[i]` widened to f32.
+    fn load(acc: &mut [f32], src: &[Self]);
+    /// `acc[i] += src[i]` widened to f32.
+    fn add(acc: &mut [f32], src: &[Self]);
+    /// `dst[i] = acc[i]` rounded once.
+    fn store(dst: &mut [Self], acc: &[f32]);
+    /// Little-endian bytes of `src` appended to `out`.
+    fn to_le(src: &[Self], out: &mut Vec<u8>);
+    /// Fill `dst` from little-endian bytes (`bytes.len() == dst.len() * size`).
+    fn from_le(bytes: &[u8], dst: &mut [Self]);
+}
+
+impl Elem for f32 {
+    const DTYPE: DType = DType::F32;
+    fn load(acc: &mut [f32], src: &[f32]) {
+        acc.copy_from_slice(src);
+    }
+    fn add(acc: &mut [f32], src: &[f32]) {
+        for (a, s) in acc.iter_mut().zip(src) {
+            *a += *s;
+        }
+    }
+    fn store(dst: &mut [f32], acc: &[f32]) {
+        dst.copy_from_slice(acc);
+    }
+    fn to_le(src: &[f32], out: &mut Vec<u8>) {
+        out.extend(src.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    fn from_le(bytes: &[u8], dst: &mut [f32]) {
+        for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+            *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+    }
+}
+
+macro_rules! half_elem {
+    ($t:ty, $code:expr) => {
+        impl Elem for $t {
+            const DTYPE: DType = $code;
+            fn load(acc: &mut [f32], src: &[$t]) {
+                src.convert_to_f32_slice(acc);
+            }
+            fn add(acc: &mut [f32], src: &[$t]) {
+                let mut tmp = [0f32; BLOCK];
+                let tmp = &mut tmp[..src.len()];
+                src.convert_to_f32_slice(tmp);
+                f32::add(acc, tmp);
+            }
+            fn store(dst: &mut [$t], acc: &[f32]) {
+                dst.convert_from_f32_slice(acc);
+            }
+            fn to_le(src: &[$t], out: &mut Vec<u8>) {
+                out.extend(src.iter().flat_map(|v| v.to_bits().to_le_bytes()));
+            }
+            fn from_le(bytes: &[u8], dst: &mut [$t]) {
+                for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *d = <$t>::from_bits(u16::from_le_bytes([c[0], c[1]]));
+                }
+            }
+        }
+    };
+}
+half_elem!(f16, DType::F16);
+half_elem!(bf16, DType::Bf16);
+
+/// `dst = reduce(srcs)` element-wise, summing in rank order in f32 blocks of [`BLOCK`]
+/// (every rank that reduces the same data gets bit-identical results). `srcs` all have
+/// `dst.len()` elements; `world` divides for [`ReduceOp::Average`].
+pub(crate) fn reduce_into<T: Elem>(dst: &mut [T], srcs: &[&[T]], op: ReduceOp, world: usize) {
+    let mut acc = [0f32; BLOCK];
+    let inv = world as f32;
+    let mut start = 0;
+    while start < dst.len() {
+        let end = (start + BLOCK).min(dst.len());
+        let a = &mut acc[..end - start];
+        match srcs.split_first() {
+            Some((first, rest)) => {
+                T::load(a, &first[start..end]);
+                for s in rest {
+                    T::add(a, &s[start..end]);
+                }
+            }
+            None => a.fill(0.0),
+        }
+        if op == ReduceOp::Average {
+            for v in a.iter_mut() {
+                *v /= inv;
+            }
+        }
+        T::store(&mut dst[start..end], a);
+        start = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_and_averages_in_f32() {
+        let a: Vec<f32> = (0..5000).map(|i| i as f32).collect();
+        let b: Vec<f32> = (0..5000).map(|i| 2.0 * i as f32).collect();
+        let mut d = vec![0f32; 5000];
+        reduce_into(&mut d, &[&a, &b], ReduceOp::Sum, 2);
+        assert!(d.iter().enumerate().all(|(i, v)| *v == 3.0 * i as f32));
+        reduce_into(&mut d, &[&a, &b], ReduceOp::Average, 2);
+        assert_eq!(d[4000], 6000.0);
+        let h: Vec<f16> = [1.0f32, 2.5, -3.0].iter().map(|v| f16::from_f32(*v)).collect();
+        let mut dh = vec![f16::ZERO; 3];
+        reduce_into(&mut dh, &[&h, &h, &h], ReduceOp::Sum, 3);
+        assert_eq!(dh[1].to_f32(), 7.5);
+        let mut bytes = Vec::new();
+        f16::to_le(&h, &mut bytes);
+        f16::from_le(&bytes, &mut dh);
+        assert_eq!(dh, h);
+    }
+}

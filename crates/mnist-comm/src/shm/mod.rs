@@ -1,0 +1,463 @@
+//! The shared-memory backend: ranks on one host exchange data through one mapped segment and
+//! synchronise with epoch barriers on atomics (spin briefly, then futex).
+//!
+//! All-reduce of one chunk (buffers larger than a slot go chunk by chunk; chunks alternate
+//! between two slot sets, "parities", so a fast rank can fill the next chunk while a slow one
+//! still reads the previous result):
+//!
+//! ```text
+//!  rank 0 buf ──copy──► slot[p][0]  ┐                         ┌─► result[p] seg 0 ─┐
+//!  rank 1 buf ──copy──► slot[p][1]  ├─ barrier ─ rank r sums ─┼─► result[p] seg 1 ─┼─ barrier ─ every rank
+//!  rank 2 buf ──copy──► slot[p][2]  ┘   (headers   segment r  └─► result[p] seg 2 ─┘            copies result[p]
+//!                                        checked)  of all slots                                  into its buf
+//!             seg 0      seg 1      seg 2
+//!  slot[p][0] [ a0 ]     [ a1 ]     [ a2 ]     rank 1 computes result seg 1 = a1 + b1 + c1
+//!  slot[p][1] [ b0 ]     [ b1 ]     [ b2 ]     (in f32, in rank order, so every rank gets
+//!  slot[p][2] [ c0 ]     [ c1 ]     [ c2 ]      bit-identical values)
+//! ```
+//!
+//! Every collective first writes its header (sequence, op, dtype, count, extra) into bank
+//! `seq % 2`; after the first barrier every rank compares all headers, so a mismatch is seen by
+//! every rank alike. While waiting, a rank watches the abort flag, checks every 100 ms that its
+//! peers' processes and rendezvous sockets are alive, and gives up after the timeout naming the
+//! ranks that did not arrive.
+
+mod segment;
+
+pub use segment::shm_name_for;
+pub(crate) use segment::Segment;
+
+use crate::group::Group;
+use crate::liveness::{pid_alive, socket_closed};
+use crate::reduce::{reduce_into, DType, Elem};
+use crate::{CommError, Communicator, ReduceOp};
+use segment::{futex_wait, futex_wake_all, Field, MAX_WORLD, SLOT_BYTES};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+pub(crate) use segment::MAX_WORLD as SHM_MAX_WORLD;
+
+/// How long a waiting rank spins before it sleeps on the futex.
+const SPIN: Duration = Duration::from_micros(50);
+/// How often a waiting rank checks that its peers are alive.
+const LIVENESS_EVERY: Duration = Duration::from_millis(100);
+
+const OP_ALL_REDUCE: u64 = 1;
+const OP_BROADCAST: u64 = 2;
+const OP_ALL_GATHER: u64 = 3;
+const OP_BARRIER: u64 = 4;
+
+/// What a collective is, as written in its header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OpDesc {
+    pub op: u64,
+    pub dtype: u64,
+    pub count: u64,
+    pub extra: u64,
+}
+
+impl OpDesc {
+    /// Readable form for error messages.
+    pub(crate) fn describe(&self) -> String {
+        let name = match self.op {
+            OP_ALL_REDUCE => "all_reduce",
+            OP_BROADCAST => "broadcast",
+            OP_ALL_GATHER => "all_gather",
+            OP_BARRIER => "barrier",
+            _ => "unknown-op",
+        };
+        match self.op {
+            OP_ALL_REDUCE => format!(
+                "{name}({} x {}, {})",
+                self.count,
+                DType::name(self.dtype as u32),
+                if self.extra == 1 { "avg" } else { "sum" }
+            ),
+            OP_BROADCAST => format!("{name}({} bytes from rank {})", self.count, self.extra),
+            OP_ALL_GATHER => format!("{name}({} bytes)", self.count),
+            _ => name.to_string(),
+        }
+    }
+}
+
+/// Communicator over a shared-memory segment (all ranks on one host).
+pub struct ShmComm {
+    rank: usize,
+    world: usize,
+    seg: Segment,
+    group: Group,
+    timeout: Duration,
+    seq: u64,
+    phase: u64,
+    epoch: u64,
+    sent: u64,
+    poisoned: Option<String>,
+}
+
+/// Element range of segment `r` of a chunk of `len` elements, aligned to 16 elements.
+fn segment_range(len: usize, r: usize, world: usize) -> (usize, usize) {
+    let per = len.div_ceil(world).div_ceil(16) * 16;
+    let s = (r * per).min(len);
+    (s, (s + per).min(len))
+}
+
+impl ShmComm {
+    /// Wrap a mapped segment; `group` supplies pids and liveness sockets.
+    pub(crate) fn new(group: Group, seg: Segment, timeout: Duration) -> ShmComm {
+        ShmComm {
+            rank: group.rank,
+            world: group.world,
+            seg,
+            group,
+            timeout,
+            seq: 0,
+            phase: 0,
+            epoch: 0,
+            sent: 0,
+            poisoned: None,
+        }
+    }
+
+    /// Rank 0 unlinks the segment file once everyone mapped it.
+    pub(crate) fn unlink(&mut self) {
+        self.seg.unlink();
+    }
+
+    fn all_arrived(&self, target: u64) -> bool {
+        (0..self.world).all(|r| self.seg.epoch(r).load(Ordering::Acquire) >= target)
+    }
+
+    fn check_abort(&self, d: &OpDesc) -> Result<(), CommError> {
+        let flag = self.seg.abort_flag().load(Ordering::Acquire);
+        if flag == 0 {
+            return Ok(());
+        }
+        let peer = flag as usize - 1;
+        Err(CommError::PeerFailed {
+            rank: self.rank,
+            op: d.describe(),
+            peer,
+            what: format!("aborted: {}", self.seg.read_abort_msg(peer)),
+        })
+    }
+
+    fn check_peers(&self, d: &OpDesc, target: u64) -> Result<(), CommError> {
+        for r in (0..self.world).filter(|&r| r != self.rank) {
+            if self.seg.epoch(r).load(Ordering::Acquire) >= target {
+                continue;
+            }
+            let pid = self.group.pids[r];
+            let sock = if self.rank == 0 { self.group.socks.get(r) } else if r == 0 { self.group.socks.first() } else { None };
+            let sock_dead = sock.and_then(|s| s.as_ref()).is_some_and(socket_closed);
+            if !pid_alive(pid) || sock_dead {
+                return Err(CommError::PeerFailed {
+                    rank: self.rank,
+                    op: d.describe(),
+                    peer: r,
+                    what: format!("(pid {pid}) exited or closed its connection"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Arrive at the next barrier and wait for every rank.
+    fn barrier_wait(&mut self, d: &OpDesc) -> Result<(), CommError> {
+        self.epoch += 1;
+        let target = self.epoch;
+        self.seg.epoch(self.rank).store(target, Ordering::SeqCst);
+        self.seg.wake_word().fetch_add(1, Ordering::SeqCst);
+        if self.seg.sleepers().load(Ordering::SeqCst) > 0 {
+            futex_wake_all(self.seg.wake_word());
+        }
+        let start = Instant::now();
+        loop {
+            for _ in 0..64 {
+                if self.all_arrived(target) {
+                    return Ok(());
+                }
+                std::hint::spin_loop();
+            }
+            self.check_abort(d)?;
+            if start.elapsed() > SPIN {
+                break;
+            }
+        }
+        let mut last_check = start;
+        loop {
+            let sleepers = self.seg.sleepers();
+            sleepers.fetch_add(1, Ordering::SeqCst);
+            let w = self.seg.wake_word().load(Ordering::SeqCst);
+            if !self.all_arrived(target) && self.seg.abort_flag().load(Ordering::SeqCst) == 0 {
+                futex_wait(self.seg.wake_word(), w, Duration::from_millis(10));
+            }
+            sleepers.fetch_sub(1, Ordering::SeqCst);
+            if self.all_arrived(target) {
+                return Ok(());
+            }
+            self.check_abort(d)?;
+            let now = Instant::now();
+            if now.duration_since(last_check) >= LIVENESS_EVERY {
+                last_check = now;
+                self.check_peers(d, target)?;
+            }
+            if now.duration_since(start) >= self.timeout {
+                let missing = (0..self.world)
+                    .filter(|&r| self.seg.epoch(r).load(Ordering::Acquire) < target)
+                    .collect();
+                return Err(CommError::Timeout {
+                    rank: self.rank,
+                    op: d.describe(),
+                    seconds: now.duration_since(start).as_secs_f64(),
+                    missing,
+                });
+            }
+        }
+    }
+
+    /// Start a collective: bump the sequence number and publish the header.
+    fn begin(&mut self, d: &OpDesc) -> Result<(), CommError> {
+        if let Some(first) = &self.poisoned {
+            return Err(CommError::Poisoned { rank: self.rank, first: first.clone() });
+        }
+        self.seq += 1;
+        let bank = (self.seq % 2) as usize;
+        let h = |f| self.seg.header(bank, self.rank, f);
+        h(Field::Op).store(d.op, Ordering::Relaxed);
+        h(Field::DType).store(d.dtype, Ordering::Relaxed);
+        h(Field::Count).store(d.count, Ordering::Relaxed);
+        h(Field::Extra).store(d.extra, Ordering::Relaxed);
+        h(Field::Seq).store(self.seq, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After the first barrier: every rank compares every header (identically on all ranks).
+    fn check_headers(&self, _d: &OpDesc) -> Result<(), CommError> {
+        let bank = (self.seq % 2) as usize;
+        let read = |r: usize| {
+            let h = |f| self.seg.header(bank, r, f).load(Ordering::Relaxed);
+            (h(Field::Seq), OpDesc { op: h(Field::Op), dtype: h(Field::DType), count: h(Field::Count), extra: h(Field::Extra) })
+        };
+        let (seq0, h0) = read(0);
+        let same = |(s, h): (u64, OpDesc)| {
+            s == seq0 && h.op == h0.op && h.dtype == h0.dtype && h.extra == h0.extra && (h.count == h0.count || h.op == OP_ALL_GATHER)
+        };
+        if (1..self.world).all(|r| same(read(r))) {
+            return Ok(());
+        }
+        let detail = (0..self.world)
+            .map(|r| {
+                let (s, h) = read(r);
+                format!("rank {r}: #{s} {}", h.describe())
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(CommError::Mismatch { rank: self.rank, seq: self.seq, detail })
+    }
+
+    fn finish<T>(&mut self, r: Result<T, CommError>) -> Result<T, CommError> {
+        if let Err(e) = &r {
+            if self.poisoned.is_none() {
+                self.poisoned = Some(e.to_string());
+            }
+        }
+        r
+    }
+
+    fn next_parity(&mut self) -> usize {
+        self.phase += 1;
+        (self.phase % 2) as usize
+    }
+
+    fn all_reduce<T: Elem>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<(), CommError> {
+        let d = OpDesc {
+            op: OP_ALL_REDUCE,
+            dtype: T::DTYPE as u64,
+            count: buf.len() as u64,
+            extra: u64::from(op == ReduceOp::Average),
+        };
+        self.begin(&d)?;
+        let r = self.all_reduce_inner(buf, op, &d);
+        self.finish(r)
+    }
+
+    fn all_reduce_inner<T: Elem>(&mut self, buf: &mut [T], op: ReduceOp, d: &OpDesc) -> Result<(), CommError> {
+        let chunk = SLOT_BYTES / std::mem::size_of::<T>();
+        let (w, me) = (self.world, self.rank);
+        let mut off = 0;
+        let mut first = true;
+        loop {
+            let len = chunk.min(buf.len() - off);
+            let p = self.next_parity();
+            // SAFETY: slot[p][me] holds `chunk` elements of T (slots are page-aligned); between
+            // the previous barrier and the next one only this rank touches its own slot.
+            let mine = unsafe { std::slice::from_raw_parts_mut(self.seg.slot_ptr(p, me) as *mut T, len) };
+            mine.copy_from_slice(&buf[off..off + len]);
+            self.barrier_wait(d)?;
+            if first {
+                self.check_headers(d)?;
+                first = false;
+            }
+            if len == 0 {
+                break;
+            }
+            let (s, e) = segment_range(len, me, w);
+            if s < e {
+                let mut srcs: [&[T]; MAX_WORLD] = [&[]; MAX_WORLD];
+                for (r, src) in srcs.iter_mut().enumerate().take(w) {
+                    // SAFETY: every rank finished writing slot[p][r] before the barrier; until
+                    // the next barrier all ranks only read them.
+                    *src = unsafe { std::slice::from_raw_parts((self.seg.slot_ptr(p, r) as *const T).add(s), e - s) };
+                }
+                // SAFETY: segment [s, e) of the result slot is written by this rank only, and
+                // read by others only after the next barrier.
+                let res = unsafe { std::slice::from_raw_parts_mut((self.seg.slot_ptr(p, w) as *mut T).add(s), e - s) };
+                reduce_into(res, &srcs[..w], op, w);
+                buf[off + s..off + e].copy_from_slice(res);
+            }
+            self.barrier_wait(d)?;
+            // SAFETY: the whole result slot was written before the barrier; now everyone reads.
+            let res = unsafe { std::slice::from_raw_parts(self.seg.slot_ptr(p, w) as *const T, len) };
+            buf[off..off + s].copy_from_slice(&res[..s]);
+            buf[off + e..off + len].copy_from_slice(&res[e..]);
+            off += len;
+            if off >= buf.len() {
+                break;
+            }
+        }
+        let bytes = (buf.len() * std::mem::size_of::<T>()) as u64;
+        self.sent += 2 * bytes * (w as u64 - 1) / w as u64;
+        Ok(())
+    }
+
+    fn broadcast_inner(&mut self, buf: &mut [u8], root: usize, d: &OpDesc) -> Result<(), CommError> {
+        let mut off = 0;
+        let mut first = true;
+        loop {
+            let len = SLOT_BYTES.min(buf.len() - off);
+            let p = self.next_parity();
+            if self.rank == root {
+                // SAFETY: only the root writes slot[p][root] in this phase.
+                let dst = unsafe { std::slice::from_raw_parts_mut(self.seg.slot_ptr(p, root), len) };
+                dst.copy_from_slice(&buf[off..off + len]);
+            }
+            self.barrier_wait(d)?;
+            if first {
+                self.check_headers(d)?;
+                first = false;
+            }
+            if self.rank != root {
+                // SAFETY: written before the barrier, only read until the next phase's barrier.
+                let src = unsafe { std::slice::from_raw_parts(self.seg.slot_ptr(p, root), len) };
+                buf[off..off + len].copy_from_slice(src);
+            }
+            off += len;
+            if off >= buf.len() {
+                break;
+            }
+        }
+        if self.rank == root {
+            self.sent += (buf.len() * (self.world - 1)) as u64;
+        }
+        Ok(())
+    }
+
+    fn all_gather_inner(&mut self, send: &[u8], d: &OpDesc) -> Result<Vec<Vec<u8>>, CommError> {
+        self.barrier_wait(d)?;
+        self.check_headers(d)?;
+        let bank = (self.seq % 2) as usize;
+        let lens: Vec<usize> =
+            (0..self.world).map(|r| self.seg.header(bank, r, Field::Count).load(Ordering::Relaxed) as usize).collect();
+        let mut out: Vec<Vec<u8>> = lens.iter().map(|&n| Vec::with_capacity(n)).collect();
+        let rounds = lens.iter().max().copied().unwrap_or(0).div_ceil(SLOT_BYTES);
+        for k in 0..rounds {
+            let p = self.next_parity();
+            let lo = (k * SLOT_BYTES).min(send.len());
+            let hi = ((k + 1) * SLOT_BYTES).min(send.len());
+            // SAFETY: only this rank writes its own slot in this phase.
+            let dst = unsafe { std::slice::from_raw_parts_mut(self.seg.slot_ptr(p, self.rank), hi - lo) };
+            dst.copy_from_slice(&send[lo..hi]);
+            self.barrier_wait(d)?;
+            for (r, o) in out.iter_mut().enumerate() {
+                let n = lens[r].saturating_sub(k * SLOT_BYTES).min(SLOT_BYTES);
+                // SAFETY: rank r wrote these n bytes before the barrier; read-only until the
+                // next phase's barrier.
+                o.extend_from_slice(unsafe { std::slice::from_raw_parts(self.seg.slot_ptr(p, r), n) });
+            }
+        }
+        self.sent += (send.len() * (self.world - 1)) as u64;
+        Ok(out)
+    }
+}
+
+impl Communicator for ShmComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.world
+    }
+    fn all_reduce_f32(&mut self, buf: &mut [f32], op: ReduceOp) -> Result<(), CommError> {
+        self.all_reduce(buf, op)
+    }
+    fn all_reduce_f16(&mut self, buf: &mut [half::f16], op: ReduceOp) -> Result<(), CommError> {
+        self.all_reduce(buf, op)
+    }
+    fn all_reduce_bf16(&mut self, buf: &mut [half::bf16], op: ReduceOp) -> Result<(), CommError> {
+        self.all_reduce(buf, op)
+    }
+    fn broadcast(&mut self, buf: &mut [u8], root: usize) -> Result<(), CommError> {
+        let d = OpDesc { op: OP_BROADCAST, dtype: DType::U8 as u64, count: buf.len() as u64, extra: root as u64 };
+        if root >= self.world {
+            return Err(CommError::InvalidArgument { rank: self.rank, op: d.describe(), detail: format!("root {root} is not below world size {}", self.world) });
+        }
+        self.begin(&d)?;
+        let r = self.broadcast_inner(buf, root, &d);
+        self.finish(r)
+    }
+    fn all_gather_bytes(&mut self, send: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
+        let d = OpDesc { op: OP_ALL_GATHER, dtype: DType::U8 as u64, count: send.len() as u64, extra: 0 };
+        self.begin(&d)?;
+        let r = self.all_gather_inner(send, &d);
+        self.finish(r)
+    }
+    fn barrier(&mut self) -> Result<(), CommError> {
+        let d = OpDesc { op: OP_BARRIER, dtype: DType::U8 as u64, count: 0, extra: 0 };
+        self.begin(&d)?;
+        let r = self.barrier_wait(&d).and_then(|_| self.check_headers(&d));
+        self.finish(r)
+    }
+    fn bytes_sent(&self) -> u64 {
+        self.sent
+    }
+    fn abort(&mut self, reason: &str) {
+        self.seg.write_abort_msg(self.rank, reason);
+        let _ = self.seg.abort_flag().compare_exchange(0, self.rank as u32 + 1, Ordering::SeqCst, Ordering::SeqCst);
+        self.seg.wake_word().fetch_add(1, Ordering::SeqCst);
+        futex_wake_all(self.seg.wake_word());
+        if self.poisoned.is_none() {
+            self.poisoned = Some(format!("this rank aborted: {reason}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segment_range;
+
+    #[test]
+    fn segments_cover_the_chunk_without_overlap() {
+        for len in [0usize, 1, 15, 16, 17, 1000, 262_144] {
+            for w in 1..6 {
+                let mut next = 0;
+                for r in 0..w {
+                    let (s, e) = segment_range(len, r, w);
+                    assert_eq!(s, next.min(len));
+                    assert!(e >= s);
+                    next = e;
+                }
+                assert_eq!(next, len);
+            }
+        }
+    }
+}

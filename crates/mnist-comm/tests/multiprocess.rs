@@ -1,0 +1,273 @@
+//! Multi-process tests: real groups of `comm-peer` processes over both transports, checked
+//! against an independent oracle (the same seeded inputs summed here in f64), plus the
+//! failure paths: mismatch, a dying peer, a hung peer, abort, rendezvous timeouts, a stale
+//! rendezvous file, and nothing left behind in /dev/shm.
+
+use half::{bf16, f16};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Same generator as `comm-peer`.
+fn values(rank: usize, case: usize, n: usize) -> Vec<f32> {
+    let mut s = (rank as u64) * 1_000_003 + (case as u64) * 7919 + 1;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    secs: f64,
+}
+
+struct Group {
+    dir: PathBuf,
+    rdv: PathBuf,
+    run_id: String,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Group {
+    fn new(tag: &str) -> Group {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let run_id = format!("t{}-{n}-{tag}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("comm-test-{run_id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Group { rdv: dir.join("rendezvous"), dir, run_id }
+    }
+
+    fn spawn(&self, rank: usize, world: usize, scenario: &str, extra: &[&str]) -> (Child, Instant) {
+        let child = Command::new(env!("CARGO_BIN_EXE_comm-peer"))
+            .args(["--rank", &rank.to_string(), "--world-size", &world.to_string()])
+            .args(["--rendezvous", self.rdv.to_str().unwrap(), "--run-id", &self.run_id])
+            .args(["--scenario", scenario, "--out", self.dir.to_str().unwrap()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        (child, Instant::now())
+    }
+
+    /// Wait for the ranks in `need` (at most 25 s), then kill the others.
+    fn wait(&self, mut kids: Vec<(Child, Instant)>, need: &[usize]) -> Vec<Out> {
+        let deadline = Instant::now() + Duration::from_secs(25);
+        let mut secs = vec![None; kids.len()];
+        while Instant::now() < deadline && need.iter().any(|&i| secs[i].is_none()) {
+            for (i, (c, t)) in kids.iter_mut().enumerate() {
+                if secs[i].is_none() && c.try_wait().unwrap().is_some() {
+                    secs[i] = Some(t.elapsed().as_secs_f64());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        kids.into_iter()
+            .enumerate()
+            .map(|(i, (mut c, _))| {
+                let _ = c.kill();
+                let o = c.wait_with_output().unwrap();
+                Out {
+                    code: o.status.code(),
+                    stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+                    secs: secs[i].unwrap_or(f64::INFINITY),
+                }
+            })
+            .collect()
+    }
+
+    fn run(&self, world: usize, scenario: &str, extra: &[&str], need: &[usize]) -> Vec<Out> {
+        let kids = (0..world).map(|r| self.spawn(r, world, scenario, extra)).collect();
+        self.wait(kids, need)
+    }
+
+    fn assert_clean(&self) {
+        assert!(!self.rdv.exists(), "rendezvous file {} left behind", self.rdv.display());
+        let shm = Path::new("/dev/shm").join(mnist_comm::shm_name_for(&self.run_id));
+        assert!(!shm.exists(), "{} left behind", shm.display());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn check_close(got: f32, exp: f64, scale: f64, rel: f64, what: &str) {
+    let err = (got as f64 - exp).abs();
+    assert!(err <= rel * scale + 1e-30, "{what}: got {got}, expected {exp} (error {err:e}, allowed {:e})", rel * scale);
+}
+
+fn check_all(world: usize, transport: &str) {
+    let g = Group::new(&format!("all-{transport}-{world}"));
+    let outs = g.run(world, "all", &["--transport", transport], &(0..world).collect::<Vec<_>>());
+    for (r, o) in outs.iter().enumerate() {
+        assert_eq!(o.code, Some(0), "rank {r} failed:\n{}\n{}", o.stdout, o.stderr);
+        assert!(o.stdout.contains("PAYLOAD payload-from-rank-0"), "rank {r}: {}", o.stdout);
+    }
+    let mut cases = 0;
+    for line in outs[0].stdout.lines().filter(|l| l.starts_with("CASE ")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (i, dt, avg, n): (usize, &str, bool, usize) = (f[1].parse().unwrap(), f[2], f[3] == "avg", f[4].parse().unwrap());
+        let quant = |v: f32| match dt {
+            "f16" => f16::from_f32(v).to_f32(),
+            "bf16" => bf16::from_f32(v).to_f32(),
+            _ => v,
+        };
+        let inputs: Vec<Vec<f32>> = (0..world).map(|r| values(r, i, n).into_iter().map(quant).collect()).collect();
+        let first = std::fs::read(g.dir.join(format!("r0-c{i}.bin"))).unwrap();
+        for r in 0..world {
+            let bytes = std::fs::read(g.dir.join(format!("r{r}-c{i}.bin"))).unwrap();
+            assert_eq!(bytes, first, "case {i}: rank {r} differs from rank 0");
+        }
+        let got: Vec<f32> = match dt {
+            "f32" => first.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            "f16" => first.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+            _ => first.chunks_exact(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+        };
+        assert_eq!(got.len(), n, "case {i}: length");
+        let div = if avg { world as f64 } else { 1.0 };
+        for (k, gv) in got.iter().enumerate() {
+            let exp: f64 = inputs.iter().map(|v| v[k] as f64).sum::<f64>() / div;
+            let abs: f64 = inputs.iter().map(|v| (v[k] as f64).abs()).sum::<f64>() / div;
+            let what = format!("case {i} ({dt}, avg={avg}, n={n}) element {k}");
+            match dt {
+                "f32" => check_close(*gv, exp, abs, 1e-6, &what),
+                "f16" => check_close(*gv, exp, exp.abs().max(6e-5), 1.0 / 1024.0, &what),
+                _ => check_close(*gv, exp, exp.abs().max(1e-30), 1.0 / 128.0, &what),
+            }
+        }
+        cases += 1;
+    }
+    assert_eq!(cases, 10, "expected 10 all-reduce cases:\n{}", outs[0].stdout);
+    let root = 1 % world;
+    for (i, n) in [0usize, 5, 3 << 20].iter().enumerate() {
+        let exp: Vec<u8> = (0..*n).map(|k| (k * 31 + i) as u8).collect();
+        for r in 0..world {
+            assert!(std::fs::read(g.dir.join(format!("r{r}-b{i}.bin"))).unwrap() == exp, "broadcast {i} from {root} wrong on rank {r}");
+        }
+    }
+    let exp: Vec<u8> = (0..world)
+        .flat_map(|r| (0..r * 777 + if r == 0 { 1_500_000 } else { 1 }).map(move |k| (k + r) as u8))
+        .collect();
+    for r in 0..world {
+        assert!(std::fs::read(g.dir.join(format!("r{r}-g.bin"))).unwrap() == exp, "all_gather wrong on rank {r}");
+    }
+    g.assert_clean();
+}
+
+#[test]
+fn shm_two_ranks_match_the_oracle() {
+    check_all(2, "shm");
+}
+
+#[test]
+fn shm_three_ranks_match_the_oracle() {
+    check_all(3, "auto");
+}
+
+#[test]
+fn tcp_two_ranks_match_the_oracle() {
+    check_all(2, "tcp");
+}
+
+#[test]
+fn tcp_three_ranks_match_the_oracle() {
+    check_all(3, "tcp");
+}
+
+/// Run a failure scenario on 3 ranks; every rank in `need` must fail with all of `words`.
+fn check_failure(scenario: &str, transport: &str, extra: &[&str], need: &[usize], words: &[&str], max_secs: f64) {
+    let g = Group::new(&format!("{scenario}-{transport}"));
+    let mut args = vec!["--transport", transport];
+    args.extend_from_slice(extra);
+    let outs = g.run(3, scenario, &args, need);
+    for &r in need {
+        let o = &outs[r];
+        assert_eq!(o.code, Some(1), "rank {r} should fail:\n{}\n{}", o.stdout, o.stderr);
+        for w in words {
+            assert!(o.stdout.contains(w), "rank {r} error lacks {w:?}:\n{}", o.stdout);
+        }
+        assert!(o.secs < max_secs, "rank {r} took {:.1} s (limit {max_secs} s)", o.secs);
+    }
+    g.assert_clean();
+}
+
+#[test]
+fn mismatch_fails_on_every_rank() {
+    for t in ["shm", "tcp"] {
+        check_failure("mismatch", t, &[], &[0, 1, 2], &["mismatch", "rank 1: #2 all_reduce(11 x f32"], 10.0);
+    }
+}
+
+#[test]
+fn dead_peer_is_named_within_seconds() {
+    for t in ["shm", "tcp"] {
+        check_failure("die", t, &[], &[0, 2], &["peer rank 1"], 6.0);
+    }
+}
+
+#[test]
+fn hung_peer_times_out_naming_it() {
+    for t in ["shm", "tcp"] {
+        check_failure("hang", t, &["--timeout", "2"], &[0, 2], &["timed out", "[1]"], 8.0);
+    }
+}
+
+#[test]
+fn abort_reaches_the_peers() {
+    for t in ["shm", "tcp"] {
+        check_failure("abort", t, &[], &[0, 2], &["peer rank 1", "test abort from rank 1"], 6.0);
+    }
+}
+
+#[test]
+fn rendezvous_timeouts_name_the_missing_ranks() {
+    let g = Group::new("rdv-guest");
+    let kid = g.spawn(1, 2, "all", &["--rendezvous-timeout", "1"]);
+    let o = &g.wait(vec![kid], &[0])[0];
+    assert_eq!(o.code, Some(1));
+    assert!(o.stdout.contains("rank 0 never published the rendezvous file"), "{}", o.stdout);
+    assert!(o.stdout.contains(g.rdv.to_str().unwrap()), "{}", o.stdout);
+    g.assert_clean();
+
+    let g = Group::new("rdv-host");
+    let kid = g.spawn(0, 3, "all", &["--rendezvous-timeout", "1"]);
+    let o = &g.wait(vec![kid], &[0])[0];
+    assert_eq!(o.code, Some(1));
+    assert!(o.stdout.contains("rank(s) [1, 2] did not join within 1 s"), "{}", o.stdout);
+    g.assert_clean();
+}
+
+#[test]
+fn stale_rendezvous_file_is_ignored() {
+    use mnist_common::rendezvous::{RendezvousRecord, FORMAT_VERSION};
+    let g = Group::new("stale");
+    let stale = RendezvousRecord {
+        format_version: FORMAT_VERSION,
+        run_id: "some-older-run".into(),
+        world_size: 2,
+        host: "elsewhere".into(),
+        addr: "127.0.0.1:9".into(),
+        pid: 1,
+        shm_name: None,
+        payload: b"stale payload".to_vec(),
+    };
+    stale.publish(&g.rdv).unwrap();
+    let guest = g.spawn(1, 2, "mismatch", &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let host = g.spawn(0, 2, "mismatch", &[]);
+    let outs = g.wait(vec![host, guest], &[0, 1]);
+    assert!(outs[1].stderr.contains("ignoring stale rendezvous file"), "{}", outs[1].stderr);
+    assert!(outs[1].stdout.contains("PAYLOAD payload-from-rank-0"), "{}", outs[1].stdout);
+    assert!(outs[1].stdout.contains("mismatch"), "{}", outs[1].stdout);
+    g.assert_clean();
+}
