@@ -310,7 +310,12 @@ fn workers_die_with_a_sigkilled_launcher() {
     child.wait().unwrap();
     // The orphans are re-parented to this subreaper: reap them to see how they ended.
     let deadline = Instant::now() + Duration::from_secs(5);
-    for (rank, pid) in pids {
+    let kill_all = |pids: &[(usize, i32)]| {
+        for &(_, pid) in pids {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    };
+    for &(rank, pid) in &pids {
         loop {
             match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
@@ -321,7 +326,7 @@ fn workers_die_with_a_sigkilled_launcher() {
                     break;
                 }
                 other => {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    kill_all(&pids);
                     panic!(
                         "worker rank {rank} (pid {pid}) after the launcher's SIGKILL: {other:?}"
                     );
