@@ -6,8 +6,9 @@ Expected-value files ("manifests") are text, one tensor per line:
 holding the row-major values as float32, so both sides compare bit for bit.
 
 Commands:
-  check-ours CKPT MANIFEST   torch.load(CKPT) (weights_only default) must equal MANIFEST in
-                             order and values; then LeNet().load_state_dict(strict=True).
+  check-ours CKPT MANIFEST   torch.load(CKPT) (weights_only default, and with mmap=True)
+                             must equal MANIFEST in order and values, without warnings;
+                             then LeNet().load_state_dict(strict=True).
   make OUTDIR                write checkpoints with torch.save plus a .manifest for each:
                              lenet.pt (a real state_dict, with _metadata), lenet_p4.pt
                              (pickle_protocol=4), mixed.pt and mixed_p4.pt (float64, float16,
@@ -68,12 +69,13 @@ def check_ours(ckpt, manifest):
         warnings.simplefilter("always")
         sd = torch.load(ckpt)  # weights_only=True is the default in torch >= 2.6
         sd_wo = torch.load(ckpt, weights_only=True)
+        sd_mmap = torch.load(ckpt, mmap=True)  # needs the 64-byte record alignment
     if caught:
         raise AssertionError(f"torch.load warned: {[str(w.message) for w in caught]}")
     assert isinstance(sd, collections.OrderedDict), type(sd)
     assert list(sd.keys()) == list(expected.keys()), (list(sd.keys()), list(expected))
     for name, (shape, vals) in expected.items():
-        for d in (sd, sd_wo):
+        for d in (sd, sd_wo, sd_mmap):
             t = d[name]
             assert t.dtype == torch.float32, (name, t.dtype)
             assert list(t.shape) == shape, (name, list(t.shape), shape)

@@ -13,6 +13,7 @@ mod atomic;
 mod dtype;
 mod error;
 mod pickle_read;
+mod pickle_torch;
 mod pickle_write;
 mod safetensors_io;
 mod strided;

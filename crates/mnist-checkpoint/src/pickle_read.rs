@@ -1,36 +1,13 @@
 //! A small pickle virtual machine (protocols 2-4) that decodes `torch.save`'s `data.pkl` into
 //! plain values without executing anything: globals stay names, and the few callables a
-//! state dict uses (`OrderedDict`, `_rebuild_tensor_v2`, `_rebuild_parameter`) are interpreted.
+//! state dict uses are interpreted by `pickle_torch`.
 //! Every read is bounds-checked; malformed input yields an error, never a panic.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::DType;
-
-/// A storage persistent id: `('storage', torch.<Type>Storage, key, location, numel)`.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct StorageRef {
-    /// Record name under `data/`.
-    pub key: String,
-    /// Element type from the storage class.
-    pub dtype: DType,
-    /// Number of elements in the storage.
-    pub numel: usize,
-}
-
-/// A tensor view onto a storage (the arguments of `_rebuild_tensor_v2`).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct TensorRef {
-    /// The storage viewed.
-    pub storage: StorageRef,
-    /// Offset of element 0, in elements.
-    pub offset: usize,
-    /// Dimensions.
-    pub shape: Vec<usize>,
-    /// Strides in elements.
-    pub stride: Vec<usize>,
-}
+use crate::pickle_torch::{persistent_load, reduce};
+pub(crate) use crate::pickle_torch::{StorageRef, TensorRef};
 
 /// A decoded pickle value. Containers hold `Rc`s so memo lookups are cheap.
 #[derive(Debug, Clone)]
@@ -432,100 +409,73 @@ fn decode_long(b: &[u8]) -> Value {
     Value::Int(i64::from_le_bytes(buf))
 }
 
-/// Interprets a persistent id; only torch storages are understood.
-fn persistent_load(pid: &Value) -> Result<Value, String> {
-    let Value::Tuple(items, _) = pid else {
-        return Ok(Value::Persistent);
-    };
-    match items.first().map(|v| &**v) {
-        Some(Value::Str(s)) if s == "storage" => {}
-        _ => return Ok(Value::Persistent),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pickle_write::{encode_state_dict, TensorEntry};
+    use crate::DType;
+
+    #[test]
+    fn decodes_what_the_writer_encodes() {
+        let entries = [
+            TensorEntry {
+                name: "a",
+                key: "0".into(),
+                shape: &[2, 3],
+            },
+            TensorEntry {
+                name: "b",
+                key: "1".into(),
+                shape: &[],
+            },
+        ];
+        let v = decode(&encode_state_dict(&entries)).unwrap();
+        let Value::Dict(items, _) = &*v else {
+            panic!("{}", v.kind())
+        };
+        assert_eq!(items.len(), 2);
+        let Value::Tensor(t) = &*items[0].1 else {
+            panic!()
+        };
+        assert_eq!(
+            (t.shape.clone(), t.stride.clone(), t.offset),
+            (vec![2, 3], vec![3, 1], 0)
+        );
+        assert_eq!(
+            (t.storage.key.as_str(), t.storage.numel, t.storage.dtype),
+            ("0", 6, DType::F32)
+        );
+        let Value::Tensor(s) = &*items[1].1 else {
+            panic!()
+        };
+        assert!(s.shape.is_empty() && s.storage.numel == 1);
     }
-    if items.len() != 5 {
-        return Err(format!(
-            "storage persistent id has {} fields, expected 5",
-            items.len()
+
+    #[test]
+    fn protocol_4_opcodes() {
+        // FRAME, SHORT_BINUNICODE, MEMOIZE, STACK_GLOBAL, EMPTY_DICT, BINGET, SETITEM.
+        let mut p = vec![0x80, 4, 0x95];
+        p.extend_from_slice(&0u64.to_le_bytes());
+        p.extend_from_slice(b"\x8c\x0bcollections\x94\x8c\x0bOrderedDict\x94\x93\x94)R\x94");
+        p.extend_from_slice(b"\x8c\x01kh\x01s.");
+        let v = decode(&p).unwrap();
+        let Value::Dict(items, _) = &*v else {
+            panic!("{}", v.kind())
+        };
+        assert!(
+            matches!((&*items[0].0, &*items[0].1), (Value::Str(k), Value::Str(v)) if k == "k" && v == "OrderedDict")
+        );
+    }
+
+    #[test]
+    fn long_ints_are_twos_complement() {
+        assert!(matches!(decode_long(&[0xff]), Value::Int(-1)));
+        assert!(matches!(decode_long(&[0x00, 0x80]), Value::Int(-32768)));
+        assert!(matches!(
+            decode_long(&[0x00, 0x00, 0x00, 0x80, 0x00]),
+            Value::Int(2147483648)
         ));
-    }
-    let dtype = match &*items[1] {
-        Value::Global(m, n) if m == "torch" => DType::from_torch_storage(n)
-            .ok_or_else(|| format!("unsupported storage type torch.{n}"))?,
-        other => {
-            return Err(format!(
-                "storage type is {}, not a torch.*Storage",
-                other.kind()
-            ))
-        }
-    };
-    let key = match &*items[2] {
-        Value::Str(s) => s.clone(),
-        other => return Err(format!("storage key is {}, not a str", other.kind())),
-    };
-    let numel = as_usize(&items[4], "storage size")?;
-    Ok(Value::Storage(StorageRef { key, dtype, numel }))
-}
-
-/// Interprets `func(*args)` for the callables a state dict uses.
-fn reduce(func: &Value, args: &Value) -> Result<Value, String> {
-    let Value::Global(module, name) = func else {
-        return Ok(Value::Object(format!("call of {}", func.kind())));
-    };
-    let args: &[Rc<Value>] = match args {
-        Value::Tuple(a, _) => a,
-        _ => return Ok(Value::Object(format!("{module}.{name}(...)"))),
-    };
-    match (module.as_str(), name.as_str()) {
-        ("collections", "OrderedDict") if args.is_empty() => Ok(Value::Dict(Vec::new(), 1)),
-        ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-            rebuild_tensor(args)
-        }
-        ("torch._utils", "_rebuild_parameter")
-        | ("torch._utils", "_rebuild_parameter_with_state") => match args.first().map(|v| &**v) {
-            Some(t @ Value::Tensor(_)) => Ok(t.clone()),
-            _ => Err(format!("{module}.{name} without a tensor argument")),
-        },
-        _ => Ok(Value::Object(format!("{module}.{name}(...)"))),
-    }
-}
-
-/// `_rebuild_tensor_v2(storage, storage_offset, size, stride, ...)`.
-fn rebuild_tensor(args: &[Rc<Value>]) -> Result<Value, String> {
-    if args.len() < 4 {
-        return Err(format!(
-            "_rebuild_tensor_v2 got {} arguments, expected at least 4",
-            args.len()
-        ));
-    }
-    let storage = match &*args[0] {
-        Value::Storage(s) => s.clone(),
-        other => return Err(format!("tensor storage is {}", other.kind())),
-    };
-    let offset = as_usize(&args[1], "storage offset")?;
-    let shape = as_usize_tuple(&args[2], "size")?;
-    let stride = as_usize_tuple(&args[3], "stride")?;
-    if shape.len() != stride.len() {
-        return Err(format!(
-            "tensor size {shape:?} and stride {stride:?} have different lengths"
-        ));
-    }
-    Ok(Value::Tensor(TensorRef {
-        storage,
-        offset,
-        shape,
-        stride,
-    }))
-}
-
-fn as_usize(v: &Value, what: &str) -> Result<usize, String> {
-    match v {
-        Value::Int(i) => usize::try_from(*i).map_err(|_| format!("{what} {i} is negative")),
-        other => Err(format!("{what} is {}, not an int", other.kind())),
-    }
-}
-
-fn as_usize_tuple(v: &Value, what: &str) -> Result<Vec<usize>, String> {
-    match v {
-        Value::Tuple(items, _) => items.iter().map(|i| as_usize(i, what)).collect(),
-        other => Err(format!("tensor {what} is {}, not a tuple", other.kind())),
+        assert!(matches!(decode_long(&[]), Value::Int(0)));
+        assert!(matches!(decode_long(&[1; 9]), Value::BigInt(9)));
     }
 }
