@@ -79,7 +79,7 @@ fn add_pairs(out: &mut [f32], bytes: &[u8], me: usize, peer: usize) -> Result<()
         peer,
         what,
     };
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Err(bad(format!(
             "sent {} bytes, not a multiple of 8",
             bytes.len()
