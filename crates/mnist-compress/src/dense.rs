@@ -2,6 +2,7 @@
 //! `bf16_compress_hook`), also used by PowerSGD for its uncompressed tensors.
 
 use crate::{GradCompressor, TensorLayout};
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use mnist_comm::{CommError, Communicator, ReduceOp};
 
@@ -26,24 +27,33 @@ pub fn average(buf: &mut [f32], wire: Wire, comm: &mut dyn Communicator) -> Resu
     match wire {
         Wire::F32 => comm.all_reduce_f32(buf, ReduceOp::Average),
         Wire::F16 => {
-            let w = comm.world_size() as f32;
-            let mut narrow: Vec<f16> = buf.iter().map(|&x| f16::from_f32(x / w)).collect();
+            let mut narrow = narrow_scaled(buf, f16::ZERO, comm.world_size());
             comm.all_reduce_f16(&mut narrow, ReduceOp::Sum)?;
-            for (x, h) in buf.iter_mut().zip(&narrow) {
-                *x = h.to_f32();
-            }
+            narrow.convert_to_f32_slice(buf);
             Ok(())
         }
         Wire::Bf16 => {
-            let w = comm.world_size() as f32;
-            let mut narrow: Vec<bf16> = buf.iter().map(|&x| bf16::from_f32(x / w)).collect();
+            let mut narrow = narrow_scaled(buf, bf16::ZERO, comm.world_size());
             comm.all_reduce_bf16(&mut narrow, ReduceOp::Sum)?;
-            for (x, h) in buf.iter_mut().zip(&narrow) {
-                *x = h.to_f32();
-            }
+            narrow.convert_to_f32_slice(buf);
             Ok(())
         }
     }
+}
+
+/// `buf / world` rounded (to nearest, ties to even) into a 16-bit format. The slice
+/// conversions use the CPU's F16C instructions when present (about 10× faster than
+/// converting value by value); results are the same either way.
+fn narrow_scaled<H>(buf: &[f32], zero: H, world: usize) -> Vec<H>
+where
+    H: Copy,
+    [H]: HalfFloatSliceExt,
+{
+    let w = world as f32;
+    let scaled: Vec<f32> = buf.iter().map(|&x| x / w).collect();
+    let mut narrow = vec![zero; buf.len()];
+    narrow.convert_from_f32_slice(&scaled);
+    narrow
 }
 
 /// Plain averaging all-reduce in f32, fp16 or bf16 (methods `none`, `fp16`, `bf16`).

@@ -45,7 +45,8 @@ struct Matrix {
     n: usize,
     m: usize,
     r: usize,
-    /// Offsets of this matrix's P (n×r) and Q (m×r) in the bucket's packed P and Q buffers.
+    /// Offsets of this matrix's P (n×r) and Q (m×r), stored column by column, in the
+    /// bucket's packed P and Q buffers.
     p_off: usize,
     q_off: usize,
 }
@@ -293,13 +294,11 @@ impl GradCompressor for PowerSgd {
         // out = P Qᵀ; residual = M − out.
         for mat in &st.matrices {
             self.row.resize(mat.m, 0.0);
-            let q = &st.q[mat.q()];
+            let (pt, qt) = (&st.p[mat.p()], &st.q[mat.q()]);
             let rows = grad[mat.range()].chunks_exact_mut(mat.m);
             let res_rows = st.residual[mat.range()].chunks_exact_mut(mat.m);
-            for ((g_row, res_row), p_row) in
-                rows.zip(res_rows).zip(st.p[mat.p()].chunks_exact(mat.r))
-            {
-                row_p_qt(p_row, q, &mut self.row);
+            for (i, (g_row, res_row)) in rows.zip(res_rows).enumerate() {
+                row_p_qt(pt, mat.n, i, qt, &mut self.row);
                 for ((g, res), &a) in g_row.iter_mut().zip(res_row.iter_mut()).zip(&self.row) {
                     *res = *g - a;
                     *g = a;

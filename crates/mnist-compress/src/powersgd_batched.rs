@@ -140,8 +140,8 @@ impl GradCompressor for BatchedPowerSgd {
 
         // out = P Qᵀ; residual = M − out over the padded square; grad = out, un-padded.
         self.row.resize(side, 0.0);
-        for (i, p_row) in st.p.chunks_exact(r).enumerate() {
-            row_p_qt(p_row, &st.q, &mut self.row);
+        for i in 0..side {
+            row_p_qt(&st.p, side, i, &st.q, &mut self.row);
             let at = i * side;
             for (j, &a) in self.row.iter().enumerate() {
                 st.residual[at + j] = m[at + j] - a;
