@@ -119,9 +119,16 @@ impl RendezvousRecord {
             path: path.to_path_buf(),
             detail,
         })?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-        let io = |op: &'static str, source| RendezvousError::Io { path: path.to_path_buf(), op, source };
+        let io = |op: &'static str, source| RendezvousError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        };
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
@@ -142,7 +149,11 @@ impl RendezvousRecord {
         match std::fs::read(path) {
             Ok(bytes) => Ok(Self::judge(&bytes, run_id)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ReadOutcome::Missing),
-            Err(source) => Err(RendezvousError::Io { path: path.to_path_buf(), op: "read", source }),
+            Err(source) => Err(RendezvousError::Io {
+                path: path.to_path_buf(),
+                op: "read",
+                source,
+            }),
         }
     }
 }
@@ -169,14 +180,28 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rdv-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("rdv");
-        assert_eq!(RendezvousRecord::read(&path, "a").unwrap(), ReadOutcome::Missing);
+        assert_eq!(
+            RendezvousRecord::read(&path, "a").unwrap(),
+            ReadOutcome::Missing
+        );
         rec("a").publish(&path).unwrap();
-        assert_eq!(RendezvousRecord::read(&path, "a").unwrap(), ReadOutcome::Ready(rec("a")));
-        assert!(matches!(RendezvousRecord::read(&path, "b").unwrap(), ReadOutcome::Stale(_)));
+        assert_eq!(
+            RendezvousRecord::read(&path, "a").unwrap(),
+            ReadOutcome::Ready(rec("a"))
+        );
+        assert!(matches!(
+            RendezvousRecord::read(&path, "b").unwrap(),
+            ReadOutcome::Stale(_)
+        ));
         let mut bytes = rec("a").encode().unwrap();
         bytes[8] = 9;
-        assert!(matches!(RendezvousRecord::judge(&bytes, "a"), ReadOutcome::Stale(s) if s.contains("version 9")));
-        assert!(matches!(RendezvousRecord::judge(b"junk", "a"), ReadOutcome::Stale(_)));
+        assert!(
+            matches!(RendezvousRecord::judge(&bytes, "a"), ReadOutcome::Stale(s) if s.contains("version 9"))
+        );
+        assert!(matches!(
+            RendezvousRecord::judge(b"junk", "a"),
+            ReadOutcome::Stale(_)
+        ));
         // Only the target remains: the temporary file was renamed.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();

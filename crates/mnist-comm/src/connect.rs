@@ -1,6 +1,8 @@
 //! [`connect`]: join the group named by a worker's identity and pick the backend.
 
-use crate::group::{self, await_ready, await_welcome, send_msg, send_welcome, Group, JoinSpec, Msg};
+use crate::group::{
+    self, await_ready, await_welcome, send_msg, send_welcome, Group, JoinSpec, Msg,
+};
 use crate::shm::{shm_name_for, Segment, ShmComm, SHM_MAX_WORLD};
 use crate::{CommError, Communicator, Solo, TcpComm};
 use mnist_common::contract::WorkerIdentity;
@@ -44,7 +46,13 @@ impl Default for CommOptions {
 
 fn reject_all(g: &mut Group, reason: &str) {
     for s in g.socks.iter_mut().flatten() {
-        let _ = send_msg(g.rank, s, &Msg::Reject { reason: reason.to_string() });
+        let _ = send_msg(
+            g.rank,
+            s,
+            &Msg::Reject {
+                reason: reason.to_string(),
+            },
+        );
     }
 }
 
@@ -67,8 +75,14 @@ pub fn connect(
     if rank >= world {
         return Err(err(format!("rank {rank} is not below world size {world}")));
     }
-    let path = identity.rendezvous.as_deref().ok_or_else(|| err("no rendezvous file given".into()))?;
-    let run_id = identity.run_id.as_deref().ok_or_else(|| err("no run id given".into()))?;
+    let path = identity
+        .rendezvous
+        .as_deref()
+        .ok_or_else(|| err("no rendezvous file given".into()))?;
+    let run_id = identity
+        .run_id
+        .as_deref()
+        .ok_or_else(|| err("no run id given".into()))?;
     let all_local = identity.local_world_size == world;
     let shm_plan = (opts.transport != Transport::Tcp && all_local).then(|| shm_name_for(run_id));
     let deadline = Instant::now() + opts.rendezvous_timeout;
@@ -129,7 +143,13 @@ pub fn connect(
         let seg = Segment::open(&name, world);
         let error = seg.as_ref().err().map(|e| e.to_string());
         if let Some(Some(s)) = g.socks.first_mut() {
-            send_msg(rank, s, &Msg::Ready { error: error.clone() })?;
+            send_msg(
+                rank,
+                s,
+                &Msg::Ready {
+                    error: error.clone(),
+                },
+            )?;
         }
         let seg = seg.map_err(|e| err(format!("cannot map shared memory /dev/shm/{name}: {e}")))?;
         Ok((Box::new(ShmComm::new(g, seg, opts.timeout)), payload))

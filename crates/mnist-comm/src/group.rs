@@ -14,9 +14,19 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Msg {
     /// A rank introduces itself to rank 0.
-    Hello { rank: u64, world_size: u64, run_id: String, host: String, pid: u32 },
+    Hello {
+        rank: u64,
+        world_size: u64,
+        run_id: String,
+        host: String,
+        pid: u32,
+    },
     /// Rank 0 accepts: everyone's host and pid, and the shared-memory segment to map if any.
-    Welcome { hosts: Vec<String>, pids: Vec<u32>, shm: Option<String> },
+    Welcome {
+        hosts: Vec<String>,
+        pids: Vec<u32>,
+        shm: Option<String>,
+    },
     /// Rank 0 refuses or gave up.
     Reject { reason: String },
     /// A rank mapped the segment (or says why it could not).
@@ -48,7 +58,11 @@ pub(crate) fn send_msg(rank: usize, s: &mut TcpStream, m: &Msg) -> Result<(), Co
     let body = bincode::serialize(m).map_err(|e| rdv_err(rank, format!("encode: {e}")))?;
     let mut buf = (body.len() as u32).to_le_bytes().to_vec();
     buf.extend_from_slice(&body);
-    s.write_all(&buf).map_err(|source| CommError::Io { rank, op: "rendezvous send".into(), source })
+    s.write_all(&buf).map_err(|source| CommError::Io {
+        rank,
+        op: "rendezvous send".into(),
+        source,
+    })
 }
 
 /// Receive one framed message, waiting at most `wait`.
@@ -59,18 +73,30 @@ pub(crate) fn recv_msg<T: DeserializeOwned>(
     from: &str,
 ) -> Result<T, CommError> {
     s.set_read_timeout(Some(wait.max(Duration::from_millis(10))))
-        .map_err(|source| CommError::Io { rank, op: "set read timeout".into(), source })?;
+        .map_err(|source| CommError::Io {
+            rank,
+            op: "set read timeout".into(),
+            source,
+        })?;
     let mut len = [0u8; 4];
     let res = s.read_exact(&mut len).and_then(|_| {
         let n = u32::from_le_bytes(len) as usize;
         if n > 1 << 20 {
-            return Err(std::io::Error::other(format!("message of {n} bytes is too long")));
+            return Err(std::io::Error::other(format!(
+                "message of {n} bytes is too long"
+            )));
         }
         let mut body = vec![0u8; n];
         s.read_exact(&mut body).map(|_| body)
     });
     let body = res.map_err(|e| {
-        rdv_err(rank, format!("no answer from {from} within {:.1} s: {e}", wait.as_secs_f64()))
+        rdv_err(
+            rank,
+            format!(
+                "no answer from {from} within {:.1} s: {e}",
+                wait.as_secs_f64()
+            ),
+        )
     })?;
     bincode::deserialize(&body).map_err(|e| rdv_err(rank, format!("bad message from {from}: {e}")))
 }
@@ -124,12 +150,23 @@ impl Drop for FileGuard {
 pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
     let r = spec.rank;
     let host = hostname();
-    let bind = if spec.all_local_hint { "127.0.0.1:0" } else { "0.0.0.0:0" };
-    let listener = TcpListener::bind(bind)
-        .map_err(|source| CommError::Io { rank: r, op: format!("bind {bind}"), source })?;
+    let bind = if spec.all_local_hint {
+        "127.0.0.1:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let listener = TcpListener::bind(bind).map_err(|source| CommError::Io {
+        rank: r,
+        op: format!("bind {bind}"),
+        source,
+    })?;
     let port = listener
         .local_addr()
-        .map_err(|source| CommError::Io { rank: r, op: "local_addr".into(), source })?
+        .map_err(|source| CommError::Io {
+            rank: r,
+            op: "local_addr".into(),
+            source,
+        })?
         .port();
     let rec = RendezvousRecord {
         format_version: FORMAT_VERSION,
@@ -141,11 +178,16 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
         shm_name: spec.shm_plan.clone(),
         payload: spec.payload.clone(),
     };
-    rec.publish(spec.path).map_err(|e| rdv_err(r, e.to_string()))?;
+    rec.publish(spec.path)
+        .map_err(|e| rdv_err(r, e.to_string()))?;
     let _guard = FileGuard(spec.path.to_path_buf());
     listener
         .set_nonblocking(true)
-        .map_err(|source| CommError::Io { rank: r, op: "listener nonblocking".into(), source })?;
+        .map_err(|source| CommError::Io {
+            rank: r,
+            op: "listener nonblocking".into(),
+            source,
+        })?;
     let mut socks: Vec<Option<TcpStream>> = (0..spec.world).map(|_| None).collect();
     let mut hosts = vec![String::new(); spec.world];
     let mut pids = vec![0u32; spec.world];
@@ -154,7 +196,13 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
     let mut joined = 1;
     let fail = |socks: &mut Vec<Option<TcpStream>>, reason: String| {
         for s in socks.iter_mut().flatten() {
-            let _ = send_msg(r, s, &Msg::Reject { reason: reason.clone() });
+            let _ = send_msg(
+                r,
+                s,
+                &Msg::Reject {
+                    reason: reason.clone(),
+                },
+            );
         }
         rdv_err(r, reason)
     };
@@ -163,7 +211,8 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
             Ok(x) => x,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() >= spec.deadline {
-                    let missing: Vec<usize> = (1..spec.world).filter(|&i| socks[i].is_none()).collect();
+                    let missing: Vec<usize> =
+                        (1..spec.world).filter(|&i| socks[i].is_none()).collect();
                     let reason = format!(
                         "rank(s) {missing:?} did not join within {:.0} s (rendezvous file {})",
                         spec.timeout.as_secs_f64(),
@@ -174,7 +223,13 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
                 std::thread::sleep(Duration::from_millis(2));
                 continue;
             }
-            Err(source) => return Err(CommError::Io { rank: r, op: "accept".into(), source }),
+            Err(source) => {
+                return Err(CommError::Io {
+                    rank: r,
+                    op: "accept".into(),
+                    source,
+                })
+            }
         };
         let _ = s.set_nonblocking(false);
         let _ = s.set_nodelay(true);
@@ -182,24 +237,48 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
             Ok(m) => m,
             Err(_) => continue, // not one of ours, or too slow to speak: drop it
         };
-        let Msg::Hello { rank, world_size, run_id, host, pid } = hello else { continue };
+        let Msg::Hello {
+            rank,
+            world_size,
+            run_id,
+            host,
+            pid,
+        } = hello
+        else {
+            continue;
+        };
         let rank = rank as usize;
         let problem = if run_id != spec.run_id {
-            Some(format!("rank {rank} (pid {pid}) belongs to run {run_id:?}, not {:?}", spec.run_id))
+            Some(format!(
+                "rank {rank} (pid {pid}) belongs to run {run_id:?}, not {:?}",
+                spec.run_id
+            ))
         } else if world_size as usize != spec.world {
             Some(format!(
                 "rank {rank} (pid {pid}) has world size {world_size}, rank 0 has {}",
                 spec.world
             ))
         } else if rank == 0 || rank >= spec.world {
-            Some(format!("rank {rank} (pid {pid}) is out of range 1..{}", spec.world))
+            Some(format!(
+                "rank {rank} (pid {pid}) is out of range 1..{}",
+                spec.world
+            ))
         } else if socks[rank].is_some() {
-            Some(format!("rank {rank} joined twice (pids {} and {pid})", pids[rank]))
+            Some(format!(
+                "rank {rank} joined twice (pids {} and {pid})",
+                pids[rank]
+            ))
         } else {
             None
         };
         if let Some(reason) = problem {
-            let _ = send_msg(r, &mut s, &Msg::Reject { reason: reason.clone() });
+            let _ = send_msg(
+                r,
+                &mut s,
+                &Msg::Reject {
+                    reason: reason.clone(),
+                },
+            );
             return Err(fail(&mut socks, reason));
         }
         hosts[rank] = host;
@@ -207,7 +286,14 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
         socks[rank] = Some(s);
         joined += 1;
     }
-    Ok(Group { rank: r, world: spec.world, hosts, pids, socks, payload: spec.payload.clone() })
+    Ok(Group {
+        rank: r,
+        world: spec.world,
+        hosts,
+        pids,
+        socks,
+        payload: spec.payload.clone(),
+    })
 }
 
 /// Other ranks: wait for the file, connect, say hello. Returns the group (hosts and pids are
@@ -216,7 +302,9 @@ pub(crate) fn guest_join(spec: &JoinSpec) -> Result<(Group, TcpStream), CommErro
     let r = spec.rank;
     let mut warned_stale = false;
     let rec = loop {
-        match RendezvousRecord::read(spec.path, spec.run_id).map_err(|e| rdv_err(r, e.to_string()))? {
+        match RendezvousRecord::read(spec.path, spec.run_id)
+            .map_err(|e| rdv_err(r, e.to_string()))?
+        {
             ReadOutcome::Ready(rec) => break rec,
             ReadOutcome::Stale(why) if !warned_stale => {
                 eprintln!(
@@ -239,15 +327,20 @@ pub(crate) fn guest_join(spec: &JoinSpec) -> Result<(Group, TcpStream), CommErro
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let addr: SocketAddr = rec
-        .addr
-        .parse()
-        .map_err(|e| rdv_err(r, format!("bad address {:?} in {}: {e}", rec.addr, spec.path.display())))?;
+    let addr: SocketAddr = rec.addr.parse().map_err(|e| {
+        rdv_err(
+            r,
+            format!("bad address {:?} in {}: {e}", rec.addr, spec.path.display()),
+        )
+    })?;
     let mut s = loop {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
             Ok(s) => break s,
             Err(e) if Instant::now() >= spec.deadline => {
-                return Err(rdv_err(r, format!("cannot reach rank 0 at {addr} (pid {}): {e}", rec.pid)))
+                return Err(rdv_err(
+                    r,
+                    format!("cannot reach rank 0 at {addr} (pid {}): {e}", rec.pid),
+                ))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -287,13 +380,20 @@ pub(crate) fn await_welcome(
             Ok(shm)
         }
         Msg::Reject { reason } => Err(rdv_err(g.rank, format!("rank 0 refused: {reason}"))),
-        other => Err(rdv_err(g.rank, format!("unexpected message from rank 0: {other:?}"))),
+        other => Err(rdv_err(
+            g.rank,
+            format!("unexpected message from rank 0: {other:?}"),
+        )),
     }
 }
 
 /// Rank 0: send everyone the welcome.
 pub(crate) fn send_welcome(g: &mut Group, shm: Option<String>) -> Result<(), CommError> {
-    let m = Msg::Welcome { hosts: g.hosts.clone(), pids: g.pids.clone(), shm };
+    let m = Msg::Welcome {
+        hosts: g.hosts.clone(),
+        pids: g.pids.clone(),
+        shm,
+    };
     for s in g.socks.iter_mut().flatten() {
         send_msg(g.rank, s, &m)?;
     }
@@ -307,9 +407,17 @@ pub(crate) fn await_ready(g: &mut Group, wait: Duration) -> Result<(), CommError
         match recv_msg(g.rank, s, wait, &format!("rank {i}"))? {
             Msg::Ready { error: None } => {}
             Msg::Ready { error: Some(e) } => {
-                return Err(rdv_err(g.rank, format!("rank {i} could not map shared memory: {e}")))
+                return Err(rdv_err(
+                    g.rank,
+                    format!("rank {i} could not map shared memory: {e}"),
+                ))
             }
-            other => return Err(rdv_err(g.rank, format!("unexpected message from rank {i}: {other:?}"))),
+            other => {
+                return Err(rdv_err(
+                    g.rank,
+                    format!("unexpected message from rank {i}: {other:?}"),
+                ))
+            }
         }
     }
     Ok(())

@@ -6,7 +6,9 @@ use std::os::fd::AsRawFd;
 
 /// Whether process `pid` on this host is running (a zombie counts as dead).
 pub(crate) fn pid_alive(pid: u32) -> bool {
-    let Ok(p) = i32::try_from(pid) else { return false };
+    let Ok(p) = i32::try_from(pid) else {
+        return false;
+    };
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None) {
         Ok(()) | Err(nix::errno::Errno::EPERM) => {}
         Err(_) => return false,
@@ -14,7 +16,9 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
     // kill(pid, 0) succeeds on an unreaped zombie; /proc tells the state.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
-            let state = s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            let state = s
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
             !matches!(state, Some('Z') | Some('X'))
         }
         Err(_) => true,

@@ -145,7 +145,10 @@ mod tests {
         assert!(d.iter().enumerate().all(|(i, v)| *v == 3.0 * i as f32));
         reduce_into(&mut d, &[&a, &b], ReduceOp::Average, 2);
         assert_eq!(d[4000], 6000.0);
-        let h: Vec<f16> = [1.0f32, 2.5, -3.0].iter().map(|v| f16::from_f32(*v)).collect();
+        let h: Vec<f16> = [1.0f32, 2.5, -3.0]
+            .iter()
+            .map(|v| f16::from_f32(*v))
+            .collect();
         let mut dh = vec![f16::ZERO; 3];
         reduce_into(&mut dh, &[&h, &h, &h], ReduceOp::Sum, 3);
         assert_eq!(dh[1].to_f32(), 7.5);

@@ -43,7 +43,10 @@ fn encode_head(h: &Head) -> [u8; HEADER] {
     let mut b = [0u8; HEADER];
     b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     b[4..8].copy_from_slice(&h.kind.to_le_bytes());
-    for (i, v) in [h.seq, h.d.op, h.d.dtype, h.d.count, h.d.extra, h.len].iter().enumerate() {
+    for (i, v) in [h.seq, h.d.op, h.d.dtype, h.d.count, h.d.extra, h.len]
+        .iter()
+        .enumerate()
+    {
         b[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_le_bytes());
     }
     b
@@ -59,8 +62,18 @@ fn decode_head(b: &[u8; HEADER]) -> Option<Head> {
     if u32_at(0) != MAGIC {
         return None;
     }
-    let d = OpDesc { op: u64_at(16), dtype: u64_at(24), count: u64_at(32), extra: u64_at(40) };
-    Some(Head { kind: u32_at(4), seq: u64_at(8), d, len: u64_at(48) })
+    let d = OpDesc {
+        op: u64_at(16),
+        dtype: u64_at(24),
+        count: u64_at(32),
+        extra: u64_at(40),
+    };
+    Some(Head {
+        kind: u32_at(4),
+        seq: u64_at(8),
+        d,
+        len: u64_at(48),
+    })
 }
 
 /// Communicator over TCP, star-shaped through rank 0.
@@ -103,20 +116,49 @@ impl TcpComm {
     }
 
     fn io_err(&self, peer: usize, d: &OpDesc, e: std::io::Error) -> CommError {
-        CommError::PeerFailed { rank: self.rank, op: d.describe(), peer, what: format!("connection failed: {e}") }
+        CommError::PeerFailed {
+            rank: self.rank,
+            op: d.describe(),
+            peer,
+            what: format!("connection failed: {e}"),
+        }
     }
 
-    fn send(&mut self, peer: usize, h: Head, payload_from_out: bool, d: &OpDesc) -> Result<(), CommError> {
+    fn send(
+        &mut self,
+        peer: usize,
+        h: Head,
+        payload_from_out: bool,
+        d: &OpDesc,
+    ) -> Result<(), CommError> {
         let idx = if self.rank == 0 { peer } else { 0 };
         let head = encode_head(&h);
-        let Some(Some(s)) = self.group.socks.get_mut(idx) else { return Ok(()) };
-        let r = s.write_all(&head).and_then(|_| if payload_from_out { s.write_all(&self.out) } else { Ok(()) });
+        let Some(Some(s)) = self.group.socks.get_mut(idx) else {
+            return Ok(());
+        };
+        let r = s.write_all(&head).and_then(|_| {
+            if payload_from_out {
+                s.write_all(&self.out)
+            } else {
+                Ok(())
+            }
+        });
         r.map_err(|e| self.io_err(peer, d, e))
     }
 
     fn send_err(&mut self, peer: usize, code: u64, about: usize, msg: &str) {
-        let d = OpDesc { op: code, dtype: 0, count: 0, extra: about as u64 };
-        let head = encode_head(&Head { kind: KIND_ERR, seq: self.seq, d, len: msg.len() as u64 });
+        let d = OpDesc {
+            op: code,
+            dtype: 0,
+            count: 0,
+            extra: about as u64,
+        };
+        let head = encode_head(&Head {
+            kind: KIND_ERR,
+            seq: self.seq,
+            d,
+            len: msg.len() as u64,
+        });
         let idx = if self.rank == 0 { peer } else { 0 };
         if let Some(Some(s)) = self.group.socks.get_mut(idx) {
             let _ = s.write_all(&head).and_then(|_| s.write_all(msg.as_bytes()));
@@ -139,7 +181,10 @@ impl TcpComm {
         s.read_exact(&mut hb)?;
         let h = decode_head(&hb).ok_or_else(|| std::io::Error::other("bad frame magic"))?;
         if h.len > 1 << 36 {
-            return Err(std::io::Error::other(format!("frame of {} bytes is too long", h.len)));
+            return Err(std::io::Error::other(format!(
+                "frame of {} bytes is too long",
+                h.len
+            )));
         }
         let buf = &mut self.inbox[slot];
         buf.resize(h.len as usize, 0);
@@ -152,7 +197,11 @@ impl TcpComm {
         let mut fds: Vec<libc::pollfd> = pending
             .iter()
             .filter_map(|&r| self.group.socks.get(r).and_then(|s| s.as_ref()))
-            .map(|s| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .map(|s| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
             .collect();
         let ms = wait.as_millis().min(100) as i32;
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
@@ -160,7 +209,12 @@ impl TcpComm {
         if n <= 0 {
             return Vec::new();
         }
-        pending.iter().zip(&fds).filter(|(_, f)| f.revents != 0).map(|(r, _)| *r).collect()
+        pending
+            .iter()
+            .zip(&fds)
+            .filter(|(_, f)| f.revents != 0)
+            .map(|(r, _)| *r)
+            .collect()
     }
 
     /// Turn an error frame in `inbox[slot]` into the error it reports.
@@ -168,27 +222,55 @@ impl TcpComm {
         let msg = String::from_utf8_lossy(&self.inbox[slot]).into_owned();
         let about = h.d.extra as usize;
         match h.d.op {
-            ERR_MISMATCH => CommError::Mismatch { rank: self.rank, seq: self.seq, detail: msg },
+            ERR_MISMATCH => CommError::Mismatch {
+                rank: self.rank,
+                seq: self.seq,
+                detail: msg,
+            },
             ERR_TIMEOUT => CommError::Timeout {
                 rank: self.rank,
                 op: d.describe(),
                 seconds: self.timeout.as_secs_f64(),
-                missing: msg.split(',').filter_map(|t| t.trim().parse().ok()).collect(),
+                missing: msg
+                    .split(',')
+                    .filter_map(|t| t.trim().parse().ok())
+                    .collect(),
             },
-            _ => CommError::PeerFailed { rank: self.rank, op: d.describe(), peer: if h.d.op == ERR_PEER { about } else { from }, what: msg },
+            _ => CommError::PeerFailed {
+                rank: self.rank,
+                op: d.describe(),
+                peer: if h.d.op == ERR_PEER { about } else { from },
+                what: msg,
+            },
         }
     }
 
     /// One exchange: everyone's frame to rank 0; rank 0 checks the headers and calls
     /// `answer` (which fills `self.out`), then sends it back. Afterwards every rank's answer
     /// is in `self.out` (rank 0) or `self.inbox[0]` (others).
-    fn exchange(&mut self, d: &OpDesc, answer: &mut dyn FnMut(&mut TcpComm) -> Result<(), CommError>) -> Result<(), CommError> {
+    fn exchange(
+        &mut self,
+        d: &OpDesc,
+        answer: &mut dyn FnMut(&mut TcpComm) -> Result<(), CommError>,
+    ) -> Result<(), CommError> {
         if let Some(first) = &self.poisoned {
-            return Err(CommError::Poisoned { rank: self.rank, first: first.clone() });
+            return Err(CommError::Poisoned {
+                rank: self.rank,
+                first: first.clone(),
+            });
         }
         self.seq += 1;
-        let me = Head { kind: KIND_DATA, seq: self.seq, d: *d, len: self.out.len() as u64 };
-        let r = if self.rank == 0 { self.serve(d, me, answer) } else { self.ask(d, me) };
+        let me = Head {
+            kind: KIND_DATA,
+            seq: self.seq,
+            d: *d,
+            len: self.out.len() as u64,
+        };
+        let r = if self.rank == 0 {
+            self.serve(d, me, answer)
+        } else {
+            self.ask(d, me)
+        };
         if let Err(e) = &r {
             self.poisoned.get_or_insert_with(|| e.to_string());
         }
@@ -196,7 +278,17 @@ impl TcpComm {
     }
 
     fn ask(&mut self, d: &OpDesc, me: Head) -> Result<(), CommError> {
-        self.send(0, me, true, d)?;
+        if let Err(e) = self.send(0, me, true, d) {
+            // Rank 0 may have closed after telling us why: prefer its error frame.
+            if !self.poll_ready(&[0], Duration::from_millis(100)).is_empty() {
+                if let Ok(h) = self.read_frame(0, 0) {
+                    if h.kind == KIND_ERR {
+                        return Err(self.err_from_frame(&h, 0, 0, d));
+                    }
+                }
+            }
+            return Err(e);
+        }
         let start = Instant::now();
         let limit = self.timeout + Duration::from_secs(2);
         loop {
@@ -204,7 +296,12 @@ impl TcpComm {
                 break;
             }
             if start.elapsed() >= limit {
-                return Err(CommError::Timeout { rank: self.rank, op: d.describe(), seconds: start.elapsed().as_secs_f64(), missing: vec![0] });
+                return Err(CommError::Timeout {
+                    rank: self.rank,
+                    op: d.describe(),
+                    seconds: start.elapsed().as_secs_f64(),
+                    missing: vec![0],
+                });
             }
         }
         let h = self.read_frame(0, 0).map_err(|e| self.io_err(0, d, e))?;
@@ -214,7 +311,12 @@ impl TcpComm {
         Ok(())
     }
 
-    fn serve(&mut self, d: &OpDesc, me: Head, answer: &mut dyn FnMut(&mut TcpComm) -> Result<(), CommError>) -> Result<(), CommError> {
+    fn serve(
+        &mut self,
+        d: &OpDesc,
+        me: Head,
+        answer: &mut dyn FnMut(&mut TcpComm) -> Result<(), CommError>,
+    ) -> Result<(), CommError> {
         std::mem::swap(&mut self.inbox[0], &mut self.out);
         self.heads[0] = Some(me);
         let mut pending: Vec<usize> = (1..self.world).collect();
@@ -222,9 +324,18 @@ impl TcpComm {
         while !pending.is_empty() {
             let left = self.timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
-                let list = pending.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",");
+                let list = pending
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 self.broadcast_err(None, ERR_TIMEOUT, 0, &list);
-                return Err(CommError::Timeout { rank: 0, op: d.describe(), seconds: start.elapsed().as_secs_f64(), missing: pending });
+                return Err(CommError::Timeout {
+                    rank: 0,
+                    op: d.describe(),
+                    seconds: start.elapsed().as_secs_f64(),
+                    missing: pending,
+                });
             }
             for r in self.poll_ready(&pending, left) {
                 pending.retain(|&p| p != r);
@@ -233,7 +344,12 @@ impl TcpComm {
                     Err(e) => {
                         let msg = format!("connection lost ({e})");
                         self.broadcast_err(Some(r), ERR_PEER, r, &msg);
-                        return Err(CommError::PeerFailed { rank: 0, op: d.describe(), peer: r, what: msg });
+                        return Err(CommError::PeerFailed {
+                            rank: 0,
+                            op: d.describe(),
+                            peer: r,
+                            what: msg,
+                        });
                     }
                 };
                 if h.kind == KIND_ERR {
@@ -246,21 +362,38 @@ impl TcpComm {
             }
         }
         let agree = self.heads.iter().flatten().all(|h| {
-            h.seq == me.seq && h.d.op == d.op && h.d.dtype == d.dtype && h.d.extra == d.extra && (h.d.count == d.count || d.op == OP_ALL_GATHER)
+            h.seq == me.seq
+                && h.d.op == d.op
+                && h.d.dtype == d.dtype
+                && h.d.extra == d.extra
+                && (h.d.count == d.count || d.op == OP_ALL_GATHER)
         });
         if !agree {
             let detail = self
                 .heads
                 .iter()
                 .enumerate()
-                .map(|(r, h)| h.map_or(format!("rank {r}: ?"), |h| format!("rank {r}: #{} {}", h.seq, h.d.describe())))
+                .map(|(r, h)| {
+                    h.map_or(format!("rank {r}: ?"), |h| {
+                        format!("rank {r}: #{} {}", h.seq, h.d.describe())
+                    })
+                })
                 .collect::<Vec<_>>()
                 .join("; ");
             self.broadcast_err(None, ERR_MISMATCH, 0, &detail);
-            return Err(CommError::Mismatch { rank: 0, seq: self.seq, detail });
+            return Err(CommError::Mismatch {
+                rank: 0,
+                seq: self.seq,
+                detail,
+            });
         }
         answer(self)?;
-        let reply = Head { kind: KIND_DATA, seq: self.seq, d: *d, len: self.out.len() as u64 };
+        let reply = Head {
+            kind: KIND_DATA,
+            seq: self.seq,
+            d: *d,
+            len: self.out.len() as u64,
+        };
         for r in 1..self.world {
             self.send(r, reply, true, d)?;
         }
@@ -268,13 +401,18 @@ impl TcpComm {
     }
 
     fn all_reduce<T: Elem>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<(), CommError> {
-        let d = OpDesc { op: OP_ALL_REDUCE, dtype: T::DTYPE as u64, count: buf.len() as u64, extra: u64::from(op == ReduceOp::Average) };
+        let d = OpDesc {
+            op: OP_ALL_REDUCE,
+            dtype: T::DTYPE as u64,
+            count: buf.len() as u64,
+            extra: u64::from(op == ReduceOp::Average),
+        };
         self.out.clear();
         if self.rank != 0 {
             T::to_le(buf, &mut self.out);
         }
         let n = buf.len();
-        let size = std::mem::size_of::<T>();
+        let nbytes = std::mem::size_of_val(buf);
         let world = self.world;
         let mut own = Some(buf);
         self.exchange(&d, &mut |c: &mut TcpComm| {
@@ -282,10 +420,13 @@ impl TcpComm {
             let parsed: Vec<Vec<T>> = (1..world)
                 .map(|r| {
                     let mut v = vec![T::default(); n];
-                    T::from_le(&c.inbox[r][..n * size], &mut v);
-                    v
+                    let src = c.inbox[r]
+                        .get(..nbytes)
+                        .ok_or_else(|| short(c.rank, r, c.seq))?;
+                    T::from_le(src, &mut v);
+                    Ok(v)
                 })
-                .collect();
+                .collect::<Result<_, CommError>>()?;
             let mut srcs: Vec<&[T]> = vec![&*buf];
             srcs.extend(parsed.iter().map(|v| v.as_slice()));
             let mut res = vec![T::default(); n];
@@ -296,10 +437,22 @@ impl TcpComm {
             Ok(())
         })?;
         if let Some(buf) = own {
-            T::from_le(&self.inbox[0][..n * size], buf);
+            let src = self.inbox[0]
+                .get(..nbytes)
+                .ok_or_else(|| short(self.rank, 0, self.seq))?;
+            T::from_le(src, buf);
         }
-        self.sent += 2 * (n * size) as u64 * (world as u64 - 1) / world as u64;
+        self.sent += 2 * nbytes as u64 * (world as u64 - 1) / world as u64;
         Ok(())
+    }
+}
+
+/// A data frame shorter than its header promised.
+fn short(rank: usize, from: usize, seq: u64) -> CommError {
+    CommError::Mismatch {
+        rank,
+        seq,
+        detail: format!("rank {from} sent fewer bytes than its header announced"),
     }
 }
 
@@ -320,9 +473,18 @@ impl Communicator for TcpComm {
         self.all_reduce(buf, op)
     }
     fn broadcast(&mut self, buf: &mut [u8], root: usize) -> Result<(), CommError> {
-        let d = OpDesc { op: OP_BROADCAST, dtype: DType::U8 as u64, count: buf.len() as u64, extra: root as u64 };
+        let d = OpDesc {
+            op: OP_BROADCAST,
+            dtype: DType::U8 as u64,
+            count: buf.len() as u64,
+            extra: root as u64,
+        };
         if root >= self.world {
-            return Err(CommError::InvalidArgument { rank: self.rank, op: d.describe(), detail: format!("root {root} is not below world size {}", self.world) });
+            return Err(CommError::InvalidArgument {
+                rank: self.rank,
+                op: d.describe(),
+                detail: format!("root {root} is not below world size {}", self.world),
+            });
         }
         self.out.clear();
         if self.rank == root {
@@ -336,7 +498,11 @@ impl Communicator for TcpComm {
             c.inbox[root] = src;
             Ok(())
         })?;
-        let got = if self.rank == 0 { &self.out } else { &self.inbox[0] };
+        let got = if self.rank == 0 {
+            &self.out
+        } else {
+            &self.inbox[0]
+        };
         if got.len() == n {
             buf.copy_from_slice(got);
         }
@@ -346,7 +512,12 @@ impl Communicator for TcpComm {
         Ok(())
     }
     fn all_gather_bytes(&mut self, send: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
-        let d = OpDesc { op: OP_ALL_GATHER, dtype: DType::U8 as u64, count: send.len() as u64, extra: 0 };
+        let d = OpDesc {
+            op: OP_ALL_GATHER,
+            dtype: DType::U8 as u64,
+            count: send.len() as u64,
+            extra: 0,
+        };
         self.out.clear();
         self.out.extend_from_slice(send);
         self.exchange(&d, &mut |c: &mut TcpComm| {
@@ -358,11 +529,19 @@ impl Communicator for TcpComm {
             c.out = all;
             Ok(())
         })?;
-        let all = if self.rank == 0 { &self.out } else { &self.inbox[0] };
+        let all = if self.rank == 0 {
+            &self.out
+        } else {
+            &self.inbox[0]
+        };
         let mut parts = Vec::with_capacity(self.world);
         let mut at = 0usize;
         for r in 0..self.world {
-            let bad = || CommError::Mismatch { rank: self.rank, seq: self.seq, detail: format!("all_gather answer truncated at rank {r}") };
+            let bad = || CommError::Mismatch {
+                rank: self.rank,
+                seq: self.seq,
+                detail: format!("all_gather answer truncated at rank {r}"),
+            };
             let lb = all.get(at..at + 8).ok_or_else(bad)?;
             let n = u64::from_le_bytes(lb.try_into().map_err(|_| bad())?) as usize;
             parts.push(all.get(at + 8..at + 8 + n).ok_or_else(bad)?.to_vec());
@@ -372,7 +551,12 @@ impl Communicator for TcpComm {
         Ok(parts)
     }
     fn barrier(&mut self) -> Result<(), CommError> {
-        let d = OpDesc { op: OP_BARRIER, dtype: DType::U8 as u64, count: 0, extra: 0 };
+        let d = OpDesc {
+            op: OP_BARRIER,
+            dtype: DType::U8 as u64,
+            count: 0,
+            extra: 0,
+        };
         self.out.clear();
         self.exchange(&d, &mut |c: &mut TcpComm| {
             c.out.clear();

@@ -37,7 +37,8 @@ struct Args {
 
 fn parse() -> Result<Args, String> {
     let mut id = WorkerIdentity::single();
-    let (mut scenario, mut transport, mut timeout, mut out) = (String::from("all"), Transport::Auto, 30.0, None);
+    let (mut scenario, mut transport, mut timeout, mut out) =
+        (String::from("all"), Transport::Auto, 30.0, None);
     let mut local = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -65,7 +66,13 @@ fn parse() -> Result<Args, String> {
         }
     }
     id.local_world_size = local.unwrap_or(id.world_size);
-    Ok(Args { id, scenario, transport, timeout, out })
+    Ok(Args {
+        id,
+        scenario,
+        transport,
+        timeout,
+        out,
+    })
 }
 
 fn write(out: &Option<PathBuf>, name: String, bytes: &[u8]) {
@@ -95,7 +102,11 @@ const CASES: &[(&str, bool, usize)] = &[
 fn run_all(c: &mut dyn Communicator, a: &Args) -> Result<(), CommError> {
     let r = c.rank();
     for (i, (dt, avg, n)) in CASES.iter().enumerate() {
-        let op = if *avg { ReduceOp::Average } else { ReduceOp::Sum };
+        let op = if *avg {
+            ReduceOp::Average
+        } else {
+            ReduceOp::Sum
+        };
         let v = values(r, i, *n);
         let bytes: Vec<u8> = match *dt {
             "f32" => {
@@ -117,16 +128,25 @@ fn run_all(c: &mut dyn Communicator, a: &Args) -> Result<(), CommError> {
         println!("CASE {i} {dt} {} {n}", if *avg { "avg" } else { "sum" });
         write(&a.out, format!("r{r}-c{i}.bin"), &bytes);
     }
-    for (i, n) in [0usize, 5, 3 << 20].iter().enumerate() {
+    for (i, n) in [0usize, 5, 9 << 20].iter().enumerate() {
         let root = 1 % c.world_size();
-        let mut b: Vec<u8> = if r == root { (0..*n).map(|k| (k * 31 + i) as u8).collect() } else { vec![0; *n] };
+        let mut b: Vec<u8> = if r == root {
+            (0..*n).map(|k| (k * 31 + i) as u8).collect()
+        } else {
+            vec![0; *n]
+        };
         c.broadcast(&mut b, root)?;
         write(&a.out, format!("r{r}-b{i}.bin"), &b);
     }
-    let mine: Vec<u8> = (0..r * 777 + if r == 0 { 1_500_000 } else { 1 }).map(|k| (k + r) as u8).collect();
+    let mine: Vec<u8> = (0..r * 777 + if r == 0 { 4_500_000 } else { 1 })
+        .map(|k| (k + r) as u8)
+        .collect();
     let all = c.all_gather_bytes(&mine)?;
     write(&a.out, format!("r{r}-g.bin"), &all.concat());
-    println!("GATHER {:?}", all.iter().map(|p| p.len()).collect::<Vec<_>>());
+    println!(
+        "GATHER {:?}",
+        all.iter().map(|p| p.len()).collect::<Vec<_>>()
+    );
     c.barrier()?;
     println!("BYTES_SENT {}", c.bytes_sent());
     Ok(())

@@ -1,19 +1,21 @@
 //! The shared-memory backend: ranks on one host exchange data through one mapped segment and
 //! synchronise with epoch barriers on atomics (spin briefly, then futex).
 //!
-//! All-reduce of one chunk (buffers larger than a slot go chunk by chunk; chunks alternate
+//! All-reduce of one chunk (buffers larger than a chunk go chunk by chunk; chunks alternate
 //! between two slot sets, "parities", so a fast rank can fill the next chunk while a slow one
-//! still reads the previous result):
+//! still reads the previous result). The chunk is cut into one segment per rank; rank r
+//! reduces segment r and leaves the result in segment r of its own slot:
 //!
 //! ```text
-//!  rank 0 buf ──copy──► slot[p][0]  ┐                         ┌─► result[p] seg 0 ─┐
-//!  rank 1 buf ──copy──► slot[p][1]  ├─ barrier ─ rank r sums ─┼─► result[p] seg 1 ─┼─ barrier ─ every rank
-//!  rank 2 buf ──copy──► slot[p][2]  ┘   (headers   segment r  └─► result[p] seg 2 ─┘            copies result[p]
-//!                                        checked)  of all slots                                  into its buf
-//!             seg 0      seg 1      seg 2
-//!  slot[p][0] [ a0 ]     [ a1 ]     [ a2 ]     rank 1 computes result seg 1 = a1 + b1 + c1
-//!  slot[p][1] [ b0 ]     [ b1 ]     [ b2 ]     (in f32, in rank order, so every rank gets
-//!  slot[p][2] [ c0 ]     [ c1 ]     [ c2 ]      bit-identical values)
+//!              seg 0   seg 1   seg 2          1. copy in: each rank copies its buffer into its
+//!  slot[p][0] [ a0  ][ a1  ][ a2  ]              slot, except its own segment (it reads that
+//!  slot[p][1] [ b0  ][ b1  ][ b2  ]              from its buffer in step 3)
+//!  slot[p][2] [ c0  ][ c1  ][ c2  ]           2. barrier (headers compared here)
+//!                       │                     3. rank 1: slot[p][1] seg 1 = a1 + b1 + c1
+//!                       ▼                        (f32, rank order), also into its buffer
+//!  slot[p][1] [     ][ Σ1  ][     ]           4. barrier
+//!                                             5. copy out: every rank copies seg r from
+//!                                                slot[p][r] for every other rank r
 //! ```
 //!
 //! Every collective first writes its header (sequence, op, dtype, count, extra) into bank
@@ -31,7 +33,7 @@ use crate::group::Group;
 use crate::liveness::{pid_alive, socket_closed};
 use crate::reduce::{reduce_into, DType, Elem};
 use crate::{CommError, Communicator, ReduceOp};
-use segment::{futex_wait, futex_wake_all, Field, MAX_WORLD, SLOT_BYTES};
+use segment::{chunk_bytes, futex_wait, futex_wake_all, Field, MAX_WORLD, SLOT_BYTES};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -39,6 +41,20 @@ pub(crate) use segment::MAX_WORLD as SHM_MAX_WORLD;
 
 /// How long a waiting rank spins before it sleeps on the futex.
 const SPIN: Duration = Duration::from_micros(50);
+/// How long a waiting rank keeps yielding before it sleeps on the futex:
+/// `MNIST_SHM_YIELD_US` (for tuning), else 0: on a busy machine sleeping on the futex lets the
+/// scheduler run a woken peer at once, while a yielding one waits for its next time slice.
+fn yield_for() -> Duration {
+    static YIELD: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *YIELD.get_or_init(|| {
+        let us = std::env::var("MNIST_SHM_YIELD_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Duration::from_micros(us)
+    })
+}
+
 /// How often a waiting rank checks that its peers are alive.
 const LIVENESS_EVERY: Duration = Duration::from_millis(100);
 
@@ -147,7 +163,13 @@ impl ShmComm {
                 continue;
             }
             let pid = self.group.pids[r];
-            let sock = if self.rank == 0 { self.group.socks.get(r) } else if r == 0 { self.group.socks.first() } else { None };
+            let sock = if self.rank == 0 {
+                self.group.socks.get(r)
+            } else if r == 0 {
+                self.group.socks.first()
+            } else {
+                None
+            };
             let sock_dead = sock.and_then(|s| s.as_ref()).is_some_and(socket_closed);
             if !pid_alive(pid) || sock_dead {
                 return Err(CommError::PeerFailed {
@@ -179,8 +201,13 @@ impl ShmComm {
                 std::hint::spin_loop();
             }
             self.check_abort(d)?;
-            if start.elapsed() > SPIN {
+            let spent = start.elapsed();
+            if spent > SPIN.max(yield_for()) {
                 break;
+            }
+            if spent > SPIN {
+                // The peer may be waiting for this core: let it run before we sleep.
+                std::thread::yield_now();
             }
         }
         let mut last_check = start;
@@ -218,7 +245,10 @@ impl ShmComm {
     /// Start a collective: bump the sequence number and publish the header.
     fn begin(&mut self, d: &OpDesc) -> Result<(), CommError> {
         if let Some(first) = &self.poisoned {
-            return Err(CommError::Poisoned { rank: self.rank, first: first.clone() });
+            return Err(CommError::Poisoned {
+                rank: self.rank,
+                first: first.clone(),
+            });
         }
         self.seq += 1;
         let bank = (self.seq % 2) as usize;
@@ -236,11 +266,23 @@ impl ShmComm {
         let bank = (self.seq % 2) as usize;
         let read = |r: usize| {
             let h = |f| self.seg.header(bank, r, f).load(Ordering::Relaxed);
-            (h(Field::Seq), OpDesc { op: h(Field::Op), dtype: h(Field::DType), count: h(Field::Count), extra: h(Field::Extra) })
+            (
+                h(Field::Seq),
+                OpDesc {
+                    op: h(Field::Op),
+                    dtype: h(Field::DType),
+                    count: h(Field::Count),
+                    extra: h(Field::Extra),
+                },
+            )
         };
         let (seq0, h0) = read(0);
         let same = |(s, h): (u64, OpDesc)| {
-            s == seq0 && h.op == h0.op && h.dtype == h0.dtype && h.extra == h0.extra && (h.count == h0.count || h.op == OP_ALL_GATHER)
+            s == seq0
+                && h.op == h0.op
+                && h.dtype == h0.dtype
+                && h.extra == h0.extra
+                && (h.count == h0.count || h.op == OP_ALL_GATHER)
         };
         if (1..self.world).all(|r| same(read(r))) {
             return Ok(());
@@ -252,7 +294,11 @@ impl ShmComm {
             })
             .collect::<Vec<_>>()
             .join("; ");
-        Err(CommError::Mismatch { rank: self.rank, seq: self.seq, detail })
+        Err(CommError::Mismatch {
+            rank: self.rank,
+            seq: self.seq,
+            detail,
+        })
     }
 
     fn finish<T>(&mut self, r: Result<T, CommError>) -> Result<T, CommError> {
@@ -281,18 +327,32 @@ impl ShmComm {
         self.finish(r)
     }
 
-    fn all_reduce_inner<T: Elem>(&mut self, buf: &mut [T], op: ReduceOp, d: &OpDesc) -> Result<(), CommError> {
-        let chunk = SLOT_BYTES / std::mem::size_of::<T>();
+    fn all_reduce_inner<T: Elem>(
+        &mut self,
+        buf: &mut [T],
+        op: ReduceOp,
+        d: &OpDesc,
+    ) -> Result<(), CommError> {
+        let chunk = chunk_bytes() / std::mem::size_of::<T>();
         let (w, me) = (self.world, self.rank);
         let mut off = 0;
         let mut first = true;
         loop {
             let len = chunk.min(buf.len() - off);
             let p = self.next_parity();
+            let (s, e) = segment_range(len, me, w);
+            let mine = self.seg.slot_ptr(p, me) as *mut T;
             // SAFETY: slot[p][me] holds `chunk` elements of T (slots are page-aligned); between
-            // the previous barrier and the next one only this rank touches its own slot.
-            let mine = unsafe { std::slice::from_raw_parts_mut(self.seg.slot_ptr(p, me) as *mut T, len) };
-            mine.copy_from_slice(&buf[off..off + len]);
+            // the previous barrier and the next one only this rank touches its own slot. Our
+            // own segment [s, e) is not copied: we reduce it from `buf` directly.
+            let (head, tail) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(mine, s),
+                    std::slice::from_raw_parts_mut(mine.add(e), len - e),
+                )
+            };
+            head.copy_from_slice(&buf[off..off + s]);
+            tail.copy_from_slice(&buf[off + e..off + len]);
             self.barrier_wait(d)?;
             if first {
                 self.check_headers(d)?;
@@ -301,36 +361,59 @@ impl ShmComm {
             if len == 0 {
                 break;
             }
-            let (s, e) = segment_range(len, me, w);
             if s < e {
                 let mut srcs: [&[T]; MAX_WORLD] = [&[]; MAX_WORLD];
-                for (r, src) in srcs.iter_mut().enumerate().take(w) {
-                    // SAFETY: every rank finished writing slot[p][r] before the barrier; until
-                    // the next barrier all ranks only read them.
-                    *src = unsafe { std::slice::from_raw_parts((self.seg.slot_ptr(p, r) as *const T).add(s), e - s) };
+                for (r, src) in srcs
+                    .iter_mut()
+                    .enumerate()
+                    .take(w)
+                    .filter(|(r, _)| *r != me)
+                {
+                    // SAFETY: rank r finished writing slot[p][r] before the barrier; segment
+                    // [s, e) of it is read only by this rank until the next barrier.
+                    *src = unsafe {
+                        std::slice::from_raw_parts(
+                            (self.seg.slot_ptr(p, r) as *const T).add(s),
+                            e - s,
+                        )
+                    };
                 }
-                // SAFETY: segment [s, e) of the result slot is written by this rank only, and
-                // read by others only after the next barrier.
-                let res = unsafe { std::slice::from_raw_parts_mut((self.seg.slot_ptr(p, w) as *mut T).add(s), e - s) };
+                srcs[me] = &buf[off + s..off + e];
+                // SAFETY: segment [s, e) of our own slot was left free above; we write the
+                // result there, and the others read it only after the next barrier.
+                let res = unsafe { std::slice::from_raw_parts_mut(mine.add(s), e - s) };
                 reduce_into(res, &srcs[..w], op, w);
                 buf[off + s..off + e].copy_from_slice(res);
             }
             self.barrier_wait(d)?;
-            // SAFETY: the whole result slot was written before the barrier; now everyone reads.
-            let res = unsafe { std::slice::from_raw_parts(self.seg.slot_ptr(p, w) as *const T, len) };
-            buf[off..off + s].copy_from_slice(&res[..s]);
-            buf[off + e..off + len].copy_from_slice(&res[e..]);
+            for r in (0..w).filter(|&r| r != me) {
+                let (rs, re) = segment_range(len, r, w);
+                // SAFETY: rank r wrote its result segment before the barrier; until the next
+                // phase's barrier every rank only reads it.
+                let res = unsafe {
+                    std::slice::from_raw_parts(
+                        (self.seg.slot_ptr(p, r) as *const T).add(rs),
+                        re - rs,
+                    )
+                };
+                buf[off + rs..off + re].copy_from_slice(res);
+            }
             off += len;
             if off >= buf.len() {
                 break;
             }
         }
-        let bytes = (buf.len() * std::mem::size_of::<T>()) as u64;
+        let bytes = std::mem::size_of_val(buf) as u64;
         self.sent += 2 * bytes * (w as u64 - 1) / w as u64;
         Ok(())
     }
 
-    fn broadcast_inner(&mut self, buf: &mut [u8], root: usize, d: &OpDesc) -> Result<(), CommError> {
+    fn broadcast_inner(
+        &mut self,
+        buf: &mut [u8],
+        root: usize,
+        d: &OpDesc,
+    ) -> Result<(), CommError> {
         let mut off = 0;
         let mut first = true;
         loop {
@@ -338,7 +421,8 @@ impl ShmComm {
             let p = self.next_parity();
             if self.rank == root {
                 // SAFETY: only the root writes slot[p][root] in this phase.
-                let dst = unsafe { std::slice::from_raw_parts_mut(self.seg.slot_ptr(p, root), len) };
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(self.seg.slot_ptr(p, root), len) };
                 dst.copy_from_slice(&buf[off..off + len]);
             }
             self.barrier_wait(d)?;
@@ -366,8 +450,13 @@ impl ShmComm {
         self.barrier_wait(d)?;
         self.check_headers(d)?;
         let bank = (self.seq % 2) as usize;
-        let lens: Vec<usize> =
-            (0..self.world).map(|r| self.seg.header(bank, r, Field::Count).load(Ordering::Relaxed) as usize).collect();
+        let lens: Vec<usize> = (0..self.world)
+            .map(|r| {
+                self.seg
+                    .header(bank, r, Field::Count)
+                    .load(Ordering::Relaxed) as usize
+            })
+            .collect();
         let mut out: Vec<Vec<u8>> = lens.iter().map(|&n| Vec::with_capacity(n)).collect();
         let rounds = lens.iter().max().copied().unwrap_or(0).div_ceil(SLOT_BYTES);
         for k in 0..rounds {
@@ -375,14 +464,17 @@ impl ShmComm {
             let lo = (k * SLOT_BYTES).min(send.len());
             let hi = ((k + 1) * SLOT_BYTES).min(send.len());
             // SAFETY: only this rank writes its own slot in this phase.
-            let dst = unsafe { std::slice::from_raw_parts_mut(self.seg.slot_ptr(p, self.rank), hi - lo) };
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(self.seg.slot_ptr(p, self.rank), hi - lo) };
             dst.copy_from_slice(&send[lo..hi]);
             self.barrier_wait(d)?;
             for (r, o) in out.iter_mut().enumerate() {
                 let n = lens[r].saturating_sub(k * SLOT_BYTES).min(SLOT_BYTES);
                 // SAFETY: rank r wrote these n bytes before the barrier; read-only until the
                 // next phase's barrier.
-                o.extend_from_slice(unsafe { std::slice::from_raw_parts(self.seg.slot_ptr(p, r), n) });
+                o.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(self.seg.slot_ptr(p, r), n)
+                });
             }
         }
         self.sent += (send.len() * (self.world - 1)) as u64;
@@ -407,22 +499,41 @@ impl Communicator for ShmComm {
         self.all_reduce(buf, op)
     }
     fn broadcast(&mut self, buf: &mut [u8], root: usize) -> Result<(), CommError> {
-        let d = OpDesc { op: OP_BROADCAST, dtype: DType::U8 as u64, count: buf.len() as u64, extra: root as u64 };
+        let d = OpDesc {
+            op: OP_BROADCAST,
+            dtype: DType::U8 as u64,
+            count: buf.len() as u64,
+            extra: root as u64,
+        };
         if root >= self.world {
-            return Err(CommError::InvalidArgument { rank: self.rank, op: d.describe(), detail: format!("root {root} is not below world size {}", self.world) });
+            return Err(CommError::InvalidArgument {
+                rank: self.rank,
+                op: d.describe(),
+                detail: format!("root {root} is not below world size {}", self.world),
+            });
         }
         self.begin(&d)?;
         let r = self.broadcast_inner(buf, root, &d);
         self.finish(r)
     }
     fn all_gather_bytes(&mut self, send: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
-        let d = OpDesc { op: OP_ALL_GATHER, dtype: DType::U8 as u64, count: send.len() as u64, extra: 0 };
+        let d = OpDesc {
+            op: OP_ALL_GATHER,
+            dtype: DType::U8 as u64,
+            count: send.len() as u64,
+            extra: 0,
+        };
         self.begin(&d)?;
         let r = self.all_gather_inner(send, &d);
         self.finish(r)
     }
     fn barrier(&mut self) -> Result<(), CommError> {
-        let d = OpDesc { op: OP_BARRIER, dtype: DType::U8 as u64, count: 0, extra: 0 };
+        let d = OpDesc {
+            op: OP_BARRIER,
+            dtype: DType::U8 as u64,
+            count: 0,
+            extra: 0,
+        };
         self.begin(&d)?;
         let r = self.barrier_wait(&d).and_then(|_| self.check_headers(&d));
         self.finish(r)
@@ -432,7 +543,12 @@ impl Communicator for ShmComm {
     }
     fn abort(&mut self, reason: &str) {
         self.seg.write_abort_msg(self.rank, reason);
-        let _ = self.seg.abort_flag().compare_exchange(0, self.rank as u32 + 1, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.seg.abort_flag().compare_exchange(
+            0,
+            self.rank as u32 + 1,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
         self.seg.wake_word().fetch_add(1, Ordering::SeqCst);
         futex_wake_all(self.seg.wake_word());
         if self.poisoned.is_none() {

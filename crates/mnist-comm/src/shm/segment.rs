@@ -10,8 +10,7 @@
 //!        ...    header[b][r]     two banks (seq parity) x one line per rank:
 //!                                seq, op, dtype, count, extra
 //!        ...    abort_msg[r]     256 bytes per rank: length + UTF-8 text
-//!  data  page-aligned: for parity p in {0,1}: slot[p][0..world] (inputs), slot[p][world]
-//!                     (reduced result), SLOT_BYTES each
+//!  data  page-aligned: for parity p in {0,1}: slot[p][0..world], SLOT_BYTES each
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -20,7 +19,18 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 /// Bytes per data slot; large buffers are processed in chunks of this size.
-pub(crate) const SLOT_BYTES: usize = 1 << 20;
+pub(crate) const SLOT_BYTES: usize = 4 << 20;
+/// Bytes of all-reduce chunk: `MNIST_SHM_CHUNK` (for tuning, at most a slot), else 1 MiB.
+pub(crate) fn chunk_bytes() -> usize {
+    static CHUNK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CHUNK.get_or_init(|| {
+        std::env::var("MNIST_SHM_CHUNK")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(1 << 20, |v| v.clamp(4096, SLOT_BYTES) / 64 * 64)
+    })
+}
+
 /// Largest world the shared-memory backend accepts.
 pub(crate) const MAX_WORLD: usize = 64;
 /// Bytes of an abort message slot.
@@ -36,7 +46,13 @@ pub fn shm_name_for(run_id: &str) -> String {
     let clean: String = run_id
         .chars()
         .take(160)
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("mnist-ddp-{clean}")
 }
@@ -70,7 +86,7 @@ fn layout(world: usize) -> (usize, usize, usize, usize) {
 impl Segment {
     /// Total bytes of a segment for `world` ranks.
     fn size(world: usize) -> usize {
-        layout(world).3 + 2 * (world + 1) * SLOT_BYTES
+        layout(world).3 + 2 * world * SLOT_BYTES
     }
 
     fn map(file: &File, world: usize, path: PathBuf, linked: bool) -> std::io::Result<Segment> {
@@ -78,14 +94,29 @@ impl Segment {
         // rank maps it and never truncated; other processes write it concurrently, which is why
         // every shared field is accessed through atomics, and data slots only under the
         // barrier protocol of `ShmComm` (no two ranks touch the same bytes between barriers).
-        let map = unsafe { memmap2::MmapOptions::new().len(Self::size(world)).map_mut(file)? };
-        Ok(Segment { map, world, path, linked })
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(Self::size(world))
+                .map_mut(file)?
+        };
+        Ok(Segment {
+            map,
+            world,
+            path,
+            linked,
+        })
     }
 
     /// Create and map a fresh segment named `name` (replacing a leftover of the same name).
     pub(crate) fn create(name: &str, world: usize) -> std::io::Result<Segment> {
         let path = PathBuf::from(SHM_DIR).join(name);
-        let open = || OpenOptions::new().read(true).write(true).create_new(true).open(&path);
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+        };
         let file = match open() {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 std::fs::remove_file(&path)?;
@@ -121,7 +152,10 @@ impl Segment {
             )));
         }
         let seg = Self::map(&file, world, path, false)?;
-        let (magic, w) = (seg.u64_at(0).load(Ordering::Acquire), seg.u64_at(8).load(Ordering::Relaxed));
+        let (magic, w) = (
+            seg.u64_at(0).load(Ordering::Acquire),
+            seg.u64_at(8).load(Ordering::Relaxed),
+        );
         if magic != MAGIC || w != world as u64 {
             return Err(std::io::Error::other(format!(
                 "{} is not a segment for {world} ranks (magic {magic:#x}, world {w})",
@@ -140,14 +174,14 @@ impl Segment {
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off + 8 <= self.map.len());
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= self.map.len());
         // SAFETY: `off` is 8-aligned (page-aligned mapping, offsets from `layout`) and in
         // bounds; AtomicU64 has the layout of u64, and the memory lives as long as `self`.
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
     }
 
     fn u32_at(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off % 4 == 0 && off + 4 <= self.map.len());
+        debug_assert!(off.is_multiple_of(4) && off + 4 <= self.map.len());
         // SAFETY: as in `u64_at`, for a 4-aligned u32.
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU32) }
     }
@@ -190,21 +224,24 @@ impl Segment {
         for (i, b) in bytes.iter().enumerate() {
             self.u8_at(off + 8 + i).store(*b, Ordering::Relaxed);
         }
-        self.u32_at(off).store(bytes.len() as u32, Ordering::Release);
+        self.u32_at(off)
+            .store(bytes.len() as u32, Ordering::Release);
     }
 
     /// Read rank `r`'s abort message.
     pub(crate) fn read_abort_msg(&self, r: usize) -> String {
         let off = layout(self.world).2 + r * MSG_BYTES;
         let n = (self.u32_at(off).load(Ordering::Acquire) as usize).min(MSG_BYTES - 8);
-        let bytes: Vec<u8> = (0..n).map(|i| self.u8_at(off + 8 + i).load(Ordering::Relaxed)).collect();
+        let bytes: Vec<u8> = (0..n)
+            .map(|i| self.u8_at(off + 8 + i).load(Ordering::Relaxed))
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    /// Start of data slot `idx` (0..world inputs, `world` = result) of `parity`.
+    /// Start of rank `idx`'s data slot of `parity`.
     pub(crate) fn slot_ptr(&self, parity: usize, idx: usize) -> *mut u8 {
-        debug_assert!(parity < 2 && idx <= self.world);
-        let off = layout(self.world).3 + (parity * (self.world + 1) + idx) * SLOT_BYTES;
+        debug_assert!(parity < 2 && idx < self.world);
+        let off = layout(self.world).3 + (parity * self.world + idx) * SLOT_BYTES;
         // SAFETY: in bounds by construction of `size`; callers uphold the barrier protocol.
         unsafe { self.map.as_ptr().add(off) as *mut u8 }
     }
@@ -219,7 +256,10 @@ impl Drop for Segment {
 /// Block until `word` no longer holds `expected`, a wake-up, or `wait` passes. Works across
 /// processes: no FUTEX_PRIVATE_FLAG.
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, wait: Duration) {
-    let ts = libc::timespec { tv_sec: wait.as_secs() as libc::time_t, tv_nsec: wait.subsec_nanos() as _ };
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as _,
+    };
     // SAFETY: FUTEX_WAIT on a valid, aligned u32 inside a live shared mapping, with a valid
     // timespec on our stack; the kernel only reads both.
     unsafe {
@@ -239,6 +279,14 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, wait: Duration) {
 pub(crate) fn futex_wake_all(word: &AtomicU32) {
     // SAFETY: FUTEX_WAKE on a valid, aligned u32 inside a live shared mapping.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32);
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            0usize,
+            0usize,
+            0u32,
+        );
     }
 }
