@@ -39,8 +39,18 @@ use std::time::{Duration, Instant};
 
 pub(crate) use segment::MAX_WORLD as SHM_MAX_WORLD;
 
-/// How long a waiting rank spins before it sleeps on the futex.
-const SPIN: Duration = Duration::from_micros(50);
+/// How long a waiting rank spins before it sleeps on the futex: `MNIST_SHM_SPIN_US` (for
+/// tuning), else 50 µs.
+fn spin_for() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var("MNIST_SHM_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50);
+        Duration::from_micros(us)
+    })
+}
 /// How long a waiting rank keeps yielding before it sleeps on the futex:
 /// `MNIST_SHM_YIELD_US` (for tuning), else 0: on a busy machine sleeping on the futex lets the
 /// scheduler run a woken peer at once, while a yielding one waits for its next time slice.
@@ -202,10 +212,10 @@ impl ShmComm {
             }
             self.check_abort(d)?;
             let spent = start.elapsed();
-            if spent > SPIN.max(yield_for()) {
+            if spent > spin_for().max(yield_for()) {
                 break;
             }
-            if spent > SPIN {
+            if spent > spin_for() {
                 // The peer may be waiting for this core: let it run before we sleep.
                 std::thread::yield_now();
             }
