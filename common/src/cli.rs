@@ -89,7 +89,12 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     pub momentum: f64,
     /// Weight decay (L2 penalty).
-    #[arg(long = "weight-decay", visible_alias = "wd", default_value_t = 5e-4, allow_negative_numbers = true)]
+    #[arg(
+        long = "weight-decay",
+        visible_alias = "wd",
+        default_value_t = 5e-4,
+        allow_negative_numbers = true
+    )]
     pub weight_decay: f64,
     /// How many batches to wait before logging training status.
     #[arg(long, default_value_t = 10)]
@@ -154,6 +159,10 @@ pub struct TrainArgs {
     /// Progress bar: always, never, or (default) when stdout is a terminal.
     #[arg(long, value_parser = ["always", "never", "auto"], default_value = "auto")]
     pub progress: String,
+    /// Stop once this many epochs of the schedule are done, as if interrupted (for testing
+    /// --resume).
+    #[arg(long, hide = true)]
+    pub stop_after_epochs: Option<usize>,
 }
 
 impl TrainArgs {
@@ -215,6 +224,7 @@ impl TrainArgs {
                 "never" => Some(false),
                 _ => None,
             },
+            stop_after: self.stop_after_epochs,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -235,7 +245,14 @@ impl TrainArgs {
         kv("--weight-decay", self.weight_decay.to_string());
         kv("--log-interval", self.log_interval.to_string());
         kv("--seed", self.seed.to_string());
-        kv("--model", self.model.to_possible_value().unwrap().get_name().to_string());
+        kv(
+            "--model",
+            self.model
+                .to_possible_value()
+                .unwrap()
+                .get_name()
+                .to_string(),
+        );
         kv("--path", self.path.display().to_string());
         kv("--data", self.data.display().to_string());
         for m in &self.mirrors {
@@ -247,19 +264,46 @@ impl TrainArgs {
         if let Some(g) = self.gpu {
             kv("--gpu", g.to_string());
         }
-        kv("--device", self.device.to_possible_value().unwrap().get_name().to_string());
-        kv("--backend", self.backend.to_possible_value().unwrap().get_name().to_string());
+        kv(
+            "--device",
+            self.device
+                .to_possible_value()
+                .unwrap()
+                .get_name()
+                .to_string(),
+        );
+        kv(
+            "--backend",
+            self.backend
+                .to_possible_value()
+                .unwrap()
+                .get_name()
+                .to_string(),
+        );
         kv("--bucket-cap-mb", self.bucket_cap_mb.to_string());
-        kv("--compression", self.compression.to_possible_value().unwrap().get_name().to_string());
+        kv(
+            "--compression",
+            self.compression
+                .to_possible_value()
+                .unwrap()
+                .get_name()
+                .to_string(),
+        );
         kv("--topk-ratio", self.topk_ratio.to_string());
         kv("--powersgd-rank", self.powersgd_rank.to_string());
-        kv("--powersgd-start-iter", self.powersgd_start_iter.to_string());
+        kv(
+            "--powersgd-start-iter",
+            self.powersgd_start_iter.to_string(),
+        );
         kv("--check-sync", self.check_sync.to_string());
         kv("--timeout", self.timeout.to_string());
         if let Some(t) = self.threads {
             kv("--threads", t.to_string());
         }
         kv("--progress", self.progress.clone());
+        if let Some(n) = self.stop_after_epochs {
+            kv("--stop-after-epochs", n.to_string());
+        }
         if self.download {
             a.push("--download".into());
         }
@@ -284,16 +328,40 @@ mod tests {
     #[test]
     fn defaults_match_the_reference() {
         let c = Cli::parse_from(["x"]).t.resolve().unwrap();
-        assert_eq!((c.batch_size, c.test_batch_size, c.epochs, c.log_interval, c.seed), (64, 1000, 20, 10, 1));
+        assert_eq!(
+            (
+                c.batch_size,
+                c.test_batch_size,
+                c.epochs,
+                c.log_interval,
+                c.seed
+            ),
+            (64, 1000, 20, 10, 1)
+        );
         assert_eq!((c.lr, c.momentum, c.weight_decay), (0.01, 0.9, 5e-4));
         assert_eq!(c.model, ModelKind::LeNet);
     }
 
     #[test]
     fn forwarded_args_parse_back_to_the_same_config() {
-        let a = Cli::parse_from(["x", "--model", "mlp", "--wd", "0.001", "--epochs", "3", "--resume", "--compression", "powersgd_fp16"]).t;
+        let a = Cli::parse_from([
+            "x",
+            "--model",
+            "mlp",
+            "--wd",
+            "0.001",
+            "--epochs",
+            "3",
+            "--resume",
+            "--compression",
+            "powersgd_fp16",
+        ])
+        .t;
         let b = Cli::parse_from(std::iter::once("x".to_string()).chain(a.to_args())).t;
-        assert_eq!(format!("{:?}", a.resolve().unwrap()), format!("{:?}", b.resolve().unwrap()));
+        assert_eq!(
+            format!("{:?}", a.resolve().unwrap()),
+            format!("{:?}", b.resolve().unwrap())
+        );
     }
 
     #[test]

@@ -136,13 +136,19 @@ pub struct TrainConfig {
     pub threads: Option<usize>,
     /// Show a progress bar (None: when stdout is a terminal).
     pub progress: Option<bool>,
+    /// Stop after this many epochs of the schedule (simulates an interrupted run; tests).
+    pub stop_after: Option<usize>,
 }
 
 impl TrainConfig {
     /// Check ranges that clap's types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(flag: &'static str, value: impl ToString, expected: &'static str) -> ConfigError {
-            ConfigError { flag, value: value.to_string(), expected }
+            ConfigError {
+                flag,
+                value: value.to_string(),
+                expected,
+            }
         }
         if self.evaluate.is_none() && self.epochs == 0 {
             return Err(bad("--epochs", self.epochs, "an integer ≥ 1"));
@@ -151,7 +157,11 @@ impl TrainConfig {
             return Err(bad("--batch-size", self.batch_size, "an integer ≥ 1"));
         }
         if self.test_batch_size == 0 {
-            return Err(bad("--test-batch-size", self.test_batch_size, "an integer ≥ 1"));
+            return Err(bad(
+                "--test-batch-size",
+                self.test_batch_size,
+                "an integer ≥ 1",
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(bad("--lr", self.lr, "a positive number"));
@@ -166,7 +176,11 @@ impl TrainConfig {
             return Err(bad("--log-interval", self.log_interval, "an integer ≥ 1"));
         }
         if !(self.bucket_cap_mb.is_finite() && self.bucket_cap_mb > 0.0) {
-            return Err(bad("--bucket-cap-mb", self.bucket_cap_mb, "a positive number"));
+            return Err(bad(
+                "--bucket-cap-mb",
+                self.bucket_cap_mb,
+                "a positive number",
+            ));
         }
         if !(self.topk_ratio > 0.0 && self.topk_ratio <= 1.0) {
             return Err(bad("--topk-ratio", self.topk_ratio, "a number in (0, 1]"));
@@ -175,7 +189,11 @@ impl TrainConfig {
             return Err(bad("--powersgd-rank", self.powersgd_rank, "an integer ≥ 1"));
         }
         if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
-            return Err(bad("--timeout", self.timeout_s, "a positive number of seconds"));
+            return Err(bad(
+                "--timeout",
+                self.timeout_s,
+                "a positive number of seconds",
+            ));
         }
         if self.threads == Some(0) {
             return Err(bad("--threads", 0, "an integer ≥ 1"));

@@ -68,8 +68,14 @@ impl WorkerIdentity {
             (ENV_RANK.into(), self.rank.to_string()),
             (ENV_LOCAL_RANK.into(), self.local_rank.to_string()),
             (ENV_WORLD_SIZE.into(), self.world_size.to_string()),
-            (ENV_LOCAL_WORLD_SIZE.into(), self.local_world_size.to_string()),
-            (ENV_RENDEZVOUS_TIMEOUT.into(), self.rendezvous_timeout_s.to_string()),
+            (
+                ENV_LOCAL_WORLD_SIZE.into(),
+                self.local_world_size.to_string(),
+            ),
+            (
+                ENV_RENDEZVOUS_TIMEOUT.into(),
+                self.rendezvous_timeout_s.to_string(),
+            ),
         ];
         if let Some(r) = &self.rendezvous {
             v.push((ENV_RENDEZVOUS.into(), r.display().to_string()));

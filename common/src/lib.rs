@@ -8,6 +8,4 @@ pub mod contract;
 pub mod logging;
 pub mod rendezvous;
 
-pub use config::{
-    BackendKind, CompressionKind, ConfigError, DeviceKind, ModelKind, TrainConfig,
-};
+pub use config::{BackendKind, CompressionKind, ConfigError, DeviceKind, ModelKind, TrainConfig};

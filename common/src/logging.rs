@@ -21,18 +21,30 @@ pub struct RunLog {
 impl RunLog {
     /// A log to stdout only.
     pub fn console() -> Self {
-        RunLog { file: None, path: None, console: true }
+        RunLog {
+            file: None,
+            path: None,
+            console: true,
+        }
     }
 
     /// A log that writes nowhere (ranks other than 0 when nothing should be printed).
     pub fn silent() -> Self {
-        RunLog { file: None, path: None, console: false }
+        RunLog {
+            file: None,
+            path: None,
+            console: false,
+        }
     }
 
     /// A log to stdout and to `file` (appended, created if missing).
     pub fn open(file: &Path) -> io::Result<Self> {
         let f = OpenOptions::new().create(true).append(true).open(file)?;
-        Ok(RunLog { file: Some(Mutex::new(f)), path: Some(file.to_path_buf()), console: true })
+        Ok(RunLog {
+            file: Some(Mutex::new(f)),
+            path: Some(file.to_path_buf()),
+            console: true,
+        })
     }
 
     /// The log file, if any.
@@ -42,8 +54,17 @@ impl RunLog {
 
     /// Write one line, stamped with the current local time.
     pub fn info(&self, message: &str) {
+        self.write(message, self.console);
+    }
+
+    /// Write one line to the log file only (while a progress bar owns the console).
+    pub fn file_only(&self, message: &str) {
+        self.write(message, false);
+    }
+
+    fn write(&self, message: &str, console: bool) {
         let line = format_line(&chrono::Local::now(), message);
-        if self.console {
+        if console {
             let mut out = io::stdout().lock();
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
@@ -63,7 +84,9 @@ mod tests {
 
     #[test]
     fn prefix_matches_python_logging_format() {
-        let t = chrono::Local.with_ymd_and_hms(2024, 3, 7, 15, 4, 5).unwrap();
+        let t = chrono::Local
+            .with_ymd_and_hms(2024, 3, 7, 15, 4, 5)
+            .unwrap();
         assert_eq!(format_line(&t, "hi"), "03/07 03:04:05 PM | hi");
     }
 

@@ -1,1 +1,47 @@
-//! mnist-train (in progress).
+//! The worker's training library: data on the device, the model in flat buffers, SGD with
+//! PyTorch's semantics and a cosine schedule, gradient averaging through a communicator,
+//! evaluation, logs, metrics and checkpoints. `mnist-worker` calls [`run`].
+
+pub mod dataset;
+pub mod device;
+mod error;
+pub mod evaluate;
+pub mod flat;
+pub mod host;
+pub mod metrics;
+pub mod optim;
+pub mod resume;
+pub mod schedule;
+pub mod session;
+pub mod state;
+pub mod sync;
+pub mod trainer;
+
+pub use error::TrainError;
+pub use session::Session;
+
+use mnist_common::contract::WorkerIdentity;
+use mnist_common::TrainConfig;
+
+/// Train or evaluate as `cfg` says, as the process `identity`. On failure the peers are told
+/// (so they stop instead of waiting) and the error is returned.
+pub fn run(cfg: &TrainConfig, identity: &WorkerIdentity) -> Result<(), TrainError> {
+    let mut s = Session::start(cfg, identity)?;
+    let result = prepare_data(cfg, &mut s).and_then(|()| trainer::run_session(cfg, &mut s));
+    if let Err(e) = &result {
+        s.comm.abort(&e.to_string());
+    }
+    result
+}
+
+/// With `--download`, rank 0 fetches missing files while the others wait.
+fn prepare_data(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
+    if cfg.download {
+        if s.comm.rank() == 0 {
+            let log = &s.log;
+            mnist_data::download(&cfg.data, &cfg.mirrors, &mut |m| log.info(m))?;
+        }
+        s.comm.barrier()?;
+    }
+    Ok(())
+}

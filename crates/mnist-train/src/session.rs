@@ -1,0 +1,91 @@
+//! What a worker sets up before training: intra-op threads, the device, the communicator,
+//! the output folder with its log, and the console progress bar.
+
+use crate::{device, TrainError};
+use indicatif::{ProgressBar, ProgressStyle};
+use mnist_comm::{Communicator, Solo};
+use mnist_common::contract::WorkerIdentity;
+use mnist_common::logging::RunLog;
+use mnist_common::{BackendKind, TrainConfig};
+use std::io::IsTerminal;
+use std::time::Duration;
+use tch::Device;
+
+/// A worker's established environment.
+pub struct Session {
+    /// Where tensors live.
+    pub device: Device,
+    /// The process group.
+    pub comm: Box<dyn Communicator>,
+    /// Rank 0: console and `<path>/mnist_train.log`; other ranks: console only.
+    pub log: RunLog,
+    progress: bool,
+}
+
+/// Intra-op threads: `--threads`, else `OMP_NUM_THREADS`, else cores / processes here.
+pub fn thread_count(cfg: &TrainConfig, local_world_size: usize) -> usize {
+    cfg.threads
+        .or_else(|| std::env::var("OMP_NUM_THREADS").ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0))
+        .unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / local_world_size.max(1)).max(1)
+        })
+}
+
+impl Session {
+    /// Set everything up for `identity` under `cfg`.
+    pub fn start(cfg: &TrainConfig, identity: &WorkerIdentity) -> Result<Session, TrainError> {
+        let threads = thread_count(cfg, identity.local_world_size);
+        tch::set_num_threads(threads as i32);
+        let gpus = std::env::var(device::ENV_GPUS).ok();
+        let device = device::select(cfg.device, cfg.gpu, gpus.as_deref(), identity.local_rank, device::cuda_count())?;
+        if cfg.backend == BackendKind::Nccl && !device.is_cuda() {
+            return Err(TrainError::Device("--backend nccl needs CUDA devices; this run is on the CPU (use --backend cpu or auto)".into()));
+        }
+        let log = if identity.rank == 0 {
+            std::fs::create_dir_all(&cfg.path).map_err(|e| TrainError::OutputDir { path: cfg.path.clone(), source: e })?;
+            RunLog::open(&cfg.path.join(crate::trainer::LOG_FILE)).map_err(|e| TrainError::OutputDir { path: cfg.path.clone(), source: e })?
+        } else {
+            RunLog::console()
+        };
+        let comm: Box<dyn Communicator> = if identity.world_size == 1 {
+            Box::new(Solo)
+        } else {
+            let (comm, _payload) = mnist_comm::connect(
+                identity,
+                mnist_comm::CommOptions {
+                    timeout: Duration::from_secs_f64(cfg.timeout_s),
+                    rendezvous_timeout: Duration::from_secs_f64(identity.rendezvous_timeout_s),
+                    transport: mnist_comm::Transport::Auto,
+                    rank0_payload: None,
+                },
+            )?;
+            comm
+        };
+        if identity.rank == 0 {
+            log.info(&format!(
+                "Config: {} | rank 0 of {} | {} intra-op thread(s) | device {:?}",
+                serde_json::to_string(cfg).unwrap_or_default(),
+                identity.world_size,
+                threads,
+                device
+            ));
+        }
+        let progress = identity.rank == 0 && cfg.progress.unwrap_or_else(|| std::io::stdout().is_terminal());
+        Ok(Session { device, comm, log, progress })
+    }
+
+    /// A progress bar for one epoch of `len` batches, when the console wants one.
+    pub fn progress_bar(&self, len: u64, epoch: usize) -> Option<ProgressBar> {
+        if !self.progress {
+            return None;
+        }
+        let pb = ProgressBar::new(len);
+        let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        pb.set_style(style);
+        pb.set_prefix(epoch.to_string());
+        Some(pb)
+    }
+}
