@@ -14,7 +14,7 @@ pub const WORKER_PROGRAM: &str = "mnist-worker";
 
 /// Start one training worker per rank and supervise them as a group (like torchrun).
 #[derive(Parser, Clone, Debug)]
-#[command(name = "mnist-launch", version)]
+#[command(name = "mnist-launch", version, args_override_self = true)]
 pub struct LaunchArgs {
     /// Training flags, forwarded to every worker.
     #[command(flatten)]

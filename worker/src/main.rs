@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 /// One rank of mnist-ddp training (usually started by mnist-launch).
 #[derive(Parser, Debug)]
-#[command(name = "mnist-worker", version, about)]
+#[command(name = "mnist-worker", version, about, args_override_self = true)]
 struct WorkerArgs {
     #[command(flatten)]
     train: TrainArgs,
