@@ -1,0 +1,139 @@
+"""PyTorch side of worker/tests/interop.rs: the reference LeNet, in plain PyTorch.
+
+Subcommands (all print one JSON object on stdout):
+  init  --out M [--seed S]                       save a freshly initialised LeNet state_dict
+  train --data D --out M [--seed S --steps N]    train LeNet with SGD on D's training split, save it
+  eval  --data D --model M [--n K --logits-out L]
+        load M strictly into LeNet, evaluate D's test split like `mnist-worker --evaluate`
+        (batches of 1000, loss summed per sample), print correct/count/avg_loss, and write the
+        logits of the first K test images to L (raw little-endian float32, K x 10)
+
+Run: $MNIST_PYTHON scripts/ref/interop_logits.py eval --data DIR --model mnist_model.pt
+"""
+import argparse
+import gzip
+import json
+import os
+import struct
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class LeNet(nn.Module):
+    """The reference network: conv 1->6 k5, conv 6->16 k5, fc 256->120->84->10."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(256, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        x = x.view(-1, 256)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def read_idx(path):
+    """Read an IDX file (raw or gzipped) into a numpy uint8 array."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    ndim = raw[3]
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def find(data, name):
+    for cand in (name, name.replace("-idx", ".idx", 1)):
+        for ext in ("", ".gz"):
+            p = os.path.join(data, cand + ext)
+            if os.path.isfile(p):
+                return p
+    raise SystemExit(f"{name} not found in {data}")
+
+
+def load_split(data, prefix):
+    """Images normalised like torchvision's ToTensor + Normalize((0.1307,), (0.3081,))."""
+    img = read_idx(find(data, f"{prefix}-images-idx3-ubyte"))
+    lab = read_idx(find(data, f"{prefix}-labels-idx1-ubyte"))
+    x = torch.from_numpy(img.copy()).to(torch.float32).view(-1, 1, 28, 28)
+    x = (x / 255.0 - 0.1307) / 0.3081
+    return x, torch.from_numpy(lab.astype(np.int64))
+
+
+def cmd_init(a):
+    torch.manual_seed(a.seed)
+    torch.save(LeNet().state_dict(), a.out)
+    print(json.dumps({"saved": a.out}))
+
+
+def cmd_train(a):
+    torch.manual_seed(a.seed)
+    model = LeNet()
+    x, y = load_split(a.data, "train")
+    opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(a.seed)
+    step = 0
+    while step < a.steps:
+        for idx in torch.randperm(len(y), generator=g).split(a.batch):
+            if step == a.steps:
+                break
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            step += 1
+    torch.save(model.state_dict(), a.out)
+    print(json.dumps({"saved": a.out, "steps": step}))
+
+
+@torch.no_grad()
+def cmd_eval(a):
+    model = LeNet()
+    model.load_state_dict(torch.load(a.model, weights_only=True), strict=True)
+    model.eval()
+    x, y = load_split(a.data, "t10k")
+    loss_sum, correct = 0.0, 0
+    for lo in range(0, len(y), 1000):
+        out = model(x[lo : lo + 1000])
+        loss_sum += F.cross_entropy(out, y[lo : lo + 1000], reduction="sum").item()
+        correct += int((out.argmax(1) == y[lo : lo + 1000]).sum())
+    if a.logits_out:
+        model(x[: a.n]).contiguous().numpy().astype("<f4").tofile(a.logits_out)
+    print(json.dumps({"correct": correct, "count": len(y), "loss_sum": loss_sum, "avg_loss": loss_sum / len(y)}))
+
+
+def main():
+    torch.set_num_threads(1)
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("init")
+    i.add_argument("--out", required=True)
+    i.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("train")
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--steps", type=int, default=100)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--lr", type=float, default=0.02)
+    e = sub.add_parser("eval")
+    e.add_argument("--data", required=True)
+    e.add_argument("--model", required=True)
+    e.add_argument("--n", type=int, default=64)
+    e.add_argument("--logits-out")
+    a = p.parse_args()
+    {"init": cmd_init, "train": cmd_train, "eval": cmd_eval}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+//! Helpers shared by the mnist-worker integration tests: generated data sets, running the
+//! `mnist-worker` / `mnist-launch` binaries under a deadline, and reading what they write.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Seconds any single command may run before the test kills it and fails.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// The worker binary cargo built for these tests.
+pub fn worker_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mnist-worker"))
+}
+
+/// The launcher binary, built next to the worker by `cargo test --workspace`.
+pub fn launcher_bin() -> PathBuf {
+    let p = worker_bin().with_file_name("mnist-launch");
+    assert!(
+        p.is_file(),
+        "{} is missing: the launcher tests need it next to mnist-worker; run `cargo test --workspace` \
+         (or `cargo build -p mnist-launch` first)",
+        p.display()
+    );
+    p
+}
+
+/// `$MNIST_PYTHON` (Python with torch), or None after printing a visible SKIPPED line.
+pub fn python(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("MNIST_PYTHON") {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            println!("SKIPPED: {test} (MNIST_PYTHON not set)");
+            eprintln!("SKIPPED: {test} (MNIST_PYTHON not set)");
+            None
+        }
+    }
+}
+
+/// A script in `scripts/ref/`.
+pub fn ref_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ref").join(name)
+}
+
+/// Write a learnable synthetic data set (`train` and `test` examples, raw IDX files under
+/// the standard names) into `<dir>/data` and return that folder.
+pub fn make_data(dir: &Path, train: usize, test: usize) -> PathBuf {
+    let data = dir.join("data");
+    mnist_data::write_split(&data, mnist_data::Split::Train, &mnist_data::synthetic(train, 11), false).unwrap();
+    mnist_data::write_split(&data, mnist_data::Split::Test, &mnist_data::synthetic(test, 22), false).unwrap();
+    data
+}
+
+/// Flags every test run uses: CPU, one intra-op thread, no progress bar.
+pub const BASE: &[&str] = &["--device", "cpu", "--threads", "1", "--progress", "never"];
+
+/// What a finished command did.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Everything written to stdout.
+    pub stdout: String,
+    /// Everything written to stderr.
+    pub stderr: String,
+    /// Wall-clock seconds.
+    pub secs: f64,
+}
+
+impl Output {
+    /// Panic with both streams unless the command succeeded.
+    pub fn ok(self, what: &str) -> Output {
+        assert!(
+            self.status.success(),
+            "{what} failed with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Start `cmd` with piped output; the pipes are drained on threads.
+pub fn spawn(mut cmd: Command) -> Running {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    for v in ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MNIST_RENDEZVOUS", "MNIST_RUN_ID", "MNIST_GPUS"] {
+        cmd.env_remove(v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = r.read_to_end(&mut b);
+            String::from_utf8_lossy(&b).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    Running { child, out, err, start: Instant::now(), what: format!("{cmd:?}") }
+}
+
+/// A started command.
+pub struct Running {
+    /// The process.
+    pub child: std::process::Child,
+    out: std::thread::JoinHandle<String>,
+    err: std::thread::JoinHandle<String>,
+    start: Instant,
+    what: String,
+}
+
+impl Running {
+    /// Wait for the command, killing it and failing the test after `deadline`.
+    pub fn wait(mut self, deadline: Duration) -> Output {
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if self.start.elapsed() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("{} ran longer than {deadline:?}; killed", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let secs = self.start.elapsed().as_secs_f64();
+        Output { status, stdout: self.out.join().unwrap(), stderr: self.err.join().unwrap(), secs }
+    }
+}
+
+/// Run `bin` with `args` (all as strings) to completion.
+pub fn run(bin: &Path, args: &[String]) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    spawn(cmd).wait(DEADLINE)
+}
+
+/// Turn a list of displayable things into owned argument strings.
+#[macro_export]
+macro_rules! args {
+    ($($a:expr),* $(,)?) => { vec![$(format!("{}", $a)),*] };
+}
+
+/// `BASE` followed by `extra`.
+pub fn with_base(extra: Vec<String>) -> Vec<String> {
+    BASE.iter().map(|s| s.to_string()).chain(extra).collect()
+}
+
+/// Run the worker with `BASE` plus `extra`.
+pub fn worker(extra: Vec<String>) -> Output {
+    run(&worker_bin(), &with_base(extra))
+}
+
+/// True when `line` starts with the reference's `MM/DD HH:MM:SS AM | ` prefix.
+pub fn has_log_prefix(line: &str) -> bool {
+    let b = line.as_bytes();
+    if b.len() < 21 {
+        return false;
+    }
+    let digits = [0, 1, 3, 4, 6, 7, 9, 10, 12, 13];
+    digits.iter().all(|&i| b[i].is_ascii_digit())
+        && b[2] == b'/'
+        && b[5] == b' '
+        && b[8] == b':'
+        && b[11] == b':'
+        && b[14] == b' '
+        && (&b[15..17] == b"AM" || &b[15..17] == b"PM")
+        && &b[17..20] == b" | "
+}
+
+/// `(correct, count, average loss)` from the last `Test set: … Accuracy: c/N` line in `text`.
+pub fn last_test_line(text: &str) -> Option<(u64, u64, f64)> {
+    let line = text.lines().rev().find(|l| l.contains("Test set: Average loss: "))?;
+    let loss: f64 = line.split("Average loss: ").nth(1)?.split(',').next()?.trim().parse().ok()?;
+    let acc = line.split("Accuracy: ").nth(1)?.split_whitespace().next()?;
+    let (c, n) = acc.split_once('/')?;
+    Some((c.parse().ok()?, n.trim_end_matches(',').parse().ok()?, loss))
+}
+
+/// The `metrics.jsonl` records in `dir`.
+pub fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad metrics line {l:?}: {e}"))).collect()
+}
+
+/// The flat parameters stored in `<dir>/checkpoint.bin`.
+pub fn checkpoint_params(dir: &Path) -> Vec<f32> {
+    mnist_train::resume::load(&mnist_train::resume::path_in(dir)).unwrap().params
+}
+
+/// The largest `|a - b|` and the largest `|a|`.
+pub fn max_diff(a: &[f32], b: &[f32]) -> (f64, f64) {
+    assert_eq!(a.len(), b.len(), "parameter counts differ");
+    let d = a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+    let m = a.iter().map(|x| x.abs() as f64).fold(0.0, f64::max);
+    (d, m)
+}
+
+/// A fresh temporary folder.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("mnist-e2e-").tempdir().unwrap()
+}
