@@ -15,6 +15,26 @@ pub const MAGIC: &[u8; 8] = b"MNISTRDV";
 /// Version of the layout written by this program.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Folder of the shared-memory segments.
+pub const SHM_DIR: &str = "/dev/shm";
+
+/// The shared-memory segment file name for a run id (characters outside `[A-Za-z0-9_-]`
+/// become `_`); the segment is `/dev/shm/<name>`.
+pub fn shm_name_for(run_id: &str) -> String {
+    let clean: String = run_id
+        .chars()
+        .take(160)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("mnist-ddp-{clean}")
+}
+
 /// What rank 0 publishes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RendezvousRecord {

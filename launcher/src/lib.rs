@@ -143,12 +143,13 @@ impl LaunchError {
     }
 }
 
-/// Removes the rendezvous file, if any, when the launch ends however it ends.
-struct RemoveOnDrop(Option<PathBuf>);
+/// Removes the rendezvous file and the shared-memory segment, if any, when the launch ends
+/// however it ends (the workers remove them too; this covers a rank that crashed first).
+struct RemoveOnDrop(Vec<PathBuf>);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        if let Some(p) = &self.0 {
+        for p in &self.0 {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -165,7 +166,16 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
     }
     let run_id = spec::new_run_id();
     let rendezvous = (cfg.nproc > 1).then(|| spec::rendezvous_path(&run_id));
-    let _remove_rendezvous = RemoveOnDrop(rendezvous.clone());
+    let _remove_rendezvous = RemoveOnDrop(
+        rendezvous
+            .iter()
+            .cloned()
+            .chain((cfg.nproc > 1).then(|| {
+                Path::new(mnist_common::rendezvous::SHM_DIR)
+                    .join(mnist_common::rendezvous::shm_name_for(&run_id))
+            }))
+            .collect(),
+    );
     let logs = create_logs(&cfg.log_dir, cfg.nproc)?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())

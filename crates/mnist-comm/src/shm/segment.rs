@@ -41,20 +41,10 @@ const MAGIC: u64 = 0x4d4e_4953_5453_4d31;
 /// Where /dev/shm-style segments live.
 pub(crate) const SHM_DIR: &str = "/dev/shm";
 
-/// The segment file name for a run id (characters outside `[A-Za-z0-9_-]` become `_`).
+/// The segment file name for a run id (defined in `mnist_common::rendezvous`, so the launcher
+/// can remove a segment left behind by a crashed rank).
 pub fn shm_name_for(run_id: &str) -> String {
-    let clean: String = run_id
-        .chars()
-        .take(160)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("mnist-ddp-{clean}")
+    mnist_common::rendezvous::shm_name_for(run_id)
 }
 
 /// One field of a collective header.
