@@ -62,10 +62,24 @@ fn open_first(candidates: &[String]) -> Result<Found, String> {
                     _lib: lib,
                 })
             }
-            Err(e) => last = e.to_string(),
+            Err(e) => last = format!("{e:?}"),
         }
     }
     Err(last)
+}
+
+/// "N names, libX.so … libX.so.1" for messages.
+fn tried(names: &[String]) -> String {
+    match (names.first(), names.last()) {
+        (Some(a), Some(b)) if names.len() > 2 => format!("{} names, {a} … {b}", names.len()),
+        _ => names.join(", "),
+    }
+}
+
+/// Drop repeated names, keeping the first of each (cudarc's list repeats some).
+fn dedup(names: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
 }
 
 /// Every symbol of `symbols` missing from `found`.
@@ -84,11 +98,12 @@ fn missing_symbols(found: &Found, symbols: &[&str]) -> Vec<String> {
 fn probe_cuda() -> Result<Found, String> {
     let mut names = cudarc::get_lib_name_candidates("cuda");
     names.extend(cudarc::get_lib_name_candidates("nvcuda"));
+    dedup(&mut names);
     let found = open_first(&names).map_err(|last| {
         format!(
             "cannot load the CUDA driver library (tried {}; last error: {last}); is an NVIDIA \
              driver installed on this machine?",
-            names.join(", ")
+            tried(&names)
         )
     })?;
     let missing = missing_symbols(&found, CUDA_SYMBOLS);
@@ -103,7 +118,8 @@ fn probe_cuda() -> Result<Found, String> {
 }
 
 fn probe_nccl() -> Result<Found, String> {
-    let names = cudarc::get_lib_name_candidates("nccl");
+    let mut names = cudarc::get_lib_name_candidates("nccl");
+    dedup(&mut names);
     let found = match open_first(&names) {
         Ok(f) => f,
         Err(last) => {
@@ -115,7 +131,7 @@ fn probe_nccl() -> Result<Found, String> {
                      holding a symlink `libnccl.so -> <folder of {NCCL_SONAME}>/{NCCL_SONAME}` \
                      on LD_LIBRARY_PATH before starting the process (scripts/gpu-check.sh run \
                      does this)",
-                    names.join(", ")
+                    tried(&names)
                 )
             } else {
                 format!(
@@ -123,7 +139,7 @@ fn probe_nccl() -> Result<Found, String> {
                      install NCCL (pip's nvidia-nccl-cu13 puts it in \
                      site-packages/nvidia/nccl/lib) and put a folder with a `libnccl.so` \
                      symlink to it on LD_LIBRARY_PATH",
-                    names.join(", ")
+                    tried(&names)
                 )
             });
         }
