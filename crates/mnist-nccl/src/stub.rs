@@ -23,11 +23,13 @@ pub fn new_unique_id() -> Result<[u8; UNIQUE_ID_BYTES], NcclError> {
     Err(not_compiled())
 }
 
-/// An NCCL communicator; cannot be created in this build.
+/// An NCCL communicator; cannot be created in this build. `Send` but not `Sync`, like the
+/// GPU build's, so code written against either compiles against both.
 #[derive(Debug)]
 pub struct NcclComm {
     rank: usize,
     world: usize,
+    _not_sync: std::marker::PhantomData<std::cell::Cell<()>>,
 }
 
 impl NcclComm {
@@ -97,6 +99,11 @@ impl NcclComm {
     /// Number of ranks.
     pub fn world_size(&self) -> usize {
         self.world
+    }
+
+    /// GPU ordinal the communicator runs on.
+    pub fn device_ordinal(&self) -> usize {
+        0
     }
 
     /// The per-operation timeout.

@@ -108,3 +108,10 @@ fn bad_arguments_are_rejected_before_touching_cuda() {
         assert!(m.contains(&format!("rank {rank}")), "{m}");
     }
 }
+
+#[test]
+fn communicator_can_move_to_another_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<NcclComm>();
+    assert_send::<NcclError>();
+}
