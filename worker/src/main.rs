@@ -38,12 +38,28 @@ struct WorkerArgs {
 
 fn identity(a: &WorkerArgs) -> anyhow::Result<WorkerIdentity> {
     anyhow::ensure!(a.world_size >= 1, "--world-size must be at least 1");
-    anyhow::ensure!(a.rank < a.world_size, "--rank {} is not below --world-size {}", a.rank, a.world_size);
+    anyhow::ensure!(
+        a.rank < a.world_size,
+        "--rank {} is not below --world-size {}",
+        a.rank,
+        a.world_size
+    );
     if a.world_size > 1 {
-        anyhow::ensure!(a.rendezvous.is_some(), "--world-size {} needs --rendezvous FILE (or MNIST_RENDEZVOUS)", a.world_size);
-        anyhow::ensure!(a.run_id.is_some(), "--world-size {} needs --run-id (or MNIST_RUN_ID)", a.world_size);
+        anyhow::ensure!(
+            a.rendezvous.is_some(),
+            "--world-size {} needs --rendezvous FILE (or MNIST_RENDEZVOUS)",
+            a.world_size
+        );
+        anyhow::ensure!(
+            a.run_id.is_some(),
+            "--world-size {} needs --run-id (or MNIST_RUN_ID)",
+            a.world_size
+        );
     }
-    anyhow::ensure!(a.rendezvous_timeout > 0.0, "--rendezvous-timeout must be positive");
+    anyhow::ensure!(
+        a.rendezvous_timeout > 0.0,
+        "--rendezvous-timeout must be positive"
+    );
     Ok(WorkerIdentity {
         rank: a.rank,
         local_rank: a.local_rank.unwrap_or(a.rank),
@@ -62,14 +78,27 @@ fn main() {
     let args = WorkerArgs::parse();
     let result = identity(&args).and_then(|id| {
         let cfg = args.train.resolve()?;
-        mnist_train::run(&cfg, &id).map_err(|e| (id.rank, e)).map_err(|(rank, e)| {
-            let peer = matches!(e, mnist_train::TrainError::Comm(mnist_comm::CommError::PeerFailed { .. }));
-            anyhow::Error::new(e).context(if peer { format!("rank {rank} stopped: a peer failed") } else { format!("rank {rank}") })
-        })
+        mnist_train::run(&cfg, &id)
+            .map_err(|e| (id.rank, e))
+            .map_err(|(rank, e)| {
+                let peer = matches!(
+                    e,
+                    mnist_train::TrainError::Comm(mnist_comm::CommError::PeerFailed { .. })
+                );
+                anyhow::Error::new(e).context(if peer {
+                    format!("rank {rank} stopped: a peer failed")
+                } else {
+                    format!("rank {rank}")
+                })
+            })
     });
     if let Err(e) = result {
         eprintln!("mnist-worker: error: {e:#}");
         let peer = e.to_string().contains("a peer failed");
-        std::process::exit(if peer { contract::EXIT_PEER_FAILED } else { contract::EXIT_FAILURE });
+        std::process::exit(if peer {
+            contract::EXIT_PEER_FAILED
+        } else {
+            contract::EXIT_FAILURE
+        });
     }
 }

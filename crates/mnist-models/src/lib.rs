@@ -84,10 +84,19 @@ impl Model {
         let root = vs.root();
         let mut params = Vec::new();
         for (name, shape) in arch.parameter_shapes() {
-            let (layer, kind) = name.split_once('.').expect("parameter names are layer.kind");
+            let (layer, kind) = name
+                .split_once('.')
+                .expect("parameter names are layer.kind");
             let fan_in = fan_in(arch, layer);
             let bound = 1.0 / (fan_in as f64).sqrt();
-            let t = (&root / layer).var(kind, &shape, nn::Init::Uniform { lo: -bound, up: bound });
+            let t = (&root / layer).var(
+                kind,
+                &shape,
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            );
             params.push(Parameter { name, tensor: t });
         }
         Model { arch, vs, params }
@@ -141,7 +150,10 @@ impl Model {
     /// Copy `values` (in `state_dict` order, each flattened) into the parameters.
     pub fn load_values(&mut self, values: &[Vec<f32>]) -> Result<(), ModelError> {
         if values.len() != self.params.len() {
-            return Err(ModelError::Count { expected: self.params.len(), found: values.len() });
+            return Err(ModelError::Count {
+                expected: self.params.len(),
+                found: values.len(),
+            });
         }
         tch::no_grad(|| {
             for (p, v) in self.params.iter_mut().zip(values) {
@@ -152,7 +164,9 @@ impl Model {
                         found: v.len(),
                     });
                 }
-                let src = Tensor::from_slice(v).view(p.tensor.size().as_slice()).to_device(p.tensor.device());
+                let src = Tensor::from_slice(v)
+                    .view(p.tensor.size().as_slice())
+                    .to_device(p.tensor.device());
                 p.tensor.copy_(&src);
             }
             Ok(())
@@ -164,7 +178,12 @@ impl Model {
         self.params
             .iter()
             .map(|p| {
-                let t = p.tensor.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+                let t = p
+                    .tensor
+                    .detach()
+                    .to_device(Device::Cpu)
+                    .to_kind(Kind::Float)
+                    .contiguous();
                 let mut v = vec![0f32; t.numel()];
                 t.copy_data(&mut v, t.numel());
                 v
@@ -225,7 +244,11 @@ mod tests {
         assert_eq!(out.size(), vec![3, 10]);
         let mlp = Model::new(Arch::Mlp, Device::Cpu);
         assert_eq!(mlp.numel(), 784 * 500 + 500 + 500 * 250 + 250 + 2510);
-        assert_eq!(mlp.forward(&Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu))).size(), vec![2, 10]);
+        assert_eq!(
+            mlp.forward(&Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu)))
+                .size(),
+            vec![2, 10]
+        );
     }
 
     #[test]

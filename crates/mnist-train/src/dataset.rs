@@ -37,12 +37,21 @@ impl TensorDataset {
             .to_kind(Kind::Float)
             .view([n, 1, 28, 28]);
         let images = (images / 255.0 - MEAN) / STD;
-        let labels = Tensor::from_slice(&split.labels).to_device(device).to_kind(Kind::Int64);
-        Ok(TensorDataset { images, labels, len: img.count })
+        let labels = Tensor::from_slice(&split.labels)
+            .to_device(device)
+            .to_kind(Kind::Int64);
+        Ok(TensorDataset {
+            images,
+            labels,
+            len: img.count,
+        })
     }
 
     /// Images and labels at `index` (an i64 tensor on the same device).
     pub fn gather(&self, index: &Tensor) -> (Tensor, Tensor) {
-        (self.images.index_select(0, index), self.labels.index_select(0, index))
+        (
+            self.images.index_select(0, index),
+            self.labels.index_select(0, index),
+        )
     }
 }

@@ -74,24 +74,47 @@ mod tests {
 
     #[test]
     fn auto_without_gpu_is_cpu() {
-        assert_eq!(select(DeviceKind::Auto, None, None, 0, 0).unwrap(), Device::Cpu);
+        assert_eq!(
+            select(DeviceKind::Auto, None, None, 0, 0).unwrap(),
+            Device::Cpu
+        );
     }
 
     #[test]
     fn cuda_without_gpu_is_a_clear_error() {
-        let e = select(DeviceKind::Cuda, None, None, 0, 0).unwrap_err().to_string();
-        assert!(e.contains("--device cuda") && e.contains("no usable CUDA GPU"), "{e}");
+        let e = select(DeviceKind::Cuda, None, None, 0, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--device cuda") && e.contains("no usable CUDA GPU"),
+            "{e}"
+        );
     }
 
     #[test]
     fn ranks_map_to_gpus() {
-        assert_eq!(select(DeviceKind::Auto, None, None, 1, 2).unwrap(), Device::Cuda(1));
-        assert_eq!(select(DeviceKind::Auto, Some(1), None, 1, 4).unwrap(), Device::Cuda(2));
-        assert_eq!(select(DeviceKind::Cuda, None, Some("0,2"), 1, 4).unwrap(), Device::Cuda(2));
-        assert!(select(DeviceKind::Cuda, Some(3), None, 0, 2).unwrap_err().to_string().contains("GPU 3"));
+        assert_eq!(
+            select(DeviceKind::Auto, None, None, 1, 2).unwrap(),
+            Device::Cuda(1)
+        );
+        assert_eq!(
+            select(DeviceKind::Auto, Some(1), None, 1, 4).unwrap(),
+            Device::Cuda(2)
+        );
+        assert_eq!(
+            select(DeviceKind::Cuda, None, Some("0,2"), 1, 4).unwrap(),
+            Device::Cuda(2)
+        );
+        assert!(select(DeviceKind::Cuda, Some(3), None, 0, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("GPU 3"));
         assert!(select(DeviceKind::Cuda, None, Some("0"), 1, 2).is_err());
         assert!(select(DeviceKind::Cuda, None, Some("x"), 0, 2).is_err());
-        assert_eq!(select(DeviceKind::Cpu, None, None, 0, 8).unwrap(), Device::Cpu);
+        assert_eq!(
+            select(DeviceKind::Cpu, None, None, 0, 8).unwrap(),
+            Device::Cpu
+        );
     }
 
     #[test]

@@ -41,7 +41,10 @@ pub fn correct_counts(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
     let top1 = logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64);
     let k = 5.min(logits.size()[1]);
     let (_, idx) = logits.topk(k, -1, true, false);
-    let top5 = idx.eq_tensor(&labels.unsqueeze(1)).any_dim(1, false).sum(Kind::Int64);
+    let top5 = idx
+        .eq_tensor(&labels.unsqueeze(1))
+        .any_dim(1, false)
+        .sum(Kind::Int64);
     (top1, top5)
 }
 
@@ -66,21 +69,41 @@ pub fn evaluate(
             let x = data.images.narrow(0, start as i64, n as i64);
             let y = data.labels.narrow(0, start as i64, n as i64);
             let logits = model.forward(&x);
-            let l = logits.log_softmax(-1, Kind::Float).g_nll_loss::<Tensor>(&y, None, Reduction::Sum, -100);
+            let l = logits.log_softmax(-1, Kind::Float).g_nll_loss::<Tensor>(
+                &y,
+                None,
+                Reduction::Sum,
+                -100,
+            );
             loss += l.to_kind(Kind::Double);
             let (a, b) = correct_counts(&logits, &y);
             c1 += a;
             c5 += b;
             start += n;
         }
-        [loss.double_value(&[]), c1.int64_value(&[]) as f64, c5.int64_value(&[]) as f64, (hi - lo) as f64]
+        [
+            loss.double_value(&[]),
+            c1.int64_value(&[]) as f64,
+            c5.int64_value(&[]) as f64,
+            (hi - lo) as f64,
+        ]
     });
     let mut buf: Vec<f32> = sums.iter().map(|&v| v as f32).collect();
     comm.all_reduce_f32(&mut buf, ReduceOp::Sum)?;
     let (loss_sum, correct1, correct5, count) = if world == 1 {
         (sums[0], sums[1] as u64, sums[2] as u64, sums[3] as u64)
     } else {
-        (buf[0] as f64, buf[1].round() as u64, buf[2].round() as u64, buf[3].round() as u64)
+        (
+            buf[0] as f64,
+            buf[1].round() as u64,
+            buf[2].round() as u64,
+            buf[3].round() as u64,
+        )
     };
-    Ok(EvalResult { loss_sum, correct1, correct5, count })
+    Ok(EvalResult {
+        loss_sum,
+        correct1,
+        correct5,
+        count,
+    })
 }

@@ -40,24 +40,52 @@ impl FlatParams {
         let mut offset = 0usize;
         for p in model.parameters() {
             let numel = p.tensor.numel();
-            slots.push(Slot { name: p.name, shape: p.tensor.size(), offset, numel });
+            slots.push(Slot {
+                name: p.name,
+                shape: p.tensor.size(),
+                offset,
+                numel,
+            });
             offset += numel;
         }
         let params = tch::no_grad(|| {
-            Tensor::cat(&model.parameters().iter().map(|p| p.tensor.detach().view([-1])).collect::<Vec<_>>(), 0)
+            Tensor::cat(
+                &model
+                    .parameters()
+                    .iter()
+                    .map(|p| p.tensor.detach().view([-1]))
+                    .collect::<Vec<_>>(),
+                0,
+            )
         });
         let mut grads = Tensor::zeros([offset as i64], (Kind::Float, device));
         // Define every gradient once (a zero backward pass), then re-point data and grads.
-        let probe: Tensor = model.parameters().iter().map(|p| p.tensor.sum(Kind::Float) * 0.0).sum();
+        let probe: Tensor = model
+            .parameters()
+            .iter()
+            .map(|p| p.tensor.sum(Kind::Float) * 0.0)
+            .sum();
         probe.backward();
         for (p, s) in model.parameters().iter().zip(&slots) {
             let mut data = p.tensor.shallow_clone();
-            data.set_data(&params.narrow(0, s.offset as i64, s.numel as i64).view(s.shape.as_slice()));
+            data.set_data(
+                &params
+                    .narrow(0, s.offset as i64, s.numel as i64)
+                    .view(s.shape.as_slice()),
+            );
             let mut g = p.tensor.grad();
-            g.set_data(&grads.narrow(0, s.offset as i64, s.numel as i64).view(s.shape.as_slice()));
+            g.set_data(
+                &grads
+                    .narrow(0, s.offset as i64, s.numel as i64)
+                    .view(s.shape.as_slice()),
+            );
         }
         let _ = grads.zero_();
-        FlatParams { params, grads, slots }
+        FlatParams {
+            params,
+            grads,
+            slots,
+        }
     }
 
     /// Where each parameter lives.
@@ -84,14 +112,19 @@ impl FlatParams {
     pub fn params_from_slice(&mut self, values: &[f32]) {
         let src = Tensor::from_slice(values).to_device(self.params.device());
         tch::no_grad(|| {
-            let _ = self.params.copy_(&src);
+            self.params.copy_(&src);
         });
     }
 }
 
 /// Copy a tensor's values to a host `Vec<f32>`.
 pub fn tensor_to_vec(t: &Tensor) -> Vec<f32> {
-    let t = t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]);
+    let t = t
+        .detach()
+        .to_device(tch::Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous()
+        .view([-1]);
     let n = t.numel();
     let mut v = vec![0f32; n];
     t.copy_data(&mut v, n);
@@ -117,8 +150,15 @@ mod tests {
             m.forward(&x).sum(Kind::Float).backward();
         }
         for (p, s) in m.parameters().iter().zip(flat.slots()) {
-            let g = flat.grads.narrow(0, s.offset as i64, s.numel as i64).view(s.shape.as_slice());
-            assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{} has a gradient", s.name);
+            let g = flat
+                .grads
+                .narrow(0, s.offset as i64, s.numel as i64)
+                .view(s.shape.as_slice());
+            assert!(
+                g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "{} has a gradient",
+                s.name
+            );
             assert!(g.equal(&p.tensor.grad()), "{}", s.name);
         }
         // Writing the flat parameters changes the model.

@@ -6,7 +6,11 @@ use tch::{Device, Kind, Tensor};
 /// Run `f` on `t`'s values as a mutable host slice, writing any change back to `t`.
 ///
 /// `t` must be a contiguous f32 tensor. `staging` is reused between calls for CUDA tensors.
-pub fn with_host_slice<R>(t: &mut Tensor, staging: &mut Vec<f32>, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub fn with_host_slice<R>(
+    t: &mut Tensor,
+    staging: &mut Vec<f32>,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
     assert_eq!(t.kind(), Kind::Float, "flat buffers are f32");
     assert!(t.is_contiguous(), "flat buffers are contiguous");
     let n = t.numel();
@@ -21,7 +25,7 @@ pub fn with_host_slice<R>(t: &mut Tensor, staging: &mut Vec<f32>, f: impl FnOnce
         let r = f(staging);
         let src = Tensor::from_slice(staging).to_device(t.device());
         tch::no_grad(|| {
-            let _ = t.copy_(&src);
+            t.copy_(&src);
         });
         r
     }

@@ -37,7 +37,10 @@ pub struct EpochRecord {
 
 /// Append `rec` to the JSON-lines file at `path`.
 pub fn append(path: &Path, rec: &EpochRecord) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     let line = serde_json::to_string(rec).map_err(std::io::Error::other)?;
     writeln!(f, "{line}")
 }

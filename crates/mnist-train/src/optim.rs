@@ -17,7 +17,11 @@ pub struct Sgd {
 impl Sgd {
     /// A fresh optimizer (no momentum buffer yet).
     pub fn new(momentum: f64, weight_decay: f64) -> Self {
-        Sgd { momentum, weight_decay, buf: None }
+        Sgd {
+            momentum,
+            weight_decay,
+            buf: None,
+        }
     }
 
     /// One update of `params` from `grads` at learning rate `lr`. `grads` is used as scratch.
@@ -67,7 +71,7 @@ mod tests {
             let mut g = Tensor::from_slice(&g);
             opt.step(&mut p, &mut g, 0.1);
         }
-        let want = Tensor::from_slice(&[0.8921510f32, -2.0216770, 3.1512032]);
+        let want = Tensor::from_slice(&[0.892_151_f32, -2.021_677, 3.151_203]);
         let diff = (&p - &want).abs().max().double_value(&[]);
         assert!(diff < 1e-6, "{p:?}");
         assert_eq!(p.kind(), Kind::Float);

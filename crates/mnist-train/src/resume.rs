@@ -42,7 +42,10 @@ pub fn path_in(dir: &Path) -> PathBuf {
 
 /// Write `state` atomically to `path`.
 pub fn save(path: &Path, state: &ResumeState) -> Result<(), TrainError> {
-    let body = bincode::serialize(state).map_err(|e| TrainError::Resume { file: path.into(), detail: e.to_string() })?;
+    let body = bincode::serialize(state).map_err(|e| TrainError::Resume {
+        file: path.into(),
+        detail: e.to_string(),
+    })?;
     mnist_checkpoint::atomic_write(path, |f| {
         use std::io::Write;
         f.write_all(MAGIC)?;
@@ -53,8 +56,15 @@ pub fn save(path: &Path, state: &ResumeState) -> Result<(), TrainError> {
 
 /// Read a checkpoint written by [`save`].
 pub fn load(path: &Path) -> Result<ResumeState, TrainError> {
-    let err = |detail: String| TrainError::Resume { file: path.into(), detail };
-    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read it: {e} (was the run started with this --path?)")))?;
+    let err = |detail: String| TrainError::Resume {
+        file: path.into(),
+        detail,
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        err(format!(
+            "cannot read it: {e} (was the run started with this --path?)"
+        ))
+    })?;
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(err("not a resumable checkpoint of mnist-ddp".into()));
     }
@@ -84,7 +94,10 @@ mod tests {
         save(&p, &s).unwrap();
         assert_eq!(load(&p).unwrap(), s);
         std::fs::write(&p, b"hello").unwrap();
-        assert!(load(&p).unwrap_err().to_string().contains("not a resumable checkpoint"));
+        assert!(load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not a resumable checkpoint"));
         std::fs::write(&p, b"MNISTCK1\x01").unwrap();
         assert!(load(&p).unwrap_err().to_string().contains("corrupt"));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -25,7 +25,12 @@ pub struct Session {
 /// Intra-op threads: `--threads`, else `OMP_NUM_THREADS`, else cores / processes here.
 pub fn thread_count(cfg: &TrainConfig, local_world_size: usize) -> usize {
     cfg.threads
-        .or_else(|| std::env::var("OMP_NUM_THREADS").ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0))
+        .or_else(|| {
+            std::env::var("OMP_NUM_THREADS")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|&n| n > 0)
+        })
         .unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             (cores / local_world_size.max(1)).max(1)
@@ -38,13 +43,27 @@ impl Session {
         let threads = thread_count(cfg, identity.local_world_size);
         tch::set_num_threads(threads as i32);
         let gpus = std::env::var(device::ENV_GPUS).ok();
-        let device = device::select(cfg.device, cfg.gpu, gpus.as_deref(), identity.local_rank, device::cuda_count())?;
+        let device = device::select(
+            cfg.device,
+            cfg.gpu,
+            gpus.as_deref(),
+            identity.local_rank,
+            device::cuda_count(),
+        )?;
         if cfg.backend == BackendKind::Nccl && !device.is_cuda() {
             return Err(TrainError::Device("--backend nccl needs CUDA devices; this run is on the CPU (use --backend cpu or auto)".into()));
         }
         let log = if identity.rank == 0 {
-            std::fs::create_dir_all(&cfg.path).map_err(|e| TrainError::OutputDir { path: cfg.path.clone(), source: e })?;
-            RunLog::open(&cfg.path.join(crate::trainer::LOG_FILE)).map_err(|e| TrainError::OutputDir { path: cfg.path.clone(), source: e })?
+            std::fs::create_dir_all(&cfg.path).map_err(|e| TrainError::OutputDir {
+                path: cfg.path.clone(),
+                source: e,
+            })?;
+            RunLog::open(&cfg.path.join(crate::trainer::LOG_FILE)).map_err(|e| {
+                TrainError::OutputDir {
+                    path: cfg.path.clone(),
+                    source: e,
+                }
+            })?
         } else {
             RunLog::console()
         };
@@ -71,8 +90,16 @@ impl Session {
                 device
             ));
         }
-        let progress = identity.rank == 0 && cfg.progress.unwrap_or_else(|| std::io::stdout().is_terminal());
-        Ok(Session { device, comm, log, progress })
+        let progress = identity.rank == 0
+            && cfg
+                .progress
+                .unwrap_or_else(|| std::io::stdout().is_terminal());
+        Ok(Session {
+            device,
+            comm,
+            log,
+            progress,
+        })
     }
 
     /// A progress bar for one epoch of `len` batches, when the console wants one.
@@ -81,9 +108,11 @@ impl Session {
             return None;
         }
         let pb = ProgressBar::new(len);
-        let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let style = ProgressStyle::with_template(
+            "epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
         pb.set_style(style);
         pb.set_prefix(epoch.to_string());
         Some(pb)

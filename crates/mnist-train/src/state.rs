@@ -21,13 +21,23 @@ pub fn named_tensors(model: &Model) -> Vec<NamedTensor> {
 }
 
 /// Check `tensors` against `arch` and return their values in `state_dict` order.
-pub fn match_state_dict(file: &Path, arch: Arch, tensors: Vec<NamedTensor>) -> Result<Vec<Vec<f32>>, TrainError> {
-    let err = |detail: String| TrainError::StateDict { file: file.to_path_buf(), detail };
+pub fn match_state_dict(
+    file: &Path,
+    arch: Arch,
+    tensors: Vec<NamedTensor>,
+) -> Result<Vec<Vec<f32>>, TrainError> {
+    let err = |detail: String| TrainError::StateDict {
+        file: file.to_path_buf(),
+        detail,
+    };
     let mut by_name: std::collections::HashMap<String, NamedTensor> =
         tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
     // DDP-wrapped PyTorch models save keys with a "module." prefix; accept them.
     if by_name.keys().all(|k| k.starts_with("module.")) && !by_name.is_empty() {
-        by_name = by_name.into_iter().map(|(k, v)| (k["module.".len()..].to_string(), v)).collect();
+        by_name = by_name
+            .into_iter()
+            .map(|(k, v)| (k["module.".len()..].to_string(), v))
+            .collect();
     }
     let expected = arch.parameter_shapes();
     let mut values = Vec::new();
@@ -51,7 +61,11 @@ pub fn match_state_dict(file: &Path, arch: Arch, tensors: Vec<NamedTensor>) -> R
         values.push(t.data);
     }
     if let Some(extra) = by_name.keys().min() {
-        return Err(err(format!("unexpected key {extra} for model {}; {}", arch.name(), hint(&by_name, arch))));
+        return Err(err(format!(
+            "unexpected key {extra} for model {}; {}",
+            arch.name(),
+            hint(&by_name, arch)
+        )));
     }
     Ok(values)
 }
@@ -62,9 +76,16 @@ fn hint(rest: &std::collections::HashMap<String, NamedTensor>, arch: Arch) -> St
         Arch::Mlp => Arch::LeNet,
     };
     let looks_other = rest.contains_key("conv1.weight") == (other == Arch::LeNet)
-        && other.parameter_shapes().iter().any(|(n, _)| rest.contains_key(*n));
+        && other
+            .parameter_shapes()
+            .iter()
+            .any(|(n, _)| rest.contains_key(*n));
     if looks_other {
-        format!("the file looks like a {} model: try --model {}", other.name(), other.name())
+        format!(
+            "the file looks like a {} model: try --model {}",
+            other.name(),
+            other.name()
+        )
     } else {
         "is it a checkpoint of this project's LeNet or MLP?".to_string()
     }
@@ -74,7 +95,12 @@ fn hint(rest: &std::collections::HashMap<String, NamedTensor>, arch: Arch) -> St
 pub fn load_into(model: &mut Model, file: &Path) -> Result<(), TrainError> {
     let tensors = mnist_checkpoint::load_state_dict(file)?;
     let values = match_state_dict(file, model.arch(), tensors)?;
-    model.load_values(&values).map_err(|e| TrainError::StateDict { file: file.to_path_buf(), detail: e.to_string() })
+    model
+        .load_values(&values)
+        .map_err(|e| TrainError::StateDict {
+            file: file.to_path_buf(),
+            detail: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -85,11 +111,24 @@ mod tests {
     #[test]
     fn wrong_model_names_the_key_and_suggests_the_other() {
         let lenet = Model::new(Arch::LeNet, Device::Cpu);
-        let e = match_state_dict(Path::new("m.pt"), Arch::Mlp, named_tensors(&lenet)).unwrap_err().to_string();
-        assert!(e.contains("m.pt") && e.contains("fc1.weight") && e.contains("[500, 784]") && e.contains("--model LeNet"), "{e}");
+        let e = match_state_dict(Path::new("m.pt"), Arch::Mlp, named_tensors(&lenet))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m.pt")
+                && e.contains("fc1.weight")
+                && e.contains("[500, 784]")
+                && e.contains("--model LeNet"),
+            "{e}"
+        );
         let mlp = Model::new(Arch::Mlp, Device::Cpu);
-        let e = match_state_dict(Path::new("m.pt"), Arch::LeNet, named_tensors(&mlp)).unwrap_err().to_string();
-        assert!(e.contains("missing key conv1.weight") && e.contains("--model MLP"), "{e}");
+        let e = match_state_dict(Path::new("m.pt"), Arch::LeNet, named_tensors(&mlp))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing key conv1.weight") && e.contains("--model MLP"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -27,7 +27,11 @@ pub fn make_buckets(slots: &[Slot], cap_bytes: usize) -> Vec<Bucket> {
     for s in slots {
         let fits = out.last().is_some_and(|b| b.len + s.numel <= cap);
         if !fits {
-            out.push(Bucket { start: s.offset, len: 0, layout: Vec::new() });
+            out.push(Bucket {
+                start: s.offset,
+                len: 0,
+                layout: Vec::new(),
+            });
         }
         let b = out.last_mut().expect("pushed above");
         b.layout.push(TensorLayout {
@@ -49,7 +53,11 @@ pub struct GradReducer {
 impl GradReducer {
     /// A reducer for parameters laid out as `slots`.
     pub fn new(slots: &[Slot], cap_bytes: usize, compressor: Box<dyn GradCompressor>) -> Self {
-        GradReducer { buckets: make_buckets(slots, cap_bytes), compressor, staging: Vec::new() }
+        GradReducer {
+            buckets: make_buckets(slots, cap_bytes),
+            compressor,
+            staging: Vec::new(),
+        }
     }
 
     /// The buckets.
@@ -58,7 +66,11 @@ impl GradReducer {
     }
 
     /// Replace `grads` (the flat gradient) by its average over ranks.
-    pub fn reduce(&mut self, grads: &mut Tensor, comm: &mut dyn Communicator) -> Result<(), CommError> {
+    pub fn reduce(
+        &mut self,
+        grads: &mut Tensor,
+        comm: &mut dyn Communicator,
+    ) -> Result<(), CommError> {
         let buckets = &self.buckets;
         let compressor = &mut self.compressor;
         with_host_slice(grads, &mut self.staging, |g| {
@@ -76,7 +88,12 @@ mod tests {
     use super::*;
 
     fn slot(offset: usize, numel: usize) -> Slot {
-        Slot { name: "x", shape: vec![numel as i64], offset, numel }
+        Slot {
+            name: "x",
+            shape: vec![numel as i64],
+            offset,
+            numel,
+        }
     }
 
     #[test]

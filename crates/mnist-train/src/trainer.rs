@@ -42,17 +42,29 @@ pub fn run_session(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError>
     train(cfg, s)
 }
 
-fn load_data(cfg: &TrainConfig, s: &mut Session, split: Split) -> Result<TensorDataset, TrainError> {
+fn load_data(
+    cfg: &TrainConfig,
+    s: &mut Session,
+    split: Split,
+) -> Result<TensorDataset, TrainError> {
     let data = mnist_data::load_split(&cfg.data, split)?;
     TensorDataset::new(&data, s.device)
 }
 
-fn evaluate_file(cfg: &TrainConfig, s: &mut Session, file: &std::path::Path) -> Result<(), TrainError> {
+fn evaluate_file(
+    cfg: &TrainConfig,
+    s: &mut Session,
+    file: &std::path::Path,
+) -> Result<(), TrainError> {
     let mut model = Model::new(arch(cfg.model), s.device);
     state::load_into(&mut model, file)?;
     let test = load_data(cfg, s, Split::Test)?;
     let r = evaluate(&model, &test, cfg.test_batch_size, s.comm.as_mut())?;
-    s.log.info(&format!("Evaluating {} ({})", file.display(), cfg.model.name()));
+    s.log.info(&format!(
+        "Evaluating {} ({})",
+        file.display(),
+        cfg.model.name()
+    ));
     log_test(s, &r);
     Ok(())
 }
@@ -83,15 +95,26 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
         let st = resume::load(&ckpt_path)?;
         check_resumable(cfg, world, &st, &ckpt_path)?;
         flat.params_from_slice(&st.params);
-        sgd.set_momentum_buffer(st.momentum.as_ref().map(|m| Tensor::from_slice(m).to_device(s.device)));
+        sgd.set_momentum_buffer(
+            st.momentum
+                .as_ref()
+                .map(|m| Tensor::from_slice(m).to_device(s.device)),
+        );
         (start_epoch, step, best_acc) = (st.next_epoch, st.step, st.best_acc);
-        s.log.info(&format!("Resuming from {} at epoch {} (best so far {:.2}%)", ckpt_path.display(), start_epoch + 1, best_acc.max(0.0)));
+        s.log.info(&format!(
+            "Resuming from {} at epoch {} (best so far {:.2}%)",
+            ckpt_path.display(),
+            start_epoch + 1,
+            best_acc.max(0.0)
+        ));
     }
     // Every rank starts from rank 0's parameters.
     let mut staging = Vec::new();
     if world > 1 {
         let comm = s.comm.as_mut();
-        with_host_slice(&mut flat.params, &mut staging, |p| comm.broadcast(as_bytes_mut(p), 0))?;
+        with_host_slice(&mut flat.params, &mut staging, |p| {
+            comm.broadcast(as_bytes_mut(p), 0)
+        })?;
     }
     let compressor = mnist_compress::build(&mnist_compress::CompressionParams {
         kind: cfg.compression,
@@ -119,7 +142,14 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
     let last_epoch = cfg.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
     for epoch in start_epoch..last_epoch {
         let lr = cosine_lr(cfg.lr, epoch, cfg.epochs);
-        let order = Tensor::from_slice(&sampler.indices(epoch as u64).iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(s.device);
+        let order = Tensor::from_slice(
+            &sampler
+                .indices(epoch as u64)
+                .iter()
+                .map(|&i| i as i64)
+                .collect::<Vec<_>>(),
+        )
+        .to_device(s.device);
         let bar = s.progress_bar(batches as u64, epoch + 1);
         let sent_before = s.comm.bytes_sent();
         let mut stats = Tensor::zeros([3], (Kind::Double, s.device));
@@ -138,7 +168,14 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
             sgd.step(&mut flat.params, &mut flat.grads, lr);
             step += 1;
             let (c1, c5) = tch::no_grad(|| correct_counts(&logits, &y));
-            let batch_stats = Tensor::stack(&[loss.detach().to_kind(Kind::Double) * n as f64, c1.to_kind(Kind::Double), c5.to_kind(Kind::Double)], 0);
+            let batch_stats = Tensor::stack(
+                &[
+                    loss.detach().to_kind(Kind::Double) * n as f64,
+                    c1.to_kind(Kind::Double),
+                    c5.to_kind(Kind::Double),
+                ],
+                0,
+            );
             stats += batch_stats;
             if cfg.check_sync > 0 && step % cfg.check_sync as u64 == 0 {
                 check_sync(&mut flat, s.comm.as_mut(), step)?;
@@ -175,7 +212,7 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
         let bytes_per_step = (s.comm.bytes_sent() - sent_before) as f64 / batches as f64;
         let mut tstats: Vec<f32> = {
             let v = crate::flat::tensor_to_vec(&stats);
-            vec![v[0] as f32, v[1] as f32, v[2] as f32, per_rank as f32]
+            vec![v[0], v[1], v[2], per_rank as f32]
         };
         s.comm.all_reduce_f32(&mut tstats, ReduceOp::Sum)?;
         let ntrain = tstats[3] as f64;
@@ -195,9 +232,14 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
                 best_acc = test.top1();
                 let file = cfg.path.join(MODEL_FILE);
                 mnist_checkpoint::save_state_dict(&file, &state::named_tensors(&model))?;
-                s.log.info(&format!("Save model with best accuracy: {:.2}% to {}", best_acc, file.display()));
+                s.log.info(&format!(
+                    "Save model with best accuracy: {:.2}% to {}",
+                    best_acc,
+                    file.display()
+                ));
             }
-            s.log.info(&format!("Current best test accuracy: {:.2}%", best_acc));
+            s.log
+                .info(&format!("Current best test accuracy: {:.2}%", best_acc));
             metrics::append(
                 &cfg.path.join(METRICS_FILE),
                 &EpochRecord {
@@ -216,7 +258,10 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
                     bytes_sent_per_step: bytes_per_step,
                 },
             )
-            .map_err(|e| TrainError::OutputDir { path: cfg.path.clone(), source: e })?;
+            .map_err(|e| TrainError::OutputDir {
+                path: cfg.path.clone(),
+                source: e,
+            })?;
             resume::save(
                 &ckpt_path,
                 &resume::ResumeState {
@@ -236,21 +281,44 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
         }
     }
     if last_epoch < cfg.epochs {
-        s.log.info(&format!("Stopped after epoch {last_epoch} of {} (--stop-after-epochs); continue with --resume", cfg.epochs));
+        s.log.info(&format!(
+            "Stopped after epoch {last_epoch} of {} (--stop-after-epochs); continue with --resume",
+            cfg.epochs
+        ));
     } else {
-        s.log.info(&format!("Final best Test Accuracy: {:.2}%", best_acc.max(0.0)));
+        s.log.info(&format!(
+            "Final best Test Accuracy: {:.2}%",
+            best_acc.max(0.0)
+        ));
     }
     s.comm.barrier()?;
     Ok(())
 }
 
-fn check_resumable(cfg: &TrainConfig, world: usize, st: &resume::ResumeState, file: &std::path::Path) -> Result<(), TrainError> {
-    let bad = |what: String| Err(TrainError::Resume { file: file.into(), detail: what });
+fn check_resumable(
+    cfg: &TrainConfig,
+    world: usize,
+    st: &resume::ResumeState,
+    file: &std::path::Path,
+) -> Result<(), TrainError> {
+    let bad = |what: String| {
+        Err(TrainError::Resume {
+            file: file.into(),
+            detail: what,
+        })
+    };
     if st.model != cfg.model.name() {
-        return bad(format!("it holds a {} model but --model is {}", st.model, cfg.model.name()));
+        return bad(format!(
+            "it holds a {} model but --model is {}",
+            st.model,
+            cfg.model.name()
+        ));
     }
     if st.epochs != cfg.epochs {
-        return bad(format!("it was made with --epochs {} but --epochs is {} (the cosine schedule would differ)", st.epochs, cfg.epochs));
+        return bad(format!(
+            "it was made with --epochs {} but --epochs is {} (the cosine schedule would differ)",
+            st.epochs, cfg.epochs
+        ));
     }
     if st.seed != cfg.seed || st.world_size != world {
         return bad(format!(
@@ -259,16 +327,25 @@ fn check_resumable(cfg: &TrainConfig, world: usize, st: &resume::ResumeState, fi
         ));
     }
     if st.next_epoch >= cfg.epochs {
-        return bad(format!("training already finished all {} epochs", cfg.epochs));
+        return bad(format!(
+            "training already finished all {} epochs",
+            cfg.epochs
+        ));
     }
     Ok(())
 }
 
 /// Compare a checksum of the parameters across ranks; a mismatch is an error on every rank.
-fn check_sync(flat: &mut FlatParams, comm: &mut dyn Communicator, step: u64) -> Result<(), TrainError> {
+fn check_sync(
+    flat: &mut FlatParams,
+    comm: &mut dyn Communicator,
+    step: u64,
+) -> Result<(), TrainError> {
     let mut staging = Vec::new();
     let sum = with_host_slice(&mut flat.params, &mut staging, |p| {
-        p.iter().fold(0xcbf29ce484222325u64, |h, v| (h ^ v.to_bits() as u64).wrapping_mul(0x100000001b3))
+        p.iter().fold(0xcbf29ce484222325u64, |h, v| {
+            (h ^ v.to_bits() as u64).wrapping_mul(0x100000001b3)
+        })
     });
     let all = comm.all_gather_bytes(&sum.to_le_bytes())?;
     if all.iter().any(|b| b.as_slice() != sum.to_le_bytes()) {
