@@ -17,11 +17,15 @@ pub enum TrainError {
     /// A collective failed.
     #[error(transparent)]
     Comm(#[from] mnist_comm::CommError),
+    /// NCCL failed or is unavailable.
+    #[error(transparent)]
+    Nccl(#[from] mnist_nccl::NcclError),
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
-    /// The output folder cannot be created or written.
-    #[error("--path {path}: cannot write there: {source}")]
+    /// The output folder cannot be created or written. (The cause is the error's source, not
+    /// part of this message: `{:#}` printing would show it twice.)
+    #[error("--path {path}: cannot write there")]
     OutputDir {
         /// The folder.
         path: PathBuf,

@@ -7,6 +7,7 @@ pub mod device;
 mod error;
 pub mod evaluate;
 pub mod flat;
+pub mod gpu_sync;
 pub mod host;
 pub mod metrics;
 pub mod optim;

@@ -19,7 +19,20 @@ pub struct Session {
     pub comm: Box<dyn Communicator>,
     /// Rank 0: console and `<path>/mnist_train.log`; other ranks: console only.
     pub log: RunLog,
+    /// The NCCL communicator, when gradients are reduced on CUDA devices with NCCL.
+    pub nccl: Option<mnist_nccl::NcclComm>,
     progress: bool,
+}
+
+/// Whether this run reduces gradients with NCCL: CUDA device and `--backend nccl`, or `auto`
+/// with more than one process.
+pub fn wants_nccl(backend: BackendKind, device: Device, world_size: usize) -> bool {
+    device.is_cuda()
+        && match backend {
+            BackendKind::Nccl => true,
+            BackendKind::Auto => world_size > 1,
+            BackendKind::Cpu => false,
+        }
 }
 
 /// Intra-op threads: `--threads`, else `OMP_NUM_THREADS`, else cores / processes here.
@@ -67,19 +80,51 @@ impl Session {
         } else {
             RunLog::console()
         };
-        let comm: Box<dyn Communicator> = if identity.world_size == 1 {
-            Box::new(Solo)
+        let mut use_nccl = wants_nccl(cfg.backend, device, identity.world_size);
+        let mut notes = Vec::new();
+        if use_nccl {
+            if let Err(e) = mnist_nccl::available() {
+                if cfg.backend == BackendKind::Nccl {
+                    return Err(TrainError::Device(format!("--backend nccl: {e}")));
+                }
+                notes.push(format!(
+                    "NCCL unavailable ({e}); reducing gradients over the CPU backend"
+                ));
+                use_nccl = false;
+            }
+        }
+        let nccl_id = if use_nccl && identity.rank == 0 {
+            Some(mnist_nccl::new_unique_id()?.to_vec())
         } else {
-            let (comm, _payload) = mnist_comm::connect(
+            None
+        };
+        let (comm, payload): (Box<dyn Communicator>, Vec<u8>) = if identity.world_size == 1 {
+            (Box::new(Solo), nccl_id.clone().unwrap_or_default())
+        } else {
+            mnist_comm::connect(
                 identity,
                 mnist_comm::CommOptions {
                     timeout: Duration::from_secs_f64(cfg.timeout_s),
                     rendezvous_timeout: Duration::from_secs_f64(identity.rendezvous_timeout_s),
                     transport: mnist_comm::Transport::Auto,
-                    rank0_payload: None,
+                    rank0_payload: nccl_id,
                 },
+            )?
+        };
+        let nccl = if use_nccl {
+            let Device::Cuda(ordinal) = device else {
+                unreachable!("NCCL only on CUDA")
+            };
+            let c = mnist_nccl::NcclComm::init_with_timeout(
+                &payload,
+                identity.rank,
+                identity.world_size,
+                ordinal,
+                Duration::from_secs_f64(cfg.timeout_s),
             )?;
-            comm
+            Some(c)
+        } else {
+            None
         };
         if identity.rank == 0 {
             log.info(&format!(
@@ -89,6 +134,19 @@ impl Session {
                 threads,
                 device
             ));
+            log.info(&format!(
+                "Gradient backend: {}",
+                if nccl.is_some() {
+                    "NCCL"
+                } else if identity.world_size > 1 {
+                    "CPU (shared memory / TCP)"
+                } else {
+                    "none (single process)"
+                }
+            ));
+            for n in &notes {
+                log.info(n);
+            }
         }
         let progress = identity.rank == 0
             && cfg
@@ -98,6 +156,7 @@ impl Session {
             device,
             comm,
             log,
+            nccl,
             progress,
         })
     }

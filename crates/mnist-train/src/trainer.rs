@@ -110,11 +110,17 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
     }
     // Every rank starts from rank 0's parameters.
     let mut staging = Vec::new();
-    if world > 1 {
+    if let Some(nccl) = &s.nccl {
+        crate::gpu_sync::broadcast(nccl, &mut flat.params)?;
+    } else if world > 1 {
         let comm = s.comm.as_mut();
         with_host_slice(&mut flat.params, &mut staging, |p| {
             comm.broadcast(as_bytes_mut(p), 0)
         })?;
+    }
+    let nccl_grads = s.nccl.is_some() && crate::gpu_sync::on_device(cfg.compression);
+    if s.nccl.is_some() && !nccl_grads {
+        s.log.info("Note: this compression method needs all-gathers; its collectives go through the CPU backend (host staging)");
     }
     let compressor = mnist_compress::build(&mnist_compress::CompressionParams {
         kind: cfg.compression,
@@ -152,6 +158,7 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
         .to_device(s.device);
         let bar = s.progress_bar(batches as u64, epoch + 1);
         let sent_before = s.comm.bytes_sent();
+        let mut nccl_sent = 0u64;
         let mut stats = Tensor::zeros([3], (Kind::Double, s.device));
         let t0 = Instant::now();
         for b in 0..batches {
@@ -162,7 +169,10 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
             let logits = model.forward(&x);
             let loss = logits.cross_entropy_for_logits(&y);
             loss.backward();
-            if world > 1 {
+            if nccl_grads {
+                let nccl = s.nccl.as_ref().expect("checked above");
+                nccl_sent += crate::gpu_sync::reduce(nccl, &mut flat.grads, cfg.compression)?;
+            } else if world > 1 {
                 reducer.reduce(&mut flat.grads, s.comm.as_mut())?;
             }
             sgd.step(&mut flat.params, &mut flat.grads, lr);
@@ -209,7 +219,8 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
         if let Some(pb) = bar {
             pb.finish_and_clear();
         }
-        let bytes_per_step = (s.comm.bytes_sent() - sent_before) as f64 / batches as f64;
+        let bytes_per_step =
+            (s.comm.bytes_sent() - sent_before + nccl_sent) as f64 / batches as f64;
         let mut tstats: Vec<f32> = {
             let v = crate::flat::tensor_to_vec(&stats);
             vec![v[0], v[1], v[2], per_rank as f32]
