@@ -11,8 +11,8 @@
 # per 60,000-image epoch; ratios are computed from images/s.
 #
 # Usage: scripts/bench.sh [--quick] [--out FILE] [--max-load L] [--wait SECS]
-#   --quick       smoke test (~1-2 min on an idle 2-core machine): 2 epochs of ours, shortened
-#                 PyTorch epochs (--max-batches); ratios are still per image
+#   --quick       smoke test (~1-2 min on an idle 2-core machine): every run trains on the
+#                 first 12,800 training images only (ours: 2 epochs); s/epoch stays per 60,000
 #   --out FILE    also write the table to FILE
 #   --max-load L  wait until the 1-minute load average is below L before measuring (default 1.5)
 #   --wait SECS   give up waiting for a low load after SECS and measure anyway (default 600;
@@ -53,20 +53,37 @@ cargo build --release -q -p mnist-worker -p mnist-launch || die "cargo build --r
 LAUNCH="${CARGO_TARGET_DIR:-target}/release/mnist-launch"
 [ -x "$LAUNCH" ] || die "$LAUNCH was not built"
 
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/mnist-bench.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+
 if [ "$QUICK" = 1 ]; then
+  # A subset: the first QUICK_TRAIN training and 2,000 test images, as raw IDX files.
+  QUICK_TRAIN=12800
+  "$PY" - "$DATA" "$TMP/data" "$QUICK_TRAIN" 2000 <<'PYEOF' || die "could not write the --quick MNIST subset to $TMP/data"
+import struct, sys
+from pathlib import Path
+sys.path.insert(0, "scripts/ref")
+from torch_loop import load_mnist
+src, dst, ntrain, ntest = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+dst.mkdir(parents=True)
+for split, prefix, n in (("train", "train", ntrain), ("test", "t10k", ntest)):
+    images, labels = load_mnist(src, split)
+    (dst / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">4I", 0x803, n, 28, 28) + images[:n].tobytes())
+    (dst / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">2I", 0x801, n) + labels[:n].tobytes())
+PYEOF
+  DATA="$TMP/data"
+  NTRAIN=$QUICK_TRAIN
   EPOCHS=2                     # ours: epoch 1 warm-up, epoch 2 timed
-  LOOP_ARGS=(--warmup 1 --epochs 1 --max-batches 300)
-  DL_ARGS=(--epochs 1 --max-batches 150)
-  DDP_ARGS=(--warmup 1 --epochs 1 --max-batches 150)
+  LOOP_ARGS=(--warmup 1 --epochs 1)
+  DL_ARGS=(--epochs 1)
+  DDP_ARGS=(--warmup 1 --epochs 1)
 else
+  NTRAIN=60000
   EPOCHS=3                     # ours: median of epochs 2-3
   LOOP_ARGS=(--warmup 1 --epochs 2)
   DL_ARGS=(--epochs 1)
   DDP_ARGS=(--warmup 1 --epochs 2)
 fi
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/mnist-bench.XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
 waited=0
@@ -139,7 +156,7 @@ report() {
   echo "mnist-ddp training benchmark ($([ "$QUICK" = 1 ] && echo quick || echo full); $(date -u +%FT%TZ);" \
     "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $(nproc) cores)"
   echo "load average before: $LOAD_BEFORE   after: $LOAD_AFTER"
-  echo "LeNet, batch 64 per process; s/epoch = 60000 / images/s (training loop only)"
+  echo "LeNet, batch 64 per process, $NTRAIN training images; s/epoch = 60000 / images/s (training loop only)"
   echo
   awk -v ao="$A_OURS" -v al="$A_LOOP" -v ad="$A_DL" -v bo="$B_OURS" -v bd="$B_DDP" -v bc="$B_CEIL" 'BEGIN {
     row = "%-44s %10.0f %9.2f\n"
