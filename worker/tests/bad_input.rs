@@ -53,6 +53,17 @@ impl Setup {
     /// Run the worker on `data` with `extra` flags, expect a clean failure mentioning every
     /// `needle`, and check that the earlier outputs are untouched.
     fn fails(&self, data: &Path, extra: Vec<String>, needles: &[&str]) -> String {
+        self.fails_with(data, extra, needles, true)
+    }
+
+    /// [`Setup::fails`], optionally without the repeated-cause check.
+    fn fails_with(
+        &self,
+        data: &Path,
+        extra: Vec<String>,
+        needles: &[&str],
+        strict: bool,
+    ) -> String {
         let mut a = args![
             "--data",
             data.display(),
@@ -98,6 +109,9 @@ impl Setup {
         for n in needles {
             assert!(msg.contains(n), "error message lacks {n:?}: {msg}");
         }
+        if strict {
+            assert_no_repeated_cause(&msg);
+        }
         for (f, bytes) in &self.before {
             assert_eq!(&std::fs::read(f).unwrap(), bytes, "{} changed", f.display());
         }
@@ -114,6 +128,15 @@ impl Setup {
         }
         edit(&d);
         d
+    }
+}
+
+/// A cause printed twice (`…: No such file (os error 2): No such file (os error 2)`) comes
+/// from an error whose message embeds its `#[source]`, printed with `{:#}`.
+fn assert_no_repeated_cause(msg: &str) {
+    let parts: Vec<&str> = msg.split(": ").collect();
+    for w in parts.windows(2) {
+        assert!(w[0] != w[1], "the error repeats {:?}: {msg}", w[0]);
     }
 }
 
@@ -206,16 +229,20 @@ fn path_under_a_regular_file() {
         o.stderr
     );
     assert!(!o.stderr.contains("panicked"));
+    assert_no_repeated_cause(o.stderr.trim());
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
 
 #[test]
 fn evaluate_missing_file() {
     let s = setup();
-    s.fails(
+    // Known issue, not checked here: mnist-checkpoint's `CheckpointError::Io` message embeds its
+    // `source`, so the worker's `{:#}` prints the OS error twice. Make this `fails` once fixed.
+    s.fails_with(
         &s.data,
         args!["--evaluate", s.root.join("nope.pt").display()],
         &["nope.pt"],
+        false,
     );
 }
 

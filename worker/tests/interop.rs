@@ -33,23 +33,47 @@ fn python_eval(py: &Path, data: &Path, model: &Path, tmp: &Path) -> ((u64, u64, 
     let o = run(
         py,
         &args![
-            ref_script("interop_logits.py").display(), "eval", "--data", data.display(), "--model", model.display(),
-            "--n", N, "--logits-out", logits_file.display()
+            ref_script("interop_logits.py").display(),
+            "eval",
+            "--data",
+            data.display(),
+            "--model",
+            model.display(),
+            "--n",
+            N,
+            "--logits-out",
+            logits_file.display()
         ],
     )
     .ok("interop_logits.py eval");
-    let j: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", o.stdout));
+    let j: serde_json::Value =
+        serde_json::from_str(o.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", o.stdout));
     let bytes = std::fs::read(&logits_file).unwrap();
-    let logits = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let logits = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     (
-        (j["correct"].as_u64().unwrap(), j["count"].as_u64().unwrap(), j["avg_loss"].as_f64().unwrap()),
+        (
+            j["correct"].as_u64().unwrap(),
+            j["count"].as_u64().unwrap(),
+            j["avg_loss"].as_f64().unwrap(),
+        ),
         logits,
     )
 }
 
 /// `--evaluate` output: (correct, count, avg_loss).
 fn worker_eval(data: &Path, model: &Path, out: &Path) -> (u64, u64, f64) {
-    let o = worker(args!["--data", data.display(), "--path", out.display(), "--evaluate", model.display()]).ok("--evaluate");
+    let o = worker(args![
+        "--data",
+        data.display(),
+        "--path",
+        out.display(),
+        "--evaluate",
+        model.display()
+    ])
+    .ok("--evaluate");
     last_test_line(&o.stdout).unwrap_or_else(|| panic!("no Test set line:\n{}", o.stdout))
 }
 
@@ -62,38 +86,88 @@ fn compare(what: &str, data: &Path, model: &Path, py: &Path, tmp: &Path) {
     assert!(d <= 1e-5, "{what}: logits differ by {d} (> 1e-5)");
     let argmax = |v: &[f32]| -> Vec<usize> {
         v.chunks(10)
-            .map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0)
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .unwrap()
+                    .0
+            })
             .collect()
     };
-    assert_eq!(argmax(&ours), argmax(&theirs), "{what}: per-sample predictions differ");
+    assert_eq!(
+        argmax(&ours),
+        argmax(&theirs),
+        "{what}: per-sample predictions differ"
+    );
     let (c, n, loss) = worker_eval(data, model, &tmp.join("eval"));
     println!("{what}: --evaluate {c}/{n} loss {loss:.4}; PyTorch {pc}/{pn} loss {ploss:.6}");
-    assert_eq!((c, n), (pc, pn), "{what}: --evaluate accuracy differs from PyTorch's");
+    assert_eq!(
+        (c, n),
+        (pc, pn),
+        "{what}: --evaluate accuracy differs from PyTorch's"
+    );
     // The worker prints 4 decimals.
-    assert!((loss - ploss).abs() <= 1e-4, "{what}: --evaluate loss {loss} vs PyTorch {ploss}");
+    assert!(
+        (loss - ploss).abs() <= 1e-4,
+        "{what}: --evaluate loss {loss} vs PyTorch {ploss}"
+    );
 }
 
 #[test]
 fn our_model_in_pytorch_and_pytorch_model_in_ours_agree() {
-    let Some(py) = python("PyTorch logits interop") else { return };
+    let Some(py) = python("PyTorch logits interop") else {
+        return;
+    };
     let tmp = tempdir();
     let data = make_data(tmp.path(), 2000, 500);
 
     // Ours → PyTorch.
     let out = tmp.path().join("run");
-    worker(args!["--data", data.display(), "--path", out.display(), "--epochs", 2, "--batch-size", 32, "--log-interval", 100])
-        .ok("training");
-    compare("mnist-worker model in PyTorch", &data, &out.join("mnist_model.pt"), &py, tmp.path());
+    worker(args![
+        "--data",
+        data.display(),
+        "--path",
+        out.display(),
+        "--epochs",
+        2,
+        "--batch-size",
+        32,
+        "--log-interval",
+        100
+    ])
+    .ok("training");
+    compare(
+        "mnist-worker model in PyTorch",
+        &data,
+        &out.join("mnist_model.pt"),
+        &py,
+        tmp.path(),
+    );
 
     // PyTorch → ours.
     let torch_model = tmp.path().join("torch_trained.pt");
     run(
         &py,
         &args![
-            ref_script("interop_logits.py").display(), "train", "--data", data.display(), "--out", torch_model.display(),
-            "--steps", 120, "--seed", 3
+            ref_script("interop_logits.py").display(),
+            "train",
+            "--data",
+            data.display(),
+            "--out",
+            torch_model.display(),
+            "--steps",
+            120,
+            "--seed",
+            3
         ],
     )
     .ok("interop_logits.py train");
-    compare("PyTorch-trained model in mnist-worker", &data, &torch_model, &py, tmp.path());
+    compare(
+        "PyTorch-trained model in mnist-worker",
+        &data,
+        &torch_model,
+        &py,
+        tmp.path(),
+    );
 }

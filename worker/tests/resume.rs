@@ -9,21 +9,45 @@ use std::path::Path;
 
 fn train(data: &Path, out: &Path, extra: Vec<String>) -> Output {
     let mut a = args![
-        "--data", data.display(), "--path", out.display(), "--epochs", 3, "--batch-size", 32, "--log-interval", 100
+        "--data",
+        data.display(),
+        "--path",
+        out.display(),
+        "--epochs",
+        3,
+        "--batch-size",
+        32,
+        "--log-interval",
+        100
     ];
     a.extend(extra);
     worker(a)
 }
 
 fn final_best(log: &str) -> String {
-    log.lines().rev().find_map(|l| l.split("Final best Test Accuracy: ").nth(1)).expect("no Final line").to_string()
+    log.lines()
+        .rev()
+        .find_map(|l| l.split("Final best Test Accuracy: ").nth(1))
+        .expect("no Final line")
+        .to_string()
 }
 
 /// A failed resume: non-zero, one `mnist-worker: error:` line containing every `needle`.
 fn assert_refused(o: &Output, needles: &[&str]) {
-    assert_eq!(o.status.code(), Some(1), "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "stdout:\n{}\nstderr:\n{}",
+        o.stdout,
+        o.stderr
+    );
     let lines: Vec<&str> = o.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one stderr line, got:\n{}", o.stderr);
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one stderr line, got:\n{}",
+        o.stderr
+    );
     assert!(lines[0].starts_with("mnist-worker: error:"), "{}", lines[0]);
     for n in needles {
         assert!(lines[0].contains(n), "{:?} lacks {n:?}", lines[0]);
@@ -38,7 +62,11 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let b = tmp.path().join("b");
     let ta = train(&data, &a, vec![]).ok("run A (3 epochs)");
     let tb1 = train(&data, &b, args!["--stop-after-epochs", 1]).ok("run B, stopped after 1 epoch");
-    assert!(tb1.stdout.contains("Stopped after epoch 1 of 3"), "{}", tb1.stdout);
+    assert!(
+        tb1.stdout.contains("Stopped after epoch 1 of 3"),
+        "{}",
+        tb1.stdout
+    );
     assert!(!tb1.stdout.contains("Final best"), "{}", tb1.stdout);
     let ck = mnist_train::resume::path_in(&b);
     let st = mnist_train::resume::load(&ck).unwrap();
@@ -48,18 +76,43 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let before_ck = std::fs::read(&ck).unwrap();
     let before_model = std::fs::read(b.join("mnist_model.pt")).unwrap();
     let before_metrics = std::fs::read(b.join("metrics.jsonl")).unwrap();
-    assert_refused(&train(&data, &b, args!["--resume", "--epochs", 4]), &["--resume", "checkpoint.bin", "--epochs 3", "--epochs is 4"]);
-    assert_refused(&train(&data, &b, args!["--resume", "--model", "MLP"]), &["--resume", "LeNet", "MLP"]);
-    assert_refused(&train(&data, &b, args!["--resume", "--seed", 2]), &["--resume", "--seed"]);
-    assert_eq!(std::fs::read(&ck).unwrap(), before_ck, "a refused resume changed checkpoint.bin");
-    assert_eq!(std::fs::read(b.join("mnist_model.pt")).unwrap(), before_model);
-    assert_eq!(std::fs::read(b.join("metrics.jsonl")).unwrap(), before_metrics);
+    assert_refused(
+        &train(&data, &b, args!["--resume", "--epochs", 4]),
+        &["--resume", "checkpoint.bin", "--epochs 3", "--epochs is 4"],
+    );
+    assert_refused(
+        &train(&data, &b, args!["--resume", "--model", "MLP"]),
+        &["--resume", "LeNet", "MLP"],
+    );
+    assert_refused(
+        &train(&data, &b, args!["--resume", "--seed", 2]),
+        &["--resume", "--seed"],
+    );
+    assert_eq!(
+        std::fs::read(&ck).unwrap(),
+        before_ck,
+        "a refused resume changed checkpoint.bin"
+    );
+    assert_eq!(
+        std::fs::read(b.join("mnist_model.pt")).unwrap(),
+        before_model
+    );
+    assert_eq!(
+        std::fs::read(b.join("metrics.jsonl")).unwrap(),
+        before_metrics
+    );
     let empty = tmp.path().join("empty");
-    assert_refused(&train(&data, &empty, args!["--resume"]), &["--resume", "checkpoint.bin"]);
+    assert_refused(
+        &train(&data, &empty, args!["--resume"]),
+        &["--resume", "checkpoint.bin"],
+    );
 
     let tb2 = train(&data, &b, args!["--resume"]).ok("run B resumed");
     assert!(tb2.stdout.contains("Resuming from"), "{}", tb2.stdout);
-    println!("run A {:.2}s; run B {:.2}s + {:.2}s", ta.secs, tb1.secs, tb2.secs);
+    println!(
+        "run A {:.2}s; run B {:.2}s + {:.2}s",
+        ta.secs, tb1.secs, tb2.secs
+    );
 
     let sa = mnist_train::resume::load(&mnist_train::resume::path_in(&a)).unwrap();
     let sb = mnist_train::resume::load(&ck).unwrap();
@@ -77,7 +130,11 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let mb = mnist_checkpoint::load_state_dict(&b.join("mnist_model.pt")).unwrap();
     for (x, y) in ma.iter().zip(&mb) {
         assert_eq!(x.name, y.name);
-        assert!(max_diff(&x.data, &y.data).0 <= 1e-6, "best model differs in {}", x.name);
+        assert!(
+            max_diff(&x.data, &y.data).0 <= 1e-6,
+            "best model differs in {}",
+            x.name
+        );
     }
     // metrics.jsonl: one record per epoch across both parts, with the same test results.
     let (ra, rb) = (metrics(&a), metrics(&b));
@@ -88,5 +145,8 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
         assert!((x["test_loss"].as_f64().unwrap() - y["test_loss"].as_f64().unwrap()).abs() < 1e-6);
     }
     // Nothing left to resume.
-    assert_refused(&train(&data, &b, args!["--resume"]), &["--resume", "already finished"]);
+    assert_refused(
+        &train(&data, &b, args!["--resume"]),
+        &["--resume", "already finished"],
+    );
 }

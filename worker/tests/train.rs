@@ -10,13 +10,19 @@ use std::path::Path;
 /// evaluation of the best epoch.
 fn best_epoch_test(log: &str) -> (u64, u64, f64) {
     let lines: Vec<&str> = log.lines().collect();
-    let save = lines.iter().rposition(|l| l.contains("Save model with best accuracy")).expect("no Save line");
+    let save = lines
+        .iter()
+        .rposition(|l| l.contains("Save model with best accuracy"))
+        .expect("no Save line");
     last_test_line(&lines[..save].join("\n")).expect("no Test set line before Save")
 }
 
 fn check_log(log: &str) {
     for l in log.lines() {
-        assert!(has_log_prefix(l), "log line without the `MM/DD HH:MM:SS AM | ` prefix: {l:?}");
+        assert!(
+            has_log_prefix(l),
+            "log line without the `MM/DD HH:MM:SS AM | ` prefix: {l:?}"
+        );
     }
     for needle in [
         "Train Epoch",
@@ -54,7 +60,13 @@ fn check_metrics(dir: &Path, epochs: usize) {
         assert_eq!(r["epoch"], (i + 1) as u64);
         assert_eq!(r["world_size"], 1);
         assert_eq!(r["compression"], "none");
-        for f in ["train_loss", "test_loss", "epoch_seconds", "images_per_second", "lr"] {
+        for f in [
+            "train_loss",
+            "test_loss",
+            "epoch_seconds",
+            "images_per_second",
+            "lr",
+        ] {
             let v = r[f].as_f64().unwrap();
             assert!(v.is_finite() && v > 0.0, "{f} = {v} in {r}");
         }
@@ -62,14 +74,24 @@ fn check_metrics(dir: &Path, epochs: usize) {
     assert_eq!(m[0]["lr"], 0.01, "first epoch uses the initial --lr");
     let loss = |i: usize| m[i]["test_loss"].as_f64().unwrap();
     let acc = |i: usize| m[i]["test_top1"].as_f64().unwrap();
-    assert!(loss(epochs - 1) < 0.7 * loss(0), "test loss did not fall: {m:?}");
-    assert!(acc(epochs - 1) > 60.0, "test accuracy {} is not well above chance (10%)", acc(epochs - 1));
+    assert!(
+        loss(epochs - 1) < 0.7 * loss(0),
+        "test loss did not fall: {m:?}"
+    );
+    assert!(
+        acc(epochs - 1) > 60.0,
+        "test accuracy {} is not well above chance (10%)",
+        acc(epochs - 1)
+    );
     assert!(m[epochs - 1]["train_loss"].as_f64().unwrap() < m[0]["train_loss"].as_f64().unwrap());
 }
 
 fn check_model_file(file: &Path) {
     let t = mnist_checkpoint::load_state_dict(file).unwrap();
-    let got: Vec<(String, Vec<usize>)> = t.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+    let got: Vec<(String, Vec<usize>)> = t
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect();
     let want: Vec<(String, Vec<usize>)> = mnist_models::Arch::LeNet
         .parameter_shapes()
         .into_iter()
@@ -81,8 +103,20 @@ fn check_model_file(file: &Path) {
 
 /// Evaluate `model` with `--evaluate`; returns (correct, count, loss) from its output.
 fn evaluate(data: &Path, out: &Path, model: &Path) -> (u64, u64, f64) {
-    let o = worker(args!["--data", data.display(), "--path", out.display(), "--evaluate", model.display()]).ok("--evaluate");
-    assert!(!o.stdout.contains("Train Epoch"), "--evaluate trained:\n{}", o.stdout);
+    let o = worker(args![
+        "--data",
+        data.display(),
+        "--path",
+        out.display(),
+        "--evaluate",
+        model.display()
+    ])
+    .ok("--evaluate");
+    assert!(
+        !o.stdout.contains("Train Epoch"),
+        "--evaluate trained:\n{}",
+        o.stdout
+    );
     last_test_line(&o.stdout).unwrap_or_else(|| panic!("no Test set line in:\n{}", o.stdout))
 }
 
@@ -92,11 +126,24 @@ fn training_makes_progress_and_evaluate_reproduces_the_best_accuracy() {
     let data = make_data(tmp.path(), 2000, 500);
     let out = tmp.path().join("run");
     let o = worker(args![
-        "--data", data.display(), "--path", out.display(), "--epochs", 3, "--batch-size", 32, "--log-interval", 20
+        "--data",
+        data.display(),
+        "--path",
+        out.display(),
+        "--epochs",
+        3,
+        "--batch-size",
+        32,
+        "--log-interval",
+        20
     ])
     .ok("training");
     println!("training 3 epochs x 63 steps: {:.2}s", o.secs);
-    assert!(o.stderr.trim().is_empty(), "unexpected stderr: {}", o.stderr);
+    assert!(
+        o.stderr.trim().is_empty(),
+        "unexpected stderr: {}",
+        o.stderr
+    );
     let log = std::fs::read_to_string(out.join("mnist_train.log")).unwrap();
     check_log(&log);
     check_log(&o.stdout);
@@ -109,19 +156,38 @@ fn training_makes_progress_and_evaluate_reproduces_the_best_accuracy() {
     assert_eq!(n, 500);
     let eval_dir = tmp.path().join("eval");
     let (ec, en, eloss) = evaluate(&data, &eval_dir, &model);
-    assert_eq!((ec, en), (c, n), "--evaluate accuracy differs from the best epoch's");
-    assert!((eloss - loss).abs() < 1e-9, "--evaluate loss {eloss} vs training log {loss}");
+    assert_eq!(
+        (ec, en),
+        (c, n),
+        "--evaluate accuracy differs from the best epoch's"
+    );
+    assert!(
+        (eloss - loss).abs() < 1e-9,
+        "--evaluate loss {eloss} vs training log {loss}"
+    );
 
     // The same weights re-saved by PyTorch (plain, and with DDP's "module." prefix) evaluate
     // identically.
-    let Some(py) = python("--evaluate of a PyTorch-saved state_dict") else { return };
+    let Some(py) = python("--evaluate of a PyTorch-saved state_dict") else {
+        return;
+    };
     let resaved = tmp.path().join("torch_saved.pt");
     let ddp = tmp.path().join("torch_ddp.pt");
     let code = "import sys, torch\n\
                 sd = torch.load(sys.argv[1], weights_only=True)\n\
                 torch.save({k: v.clone() for k, v in sd.items()}, sys.argv[2])\n\
                 torch.save({'module.' + k: v.clone() for k, v in sd.items()}, sys.argv[3])\n";
-    run(&py, &args!["-c", code, model.display(), resaved.display(), ddp.display()]).ok("torch.save");
+    run(
+        &py,
+        &args![
+            "-c",
+            code,
+            model.display(),
+            resaved.display(),
+            ddp.display()
+        ],
+    )
+    .ok("torch.save");
     for f in [&resaved, &ddp] {
         let (pc, pn, ploss) = evaluate(&data, &eval_dir, f);
         assert_eq!((pc, pn), (c, n), "{} evaluates differently", f.display());
@@ -129,7 +195,18 @@ fn training_makes_progress_and_evaluate_reproduces_the_best_accuracy() {
     }
     // A freshly initialised PyTorch LeNet also loads and evaluates (near chance).
     let fresh = tmp.path().join("torch_fresh.pt");
-    run(&py, &args![ref_script("interop_logits.py").display(), "init", "--out", fresh.display(), "--seed", 5]).ok("init");
+    run(
+        &py,
+        &args![
+            ref_script("interop_logits.py").display(),
+            "init",
+            "--out",
+            fresh.display(),
+            "--seed",
+            5
+        ],
+    )
+    .ok("init");
     let (_, fn_, _) = evaluate(&data, &eval_dir, &fresh);
     assert_eq!(fn_, 500);
 }

@@ -41,15 +41,29 @@ pub fn python(test: &str) -> Option<PathBuf> {
 
 /// A script in `scripts/ref/`.
 pub fn ref_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ref").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts/ref")
+        .join(name)
 }
 
 /// Write a learnable synthetic data set (`train` and `test` examples, raw IDX files under
 /// the standard names) into `<dir>/data` and return that folder.
 pub fn make_data(dir: &Path, train: usize, test: usize) -> PathBuf {
     let data = dir.join("data");
-    mnist_data::write_split(&data, mnist_data::Split::Train, &mnist_data::synthetic(train, 11), false).unwrap();
-    mnist_data::write_split(&data, mnist_data::Split::Test, &mnist_data::synthetic(test, 22), false).unwrap();
+    mnist_data::write_split(
+        &data,
+        mnist_data::Split::Train,
+        &mnist_data::synthetic(train, 11),
+        false,
+    )
+    .unwrap();
+    mnist_data::write_split(
+        &data,
+        mnist_data::Split::Test,
+        &mnist_data::synthetic(test, 22),
+        false,
+    )
+    .unwrap();
     data
 }
 
@@ -85,11 +99,23 @@ impl Output {
 
 /// Start `cmd` with piped output; the pipes are drained on threads.
 pub fn spawn(mut cmd: Command) -> Running {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
-    for v in ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MNIST_RENDEZVOUS", "MNIST_RUN_ID", "MNIST_GPUS"] {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    for v in [
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "MNIST_RENDEZVOUS",
+        "MNIST_RUN_ID",
+        "MNIST_GPUS",
+    ] {
         cmd.env_remove(v);
     }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut b = Vec::new();
@@ -99,7 +125,13 @@ pub fn spawn(mut cmd: Command) -> Running {
     };
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
-    Running { child, out, err, start: Instant::now(), what: format!("{cmd:?}") }
+    Running {
+        child,
+        out,
+        err,
+        start: Instant::now(),
+        what: format!("{cmd:?}"),
+    }
 }
 
 /// A started command.
@@ -127,7 +159,12 @@ impl Running {
             std::thread::sleep(Duration::from_millis(20));
         };
         let secs = self.start.elapsed().as_secs_f64();
-        Output { status, stdout: self.out.join().unwrap(), stderr: self.err.join().unwrap(), secs }
+        Output {
+            status,
+            stdout: self.out.join().unwrap(),
+            stderr: self.err.join().unwrap(),
+            secs,
+        }
     }
 }
 
@@ -173,8 +210,18 @@ pub fn has_log_prefix(line: &str) -> bool {
 
 /// `(correct, count, average loss)` from the last `Test set: … Accuracy: c/N` line in `text`.
 pub fn last_test_line(text: &str) -> Option<(u64, u64, f64)> {
-    let line = text.lines().rev().find(|l| l.contains("Test set: Average loss: "))?;
-    let loss: f64 = line.split("Average loss: ").nth(1)?.split(',').next()?.trim().parse().ok()?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("Test set: Average loss: "))?;
+    let loss: f64 = line
+        .split("Average loss: ")
+        .nth(1)?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
     let acc = line.split("Accuracy: ").nth(1)?.split_whitespace().next()?;
     let (c, n) = acc.split_once('/')?;
     Some((c.parse().ok()?, n.trim_end_matches(',').parse().ok()?, loss))
@@ -183,23 +230,34 @@ pub fn last_test_line(text: &str) -> Option<(u64, u64, f64)> {
 /// The `metrics.jsonl` records in `dir`.
 pub fn metrics(dir: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad metrics line {l:?}: {e}"))).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad metrics line {l:?}: {e}")))
+        .collect()
 }
 
 /// The flat parameters stored in `<dir>/checkpoint.bin`.
 pub fn checkpoint_params(dir: &Path) -> Vec<f32> {
-    mnist_train::resume::load(&mnist_train::resume::path_in(dir)).unwrap().params
+    mnist_train::resume::load(&mnist_train::resume::path_in(dir))
+        .unwrap()
+        .params
 }
 
 /// The largest `|a - b|` and the largest `|a|`.
 pub fn max_diff(a: &[f32], b: &[f32]) -> (f64, f64) {
     assert_eq!(a.len(), b.len(), "parameter counts differ");
-    let d = a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max);
     let m = a.iter().map(|x| x.abs() as f64).fold(0.0, f64::max);
     (d, m)
 }
 
 /// A fresh temporary folder.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("mnist-e2e-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("mnist-e2e-")
+        .tempdir()
+        .unwrap()
 }
