@@ -32,7 +32,7 @@ fn python_eval(py: &Path, data: &Path, model: &Path, tmp: &Path) -> ((u64, u64, 
     let logits_file = tmp.join("py_logits.f32");
     let o = run(
         py,
-        &args![
+        args![
             ref_script("interop_logits.py").display(),
             "eval",
             "--data",
@@ -149,7 +149,7 @@ fn our_model_in_pytorch_and_pytorch_model_in_ours_agree() {
     let torch_model = tmp.path().join("torch_trained.pt");
     run(
         &py,
-        &args![
+        args![
             ref_script("interop_logits.py").display(),
             "train",
             "--data",

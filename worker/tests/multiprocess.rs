@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 fn launch(extra: Vec<String>) -> Output {
     let mut a = with_base(args!["--backend", "cpu"]);
     a.extend(extra);
-    run(&launcher_bin(), &a)
+    run(&launcher_bin(), a)
 }
 
 fn train_args(data: &Path, out: &Path) -> Vec<String> {

@@ -179,7 +179,7 @@ fn training_makes_progress_and_evaluate_reproduces_the_best_accuracy() {
                 torch.save({'module.' + k: v.clone() for k, v in sd.items()}, sys.argv[3])\n";
     run(
         &py,
-        &args![
+        args![
             "-c",
             code,
             model.display(),
@@ -197,7 +197,7 @@ fn training_makes_progress_and_evaluate_reproduces_the_best_accuracy() {
     let fresh = tmp.path().join("torch_fresh.pt");
     run(
         &py,
-        &args![
+        args![
             ref_script("interop_logits.py").display(),
             "init",
             "--out",

@@ -169,7 +169,7 @@ impl Running {
 }
 
 /// Run `bin` with `args` (all as strings) to completion.
-pub fn run(bin: &Path, args: &[String]) -> Output {
+pub fn run(bin: &Path, args: Vec<String>) -> Output {
     let mut cmd = Command::new(bin);
     cmd.args(args);
     spawn(cmd).wait(DEADLINE)
@@ -188,7 +188,7 @@ pub fn with_base(extra: Vec<String>) -> Vec<String> {
 
 /// Run the worker with `BASE` plus `extra`.
 pub fn worker(extra: Vec<String>) -> Output {
-    run(&worker_bin(), &with_base(extra))
+    run(&worker_bin(), with_base(extra))
 }
 
 /// True when `line` starts with the reference's `MM/DD HH:MM:SS AM | ` prefix.
