@@ -33,7 +33,6 @@ pub fn python(test: &str) -> Option<PathBuf> {
         Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
         _ => {
             println!("SKIPPED: {test} (MNIST_PYTHON not set)");
-            eprintln!("SKIPPED: {test} (MNIST_PYTHON not set)");
             None
         }
     }
