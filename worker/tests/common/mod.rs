@@ -126,19 +126,19 @@ pub fn spawn(mut cmd: Command) -> Running {
     let err = drain(Box::new(child.stderr.take().unwrap()));
     Running {
         child,
-        out,
-        err,
+        out: Some(out),
+        err: Some(err),
         start: Instant::now(),
         what: format!("{cmd:?}"),
     }
 }
 
-/// A started command.
+/// A started command; dropping it unwaited (a failed test) kills it.
 pub struct Running {
     /// The process.
     pub child: std::process::Child,
-    out: std::thread::JoinHandle<String>,
-    err: std::thread::JoinHandle<String>,
+    out: Option<std::thread::JoinHandle<String>>,
+    err: Option<std::thread::JoinHandle<String>>,
     start: Instant,
     what: String,
 }
@@ -160,9 +160,26 @@ impl Running {
         let secs = self.start.elapsed().as_secs_f64();
         Output {
             status,
-            stdout: self.out.join().unwrap(),
-            stderr: self.err.join().unwrap(),
+            stdout: self
+                .out
+                .take()
+                .map(|h| h.join().unwrap())
+                .unwrap_or_default(),
+            stderr: self
+                .err
+                .take()
+                .map(|h| h.join().unwrap())
+                .unwrap_or_default(),
             secs,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
