@@ -9,3 +9,38 @@ pub mod logging;
 pub mod rendezvous;
 
 pub use config::{BackendKind, CompressionKind, ConfigError, DeviceKind, ModelKind, TrainConfig};
+
+/// One line for an error and its causes (`msg: cause: cause`), skipping a cause whose text
+/// the line already ends with (errors that quote their source in their own message).
+pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading x.pt: {source}")]
+    struct Outer {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn error_line_skips_causes_already_quoted() {
+        let e = Outer {
+            source: std::io::Error::other("gone"),
+        };
+        assert_eq!(super::error_line(&e), "reading x.pt: gone");
+        let a = anyhow::Error::new(e).context("rank 0");
+        assert_eq!(super::error_line(a.as_ref()), "rank 0: reading x.pt: gone");
+    }
+}

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Err(err) => {
             let code = err.exit_code();
             let details = err.details();
-            eprintln!("mnist-launch: error: {:#}", anyhow::Error::new(err));
+            eprintln!("mnist-launch: error: {}", mnist_common::error_line(&err));
             for line in details {
                 eprintln!("mnist-launch: {line}");
             }

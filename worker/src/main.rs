@@ -93,7 +93,10 @@ fn main() {
             })
     });
     if let Err(e) = result {
-        eprintln!("mnist-worker: error: {e:#}");
+        eprintln!(
+            "mnist-worker: error: {}",
+            mnist_common::error_line(e.as_ref())
+        );
         let peer = e.to_string().contains("a peer failed");
         std::process::exit(if peer {
             contract::EXIT_PEER_FAILED

@@ -236,13 +236,13 @@ fn path_under_a_regular_file() {
 #[test]
 fn evaluate_missing_file() {
     let s = setup();
-    // Known issue, not checked here: mnist-checkpoint's `CheckpointError::Io` message embeds its
-    // `source`, so the worker's `{:#}` prints the OS error twice. Make this `fails` once fixed.
+    // `CheckpointError::Io` quotes its source in its own message; the worker's error line
+    // must still print the OS error once (`mnist_common::error_line`).
     s.fails_with(
         &s.data,
         args!["--evaluate", s.root.join("nope.pt").display()],
         &["nope.pt"],
-        false,
+        true,
     );
 }
 
