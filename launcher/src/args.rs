@@ -75,6 +75,10 @@ pub struct Environment {
     pub visible_gpus: usize,
     /// This executable, whose folder holds `mnist-worker` by default.
     pub current_exe: Option<PathBuf>,
+    /// Whether the launcher's console (stderr) is a terminal: then `--progress auto` becomes
+    /// `always` for the workers, whose own output is a pipe, and rank 0's progress bar is
+    /// passed through live.
+    pub console_is_terminal: bool,
 }
 
 impl Environment {
@@ -83,6 +87,7 @@ impl Environment {
         Environment {
             visible_gpus: crate::gpus::visible_gpu_count(),
             current_exe: std::env::current_exe().ok(),
+            console_is_terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         }
     }
 }
@@ -234,7 +239,13 @@ impl LaunchArgs {
             nproc,
             gpus,
             worker_bin,
-            worker_args: self.train.to_args(),
+            worker_args: {
+                let mut train = self.train.clone();
+                if train.progress == "auto" && env.console_is_terminal {
+                    train.progress = "always".into();
+                }
+                train.to_args()
+            },
             log_dir: self.train.path.clone(),
             rendezvous_timeout_s,
             grace_period,
@@ -269,6 +280,7 @@ mod tests {
         Environment {
             visible_gpus: gpus,
             current_exe: Some(PathBuf::from("/bin/sh")),
+            console_is_terminal: false,
         }
     }
 
@@ -329,12 +341,36 @@ mod tests {
     }
 
     #[test]
+    fn progress_auto_becomes_always_on_a_terminal() {
+        let a = LaunchArgs::try_parse_from(["mnist-launch", "--worker-bin", "/bin/sh"]).unwrap();
+        let mut e = env(0);
+        let has = |c: &LaunchConfig, v: &str| {
+            c.worker_args
+                .windows(2)
+                .any(|w| w[0] == "--progress" && w[1] == v)
+        };
+        assert!(has(&a.resolve_in(&e).unwrap(), "auto"));
+        e.console_is_terminal = true;
+        assert!(has(&a.resolve_in(&e).unwrap(), "always"));
+        let a = LaunchArgs::try_parse_from([
+            "mnist-launch",
+            "--worker-bin",
+            "/bin/sh",
+            "--progress",
+            "never",
+        ])
+        .unwrap();
+        assert!(has(&a.resolve_in(&e).unwrap(), "never"));
+    }
+
+    #[test]
     fn worker_bin_default_and_checks() {
         let mut a = LaunchArgs::try_parse_from(["mnist-launch"]).unwrap();
         a.worker_bin = None; // whatever MNIST_WORKER_BIN says
         let e = Environment {
             visible_gpus: 0,
             current_exe: Some("/nonexistent/dir/mnist-launch".into()),
+            console_is_terminal: false,
         };
         let msg = a.resolve_in(&e).unwrap_err().to_string();
         assert!(

@@ -72,9 +72,55 @@ impl RankLog {
             .unwrap_or_default()
     }
 
-    /// Record one line (bytes as the worker wrote them, newline included if any). `flush`
-    /// pushes buffered bytes out, done whenever the worker has nothing more queued.
+    /// Record one line (bytes as the worker wrote them, newline included if any) in the file
+    /// and the tail, and echo it when this rank is echoed. `flush` pushes buffered bytes out,
+    /// done whenever the worker has nothing more queued.
     pub fn write(&self, bytes: &[u8], stream: Stream, flush: bool) {
+        self.record(bytes, flush);
+        self.echo(bytes, stream, flush);
+    }
+
+    /// Copy bytes to the console as they come (when this rank is echoed), so a progress bar
+    /// that redraws one line with `\r` shows live.
+    pub fn echo(&self, bytes: &[u8], stream: Stream, flush: bool) {
+        if self.echo {
+            // A closed console must not stop the pumping: errors are ignored.
+            let _ = match stream {
+                Stream::Stdout => echo(io::stdout().lock(), bytes, flush),
+                Stream::Stderr => echo(io::stderr().lock(), bytes, flush),
+            };
+        }
+    }
+
+    /// Record one line in the file and the tail. A line a progress bar redrew (`\r`, ANSI
+    /// clear-line) is saved as what the terminal would show last.
+    pub fn record(&self, bytes: &[u8], flush: bool) {
+        if bytes.is_empty() {
+            if flush {
+                if let Ok(mut f) = self.file.lock() {
+                    let _ = f.flush();
+                }
+            }
+            return;
+        }
+        let redrawn = bytes.contains(&b'\r') || bytes.windows(2).any(|w| w == b"\x1b[");
+        let cleaned;
+        let bytes = if redrawn {
+            let text = String::from_utf8_lossy(bytes);
+            let last = text
+                .trim_end_matches(['\n', '\r'])
+                .rsplit('\r')
+                .next()
+                .unwrap_or_default();
+            let last = strip_ansi(last);
+            if last.trim().is_empty() {
+                return;
+            }
+            cleaned = format!("{last}\n");
+            cleaned.as_bytes()
+        } else {
+            bytes
+        };
         if let Ok(mut f) = self.file.lock() {
             let r = f
                 .write_all(bytes)
@@ -89,13 +135,6 @@ impl RankLog {
                 }
             }
         }
-        if self.echo {
-            // A closed console must not stop the pumping: errors are ignored.
-            let _ = match stream {
-                Stream::Stdout => echo(io::stdout().lock(), bytes, flush),
-                Stream::Stderr => echo(io::stderr().lock(), bytes, flush),
-            };
-        }
         let text = String::from_utf8_lossy(bytes);
         let text = text.trim_end_matches(['\n', '\r']);
         // A progress bar redraws with '\r': keep what the terminal would show last.
@@ -108,6 +147,27 @@ impl RankLog {
             t.push_back(shown);
         }
     }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ … letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn echo(mut out: impl Write, bytes: &[u8], flush: bool) -> io::Result<()> {
@@ -207,16 +267,30 @@ fn pump(reader: impl Read, stream: Stream, log: &RankLog) {
     let mut reader = BufReader::with_capacity(MAX_CHUNK as usize, reader);
     let mut line = Vec::new();
     loop {
-        line.clear();
-        match (&mut reader).take(MAX_CHUNK).read_until(b'\n', &mut line) {
-            Ok(0) => return,
-            Ok(_) => {
-                let more_queued = !reader.buffer().is_empty();
-                log.write(&line, stream, !more_queued);
-            }
+        let chunk = match reader.fill_buf() {
+            Ok([]) => break,
+            Ok(chunk) => chunk,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
+            Err(_) => break,
+        };
+        let n = chunk.len();
+        // Echo whatever arrived at once (partial lines too: progress bars), and record
+        // whole lines in the file and the tail.
+        log.echo(chunk, stream, true);
+        for piece in chunk.split_inclusive(|&b| b == b'\n') {
+            line.extend_from_slice(piece);
+            if piece.ends_with(b"\n") || line.len() as u64 >= MAX_CHUNK {
+                log.record(&line, false);
+                line.clear();
+            }
         }
+        reader.consume(n);
+        if reader.buffer().is_empty() {
+            log.record(&[], true);
+        }
+    }
+    if !line.is_empty() {
+        log.record(&line, true);
     }
 }
 
@@ -246,9 +320,10 @@ mod tests {
             ["100%".to_string(), "no newline".to_string()]
         );
         drop(log);
+        // The redrawn line is saved as the terminal showed it last.
         assert_eq!(
             std::fs::read_to_string(dir.path().join("rank3.log")).unwrap(),
-            text
+            text.replace("50%\r100%", "100%")
         );
     }
 

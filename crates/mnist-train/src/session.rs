@@ -2,7 +2,7 @@
 //! the output folder with its log, and the console progress bar.
 
 use crate::{device, TrainError};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use mnist_comm::{Communicator, Solo};
 use mnist_common::contract::WorkerIdentity;
 use mnist_common::logging::RunLog;
@@ -166,7 +166,16 @@ impl Session {
         if !self.progress {
             return None;
         }
-        let pb = ProgressBar::new(len);
+        let pb = if std::io::stderr().is_terminal() {
+            ProgressBar::new(len)
+        } else {
+            // `--progress always` with stderr a pipe (under mnist-launch, which passes the
+            // bytes through to its terminal): draw with plain ANSI sequences.
+            ProgressBar::with_draw_target(
+                Some(len),
+                ProgressDrawTarget::term_like_with_hz(Box::new(PipeTerm), 4),
+            )
+        };
         let style = ProgressStyle::with_template(
             "epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
         )
@@ -175,5 +184,61 @@ impl Session {
         pb.set_style(style);
         pb.set_prefix(epoch.to_string());
         Some(pb)
+    }
+}
+
+/// A terminal behind a pipe: stderr, drawn with `\r` and ANSI clear-line (the launcher echoes
+/// rank 0's bytes to its own terminal as they arrive).
+#[derive(Debug)]
+struct PipeTerm;
+
+impl PipeTerm {
+    fn put(&self, s: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut e = std::io::stderr().lock();
+        e.write_all(s.as_bytes())?;
+        e.flush()
+    }
+}
+
+impl TermLike for PipeTerm {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+        if n > 0 {
+            self.put(&format!("\x1b[{n}A"))?;
+        }
+        Ok(())
+    }
+    fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+        if n > 0 {
+            self.put(&format!("\x1b[{n}B"))?;
+        }
+        Ok(())
+    }
+    fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
+        if n > 0 {
+            self.put(&format!("\x1b[{n}C"))?;
+        }
+        Ok(())
+    }
+    fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
+        if n > 0 {
+            self.put(&format!("\x1b[{n}D"))?;
+        }
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.put(&format!("{s}\n"))
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.put(s)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        self.put("\r\x1b[2K")
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
     }
 }
