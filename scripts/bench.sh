@@ -156,6 +156,11 @@ report() {
   echo "mnist-ddp training benchmark ($([ "$QUICK" = 1 ] && echo quick || echo full); $(date -u +%FT%TZ);" \
     "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $(nproc) cores)"
   echo "load average before: $LOAD_BEFORE   after: $LOAD_AFTER"
+  if awk -v l="${LOAD_BEFORE%% *}" -v m="$MAX_LOAD" 'BEGIN { exit !(l > m) }'; then
+    echo "WARNING: the machine was busy (load > $MAX_LOAD): other processes share the cores, so these"
+    echo "  figures are noisy; multi-threaded runs suffer most (OpenMP threads spin-wait for each other)"
+  fi
+  echo "environment: OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-<unset>} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-<unset>}"
   echo "LeNet, batch 64 per process, $NTRAIN training images; s/epoch = 60000 / images/s (training loop only)"
   echo
   awk -v ao="$A_OURS" -v al="$A_LOOP" -v ad="$A_DL" -v bo="$B_OURS" -v bd="$B_DDP" -v bc="$B_CEIL" 'BEGIN {
