@@ -134,6 +134,12 @@ ref() {
 }
 
 step() { echo "bench: $*" >&2; }
+# The reference's DataLoader pipeline needs torchvision (PIL images, ToTensor, Normalize).
+"$PY" -c "import torchvision" 2>/dev/null || {
+  step "installing torchvision==0.26.0 (matches torch 2.11) for the reference DataLoader pipeline"
+  "$PY" -m pip install --quiet --disable-pip-version-check torchvision==0.26.0 ||
+    step "warning: torchvision unavailable; the DataLoader reference falls back to a per-sample tensor emulation"
+}
 step "A1 ours: mnist-launch --nproc 1 --threads 2 --epochs $EPOCHS"
 A_OURS=$(ours a-ours 2 1)
 step "A2 torch_loop.py --threads 2 ${LOOP_ARGS[*]}"

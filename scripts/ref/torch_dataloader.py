@@ -1,5 +1,8 @@
 """Reference timing: the classic pytorch/examples MNIST loop, with a per-sample Dataset and DataLoader.
 
+With torchvision installed (scripts/bench.sh installs torchvision==0.26.0 into the venv) the
+dataset is the reference's own: torchvision.datasets.MNIST with ToTensor + Normalize. Without it:
+
 Each __getitem__ turns one uint8 image into a normalised tensor, emulating torchvision's
 ToTensor + Normalize((0.1307,), (0.3081,)) per sample (without the PIL round trip, so this is
 if anything slightly faster than the real example). DataLoader(batch_size=64, shuffle=True) with
@@ -36,6 +39,26 @@ class MnistSamples(Dataset):
         return img, int(self.labels[i])
 
 
+def torchvision_mnist(data_dir):
+    """The reference's dataset: torchvision's MNIST (PIL image per sample, ToTensor, Normalize),
+    read from a temporary MNIST/raw folder holding the decompressed files of `data_dir`."""
+    import gzip
+    import tempfile
+    from pathlib import Path
+
+    from torchvision import datasets, transforms
+
+    root = Path(tempfile.mkdtemp(prefix="mnist-tv-"))
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        src = Path(data_dir) / name
+        data = gzip.open(str(src) + ".gz").read() if Path(str(src) + ".gz").exists() else src.read_bytes()
+        (raw / name).write_bytes(data)
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    return datasets.MNIST(str(root), train=True, download=False, transform=tf)
+
+
 def run_epoch(model, opt, loader, max_batches):
     """Train over `loader` (at most `max_batches` batches when non-zero); returns images seen."""
     seen = 0
@@ -54,11 +77,20 @@ def main():
     p = parse_common(__doc__.splitlines()[0], threads=2, epochs=1)
     p.add_argument("--warmup-batches", type=int, default=20, help="untimed batches before timing")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--no-torchvision", action="store_true", help="per-sample tensor Dataset instead of torchvision's MNIST")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    try:
+        import torchvision  # noqa: F401
+
+        have_tv = not args.no_torchvision
+    except ImportError:
+        have_tv = False
+    dataset = torchvision_mnist(args.data) if have_tv else MnistSamples(args.data)
+    print(f"dataset: {'torchvision MNIST + ToTensor + Normalize (the reference)' if have_tv else 'per-sample tensor emulation (torchvision not installed)'}", file=sys.stderr)
     loader = DataLoader(
-        MnistSamples(args.data),
+        dataset,
         batch_size=args.batch_size,
         shuffle=True,
         num_workers=args.num_workers,
