@@ -21,15 +21,19 @@ pub fn serve(files: HashMap<String, Vec<u8>>) -> Server {
     let log = Arc::clone(&hits);
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            if let Some(path) = handle(stream, &files) {
-                log.lock().unwrap().push(path);
-            }
+            handle(stream, &files, &log);
         }
     });
     Server { origin, hits }
 }
 
-fn handle(stream: TcpStream, files: &HashMap<String, Vec<u8>>) -> Option<String> {
+/// Answer one request; the path is recorded before the response is written, so a client that
+/// has read the response always finds its request counted.
+fn handle(
+    stream: TcpStream,
+    files: &HashMap<String, Vec<u8>>,
+    log: &Mutex<Vec<String>>,
+) -> Option<()> {
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut request = String::new();
     reader.read_line(&mut request).ok()?;
@@ -40,6 +44,7 @@ fn handle(stream: TcpStream, files: &HashMap<String, Vec<u8>>) -> Option<String>
         }
     }
     let path = request.split(' ').nth(1)?.to_string();
+    log.lock().ok()?.push(path.clone());
     let mut stream = stream;
     match files.get(&path) {
         Some(body) => {
@@ -60,7 +65,7 @@ fn handle(stream: TcpStream, files: &HashMap<String, Vec<u8>>) -> Option<String>
         }
     }
     stream.flush().ok()?;
-    Some(path)
+    Some(())
 }
 
 /// A base URL on which nothing listens (a port just bound and released).
