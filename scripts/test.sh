@@ -15,7 +15,7 @@ if cargo metadata --format-version 1 --no-deps 2>/dev/null | grep -q '"name":"mn
   cargo check --quiet -p mnist-worker --features nccl
 fi
 echo "== cargo test --workspace"
-cargo test --workspace 2>&1 | tee /tmp/mnist-ddp-test-$$.log | grep -Ev '^(running 0 tests|test result: ok. 0 passed.*)$' | grep -v '^$' || true
+cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/mnist-ddp-test-$$.log | grep -Ev '^(running 0 tests|test result: ok. 0 passed.*)$' | grep -v '^$' || true
 status=${PIPESTATUS[0]}
 skipped=$(grep -c 'SKIPPED' /tmp/mnist-ddp-test-$$.log || true)
 rm -f /tmp/mnist-ddp-test-$$.log
