@@ -57,6 +57,20 @@ impl Case {
         .arg(path)
         .env("FAKE_PID_DIR", self.dir.path().join("pids"))
         .envs(env.iter().copied());
+        // The launcher keeps signals that were ignored when it started (nohup, or a shell's
+        // background job ignoring SIGINT), as it should; the tests must not depend on how the
+        // test runner itself was started, so the launcher starts with default dispositions.
+        // SAFETY: only async-signal-safe calls (sigaction) between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+                use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+                let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+                for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+                    sigaction(sig, &dfl).map_err(std::io::Error::from)?;
+                }
+                Ok(())
+            });
+        }
         c
     }
 
@@ -289,8 +303,24 @@ fn stop_signals_to_the_launcher_stop_the_workers() {
         let case = Case::new();
         let child = case.spawn(2, &[("FAKE_HANG", "1")]);
         let pids = case.wait_for_workers(2);
-        kill(Pid::from_raw(child.id() as i32), sig).unwrap();
+        let launcher = Pid::from_raw(child.id() as i32);
+        kill(launcher, sig).unwrap();
+        // Never hang the suite: a launcher still alive after 30 s is killed (and the test fails
+        // on its exit status). `done` keeps the watchdog off a pid reused after the reap.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = kill(launcher, Signal::SIGKILL);
+        });
         let out = child.wait_with_output().unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{sig}: {stderr}");
         assert!(
