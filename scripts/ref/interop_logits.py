@@ -18,28 +18,11 @@ import struct
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 
-class LeNet(nn.Module):
-    """The reference network: conv 1->6 k5, conv 6->16 k5, fc 256->120->84->10."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(256, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = F.relu(F.max_pool2d(self.conv1(x), 2))
-        x = F.relu(F.max_pool2d(self.conv2(x), 2))
-        x = x.view(-1, 256)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
+# The reference network, shared with the benchmark scripts.
+from torch_loop import LeNet  # noqa: E402
 
 
 def read_idx(path):
