@@ -97,6 +97,15 @@ fn compression(method: &str) {
     let o = launch(a).ok(&format!("--compression {method}"));
     let m = metrics(&out);
     assert_eq!(m[0]["compression"], method);
+    let ratio = m[0]["compression_ratio"].as_f64().unwrap();
+    assert!(
+        if method == "none" {
+            (ratio - 1.0).abs() < 1e-9
+        } else {
+            ratio > 1.0
+        },
+        "--compression {method}: ratio {ratio}"
+    );
     let loss = m[0]["train_loss"].as_f64().unwrap();
     assert!(
         loss.is_finite(),

@@ -33,6 +33,8 @@ pub struct EpochRecord {
     pub compression: String,
     /// Payload bytes this rank sent per training step for gradients.
     pub bytes_sent_per_step: f64,
+    /// Bytes `none` would send per step divided by `bytes_sent_per_step` (null for one process).
+    pub compression_ratio: Option<f64>,
 }
 
 /// Append `rec` to the JSON-lines file at `path`.

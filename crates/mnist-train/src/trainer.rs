@@ -157,8 +157,8 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
         )
         .to_device(s.device);
         let bar = s.progress_bar(batches as u64, epoch + 1);
-        let sent_before = s.comm.bytes_sent();
-        let mut nccl_sent = 0u64;
+        // Gradient traffic only (not metrics or --check-sync collectives).
+        let mut grad_sent = 0u64;
         let mut stats = Tensor::zeros([3], (Kind::Double, s.device));
         let t0 = Instant::now();
         for b in 0..batches {
@@ -171,9 +171,11 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
             loss.backward();
             if nccl_grads {
                 let nccl = s.nccl.as_ref().expect("checked above");
-                nccl_sent += crate::gpu_sync::reduce(nccl, &mut flat.grads, cfg.compression)?;
+                grad_sent += crate::gpu_sync::reduce(nccl, &mut flat.grads, cfg.compression)?;
             } else if world > 1 {
+                let before = s.comm.bytes_sent();
                 reducer.reduce(&mut flat.grads, s.comm.as_mut())?;
+                grad_sent += s.comm.bytes_sent() - before;
             }
             sgd.step(&mut flat.params, &mut flat.grads, lr);
             step += 1;
@@ -219,8 +221,11 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
         if let Some(pb) = bar {
             pb.finish_and_clear();
         }
-        let bytes_per_step =
-            (s.comm.bytes_sent() - sent_before + nccl_sent) as f64 / batches as f64;
+        let bytes_per_step = grad_sent as f64 / batches as f64;
+        // What `none` would send per step (ring all-reduce of the f32 gradient).
+        let dense_bytes = (2 * flat.numel() * 4 * (world - 1) / world) as f64;
+        let compression_ratio =
+            (world > 1 && bytes_per_step > 0.0).then(|| dense_bytes / bytes_per_step);
         let mut tstats: Vec<f32> = {
             let v = crate::flat::tensor_to_vec(&stats);
             vec![v[0], v[1], v[2], per_rank as f32]
@@ -238,6 +243,11 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
                 train_secs,
                 ntrain / train_secs
             ));
+            if let Some(r) = compression_ratio {
+                s.log.info(&format!(
+                    "Gradient traffic ({compression_name}): {bytes_per_step:.0} bytes/step/rank, compression ratio {r:.1}x vs none"
+                ));
+            }
             log_test(s, &test);
             if test.top1() > best_acc {
                 best_acc = test.top1();
@@ -267,6 +277,7 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
                     world_size: world,
                     compression: compression_name.to_string(),
                     bytes_sent_per_step: bytes_per_step,
+                    compression_ratio,
                 },
             )
             .map_err(|e| TrainError::OutputDir {
