@@ -156,6 +156,11 @@ pub struct TrainArgs {
     /// Intra-op threads per process (default: OMP_NUM_THREADS, else cores / processes).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Split each training batch across N threads of each process, each with its own model
+    /// replica and gradient buffer, their gradients summed before the step (CPU only; default:
+    /// --threads, keeping at least 16 images per part; 1 on CUDA).
+    #[arg(long, value_name = "N")]
+    pub batch_threads: Option<usize>,
     /// Progress bar: always, never, or (default) when stdout is a terminal.
     #[arg(long, value_parser = ["always", "never", "auto"], default_value = "auto")]
     pub progress: String,
@@ -219,6 +224,7 @@ impl TrainArgs {
             check_sync: self.check_sync,
             timeout_s: self.timeout,
             threads: self.threads,
+            batch_threads: self.batch_threads,
             progress: match self.progress.as_str() {
                 "always" => Some(true),
                 "never" => Some(false),
@@ -299,6 +305,9 @@ impl TrainArgs {
         kv("--timeout", self.timeout.to_string());
         if let Some(t) = self.threads {
             kv("--threads", t.to_string());
+        }
+        if let Some(t) = self.batch_threads {
+            kv("--batch-threads", t.to_string());
         }
         kv("--progress", self.progress.clone());
         if let Some(n) = self.stop_after_epochs {

@@ -134,6 +134,8 @@ pub struct TrainConfig {
     pub timeout_s: f64,
     /// Intra-op threads (None: cores / local world size, or OMP_NUM_THREADS).
     pub threads: Option<usize>,
+    /// Threads each training batch is split across (None: see [`TrainConfig::batch_parts`]).
+    pub batch_threads: Option<usize>,
     /// Show a progress bar (None: when stdout is a terminal).
     pub progress: Option<bool>,
     /// Stop after this many epochs of the schedule (simulates an interrupted run; tests).
@@ -141,6 +143,14 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Parts each training batch is split into on a CPU with `threads` threads per process:
+    /// `--batch-threads`, else `threads`, as long as each part keeps at least 16 images.
+    pub fn batch_parts(&self, threads: usize) -> usize {
+        self.batch_threads
+            .unwrap_or_else(|| threads.min(self.batch_size / 16))
+            .max(1)
+    }
+
     /// Check ranges that clap's types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(flag: &'static str, value: impl ToString, expected: &'static str) -> ConfigError {
@@ -197,6 +207,9 @@ impl TrainConfig {
         }
         if self.threads == Some(0) {
             return Err(bad("--threads", 0, "an integer ≥ 1"));
+        }
+        if self.batch_threads == Some(0) {
+            return Err(bad("--batch-threads", 0, "an integer ≥ 1"));
         }
         Ok(())
     }

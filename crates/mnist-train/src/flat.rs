@@ -35,7 +35,6 @@ pub struct FlatParams {
 impl FlatParams {
     /// Move `model`'s parameters and gradients into flat buffers (values are kept).
     pub fn new(model: &mut Model) -> FlatParams {
-        let device = model.parameters()[0].tensor.device();
         let mut slots = Vec::new();
         let mut offset = 0usize;
         for p in model.parameters() {
@@ -58,34 +57,24 @@ impl FlatParams {
                 0,
             )
         });
-        let mut grads = Tensor::zeros([offset as i64], (Kind::Float, device));
-        // Define every gradient once (a zero backward pass), then re-point data and grads.
-        let probe: Tensor = model
-            .parameters()
-            .iter()
-            .map(|p| p.tensor.sum(Kind::Float) * 0.0)
-            .sum();
-        probe.backward();
-        for (p, s) in model.parameters().iter().zip(&slots) {
-            let mut data = p.tensor.shallow_clone();
-            data.set_data(
-                &params
-                    .narrow(0, s.offset as i64, s.numel as i64)
-                    .view(s.shape.as_slice()),
-            );
-            let mut g = p.tensor.grad();
-            g.set_data(
-                &grads
-                    .narrow(0, s.offset as i64, s.numel as i64)
-                    .view(s.shape.as_slice()),
-            );
-        }
-        let _ = grads.zero_();
+        let grads = point_at(model, &params, &slots);
         FlatParams {
             params,
             grads,
             slots,
         }
+    }
+
+    /// Point `replica` (a model of the same architecture) at these parameters: its parameter
+    /// data become views of [`FlatParams::params`], so it always computes with the current
+    /// values, and its gradients land in a flat buffer of its own, which is returned (zeroed).
+    pub fn attach(&self, replica: &mut Model) -> Tensor {
+        assert_eq!(
+            replica.parameters().len(),
+            self.slots.len(),
+            "a replica has the same parameters"
+        );
+        point_at(replica, &self.params, &self.slots)
     }
 
     /// Where each parameter lives.
@@ -115,6 +104,35 @@ impl FlatParams {
             self.params.copy_(&src);
         });
     }
+}
+
+/// Re-point `model`'s parameter data at views of `params` and its gradients at views of a new
+/// zeroed flat gradient buffer, which is returned.
+fn point_at(model: &mut Model, params: &Tensor, slots: &[Slot]) -> Tensor {
+    let total = slots.iter().map(|s| s.numel).sum::<usize>();
+    let grads = Tensor::zeros([total as i64], (Kind::Float, params.device()));
+    // Define every gradient once (a zero backward pass), then re-point data and grads.
+    let probe: Tensor = model
+        .parameters()
+        .iter()
+        .map(|p| p.tensor.sum(Kind::Float) * 0.0)
+        .sum();
+    probe.backward();
+    for (p, s) in model.parameters().iter().zip(slots) {
+        let mut data = p.tensor.shallow_clone();
+        data.set_data(
+            &params
+                .narrow(0, s.offset as i64, s.numel as i64)
+                .view(s.shape.as_slice()),
+        );
+        let mut g = p.tensor.grad();
+        g.set_data(
+            &grads
+                .narrow(0, s.offset as i64, s.numel as i64)
+                .view(s.shape.as_slice()),
+        );
+    }
+    grads
 }
 
 /// Copy a tensor's values to a host `Vec<f32>`.

@@ -14,6 +14,7 @@ pub mod optim;
 pub mod resume;
 pub mod schedule;
 pub mod session;
+pub mod split;
 pub mod state;
 pub mod sync;
 pub mod trainer;

@@ -21,6 +21,8 @@ pub struct Session {
     pub log: RunLog,
     /// The NCCL communicator, when gradients are reduced on CUDA devices with NCCL.
     pub nccl: Option<mnist_nccl::NcclComm>,
+    /// CPU threads this process may use (`--threads`, `OMP_NUM_THREADS`, or cores / processes).
+    pub threads: usize,
     progress: bool,
 }
 
@@ -157,6 +159,7 @@ impl Session {
             comm,
             log,
             nccl,
+            threads,
             progress,
         })
     }

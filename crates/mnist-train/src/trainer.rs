@@ -3,13 +3,14 @@
 //! learning rate, evaluate, and (rank 0) log, record metrics and keep the best model.
 
 use crate::dataset::TensorDataset;
-use crate::evaluate::{correct_counts, evaluate, EvalResult};
+use crate::evaluate::{evaluate, EvalResult};
 use crate::flat::FlatParams;
 use crate::host::{as_bytes_mut, with_host_slice};
 use crate::metrics::{self, EpochRecord};
 use crate::optim::Sgd;
 use crate::schedule::cosine_lr;
 use crate::session::Session;
+use crate::split::BatchSplitter;
 use crate::sync::GradReducer;
 use crate::{resume, state, TrainError};
 use mnist_comm::{Communicator, ReduceOp};
@@ -132,14 +133,25 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
     let compression_name = compressor.name();
     let cap = (cfg.bucket_cap_mb * 1024.0 * 1024.0) as usize;
     let mut reducer = GradReducer::new(flat.slots(), cap, compressor);
+    let threads = CpuThreads::for_run(cfg, s)?;
+    threads.training();
+    let mut splitter = BatchSplitter::new(&model, &flat, threads.parts)?;
     s.log.info(&format!(
-        "Model {}: {} parameters in {} bucket(s); {} process(es) on {:?}; compression {}",
+        "Model {}: {} parameters in {} bucket(s); {} process(es) on {:?}; compression {}{}",
         cfg.model.name(),
         flat.numel(),
         reducer.buckets().len(),
         world,
         s.device,
-        compression_name
+        compression_name,
+        if threads.parts > 1 {
+            format!(
+                "; each batch split across {} threads of {} intra-op thread(s)",
+                threads.parts, threads.intra_op
+            )
+        } else {
+            String::new()
+        }
     ));
 
     let sampler = DistributedSampler::try_new(train_set.len, world, rank, true, cfg.seed)?;
@@ -165,10 +177,8 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
             let lo = b * cfg.batch_size;
             let n = cfg.batch_size.min(per_rank - lo);
             let (x, y) = train_set.gather(&order.narrow(0, lo as i64, n as i64));
-            flat.zero_grads();
-            let logits = model.forward(&x);
-            let loss = logits.cross_entropy_for_logits(&y);
-            loss.backward();
+            let out = splitter.forward_backward(&model, &mut flat, &x, &y)?;
+            let (loss, c1, c5) = (out.loss, out.correct1, out.correct5);
             if nccl_grads {
                 let nccl = s.nccl.as_ref().expect("checked above");
                 grad_sent += crate::gpu_sync::reduce(nccl, &mut flat.grads, cfg.compression)?;
@@ -179,10 +189,9 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
             }
             sgd.step(&mut flat.params, &mut flat.grads, lr);
             step += 1;
-            let (c1, c5) = tch::no_grad(|| correct_counts(&logits, &y));
             let batch_stats = Tensor::stack(
                 &[
-                    loss.detach().to_kind(Kind::Double) * n as f64,
+                    loss.to_kind(Kind::Double) * n as f64,
                     c1.to_kind(Kind::Double),
                     c5.to_kind(Kind::Double),
                 ],
@@ -232,7 +241,10 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
         };
         s.comm.all_reduce_f32(&mut tstats, ReduceOp::Sum)?;
         let ntrain = tstats[3] as f64;
-        let test = evaluate(&model, &test_set, cfg.test_batch_size, s.comm.as_mut())?;
+        threads.evaluation();
+        let test = evaluate(&model, &test_set, cfg.test_batch_size, s.comm.as_mut());
+        threads.training();
+        let test = test?;
         if rank == 0 {
             s.log.info(&format!(
                 "Train Epoch: {} done: Average loss: {:.4}, Accuracy: {:.2}%, lr {:.6}, {:.2}s ({:.0} images/s)",
@@ -315,6 +327,47 @@ fn train(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError> {
     }
     s.comm.barrier()?;
     Ok(())
+}
+
+/// How this process uses its CPU threads: while training, each batch is split into `parts`
+/// threads of `intra_op` libtorch threads each; evaluation uses all `total` as intra-op threads.
+struct CpuThreads {
+    total: usize,
+    parts: usize,
+    intra_op: usize,
+}
+
+impl CpuThreads {
+    fn for_run(cfg: &TrainConfig, s: &Session) -> Result<CpuThreads, TrainError> {
+        let total = s.threads.max(1);
+        if s.device != tch::Device::Cpu {
+            if cfg.batch_threads.is_some_and(|n| n > 1) {
+                return Err(TrainError::Device(format!(
+                    "--batch-threads splits batches across CPU threads; this run is on {:?} (leave it out)",
+                    s.device
+                )));
+            }
+            return Ok(CpuThreads {
+                total,
+                parts: 1,
+                intra_op: total,
+            });
+        }
+        let parts = cfg.batch_parts(total);
+        Ok(CpuThreads {
+            total,
+            parts,
+            intra_op: (total / parts).max(1),
+        })
+    }
+
+    fn training(&self) {
+        tch::set_num_threads(self.intra_op as i32);
+    }
+
+    fn evaluation(&self) {
+        tch::set_num_threads(self.total as i32);
+    }
 }
 
 fn check_resumable(
