@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Training-speed benchmark on CPU: mnist-ddp (LeNet, batch 64) against PyTorch references.
-#   A. one process, 2 intra-op threads: ours vs a plain PyTorch loop over in-memory tensors
-#      (scripts/ref/torch_loop.py) and vs the classic per-sample Dataset + DataLoader loop
-#      (scripts/ref/torch_dataloader.py).
+#   A. one process, 2 threads: ours (by default each batch split across the 2 threads, see
+#      README "CPU speed"; also shown with --batch-threads 1, i.e. 2 intra-op threads) vs a
+#      plain PyTorch loop over in-memory tensors (scripts/ref/torch_loop.py) and vs the classic
+#      per-sample Dataset + DataLoader loop (scripts/ref/torch_dataloader.py), both with 2
+#      intra-op threads.
 #   B. two processes, 1 thread each: `mnist-launch --nproc 2` vs PyTorch DDP over gloo
 #      (scripts/ref/torch_ddp.py), and vs the ceiling: two independent single-process runs of
 #      ours side by side (sum of their images/s).
@@ -102,8 +104,9 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 # epochs 2.. from its metrics.jsonl.
 ours() {
   local name=$1 threads=$2 nproc=$3 dir="$TMP/$1"
+  shift 3
   mkdir -p "$dir"
-  if ! OMP_NUM_THREADS=$threads "$LAUNCH" --nproc "$nproc" --threads "$threads" --device cpu \
+  if ! OMP_NUM_THREADS=$threads "$LAUNCH" --nproc "$nproc" --threads "$threads" --device cpu "$@" \
       --model LeNet --batch-size 64 --epochs "$EPOCHS" --data "$DATA" --path "$dir" \
       --progress never >"$dir/launch.log" 2>&1; then
     echo "bench: error: mnist-launch ($name) failed; last lines of $dir/launch.log:" >&2
@@ -142,6 +145,8 @@ step() { echo "bench: $*" >&2; }
 }
 step "A1 ours: mnist-launch --nproc 1 --threads 2 --epochs $EPOCHS"
 A_OURS=$(ours a-ours 2 1)
+step "A1b ours without batch splitting: --batch-threads 1 (2 intra-op threads)"
+A_NOSPLIT=$(ours a-nosplit 2 1 --batch-threads 1)
 step "A2 torch_loop.py --threads 2 ${LOOP_ARGS[*]}"
 A_LOOP=$(ref a-loop torch_loop.py 2 "${LOOP_ARGS[@]}")
 step "A3 torch_dataloader.py --threads 2 ${DL_ARGS[*]} (num_workers=0)"
@@ -169,11 +174,12 @@ report() {
   echo "environment: OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-<unset>} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-<unset>}"
   echo "LeNet, batch 64 per process, $NTRAIN training images; s/epoch = 60000 / images/s (training loop only)"
   echo
-  awk -v ao="$A_OURS" -v al="$A_LOOP" -v ad="$A_DL" -v bo="$B_OURS" -v bd="$B_DDP" -v bc="$B_CEIL" 'BEGIN {
+  awk -v ao="$A_OURS" -v an="$A_NOSPLIT" -v al="$A_LOOP" -v ad="$A_DL" -v bo="$B_OURS" -v bd="$B_DDP" -v bc="$B_CEIL" 'BEGIN {
     row = "%-44s %10.0f %9.2f\n"
     printf "%-44s %10s %9s\n", "run", "images/s", "s/epoch"
     print "A. 1 process, 2 threads"
     printf row, "  ours (mnist-launch --nproc 1)", ao, 60000 / ao
+    printf row, "  ours, --batch-threads 1 (for comparison)", an, 60000 / an
     printf row, "  torch_loop.py (in-memory tensors)", al, 60000 / al
     printf row, "  torch_dataloader.py (Dataset+DataLoader)", ad, 60000 / ad
     print "B. 2 processes, 1 thread each"

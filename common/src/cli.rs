@@ -364,6 +364,8 @@ mod tests {
             "--resume",
             "--compression",
             "powersgd_fp16",
+            "--batch-threads",
+            "3",
         ])
         .t;
         let b = Cli::parse_from(std::iter::once("x".to_string()).chain(a.to_args())).t;
@@ -374,8 +376,26 @@ mod tests {
     }
 
     #[test]
+    fn batch_parts_follow_threads_and_batch_size() {
+        let parts = |args: &[&str], threads| {
+            let c = Cli::parse_from(std::iter::once(&"x").chain(args)).t;
+            c.resolve().unwrap().batch_parts(threads)
+        };
+        assert_eq!(parts(&[], 1), 1);
+        assert_eq!(parts(&[], 2), 2);
+        assert_eq!(parts(&[], 8), 4); // batch 64: at least 16 images per part
+        assert_eq!(parts(&["--batch-size", "8"], 4), 1);
+        assert_eq!(parts(&["--batch-threads", "3"], 2), 3);
+    }
+
+    #[test]
     fn bad_values_name_the_flag() {
-        for (flag, val) in [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "-0.1")] {
+        for (flag, val) in [
+            ("--epochs", "0"),
+            ("--batch-size", "0"),
+            ("--lr", "-0.1"),
+            ("--batch-threads", "0"),
+        ] {
             let e = Cli::parse_from(["x", flag, val]).t.resolve().unwrap_err();
             assert_eq!(e.flag, flag);
         }

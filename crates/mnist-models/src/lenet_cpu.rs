@@ -59,14 +59,14 @@ pub fn forward(x: &Tensor, p: &[&Tensor; 10]) -> Tensor {
 pub fn conv1_columns(x: &Tensor) -> Tensor {
     let x = x.detach().contiguous();
     let n = x.size()[0] as usize;
-    let cols = Tensor::empty(
+    let mut cols = Tensor::empty(
         [(K * K) as i64, (n * OUT1 * OUT1) as i64],
         (Kind::Float, Device::Cpu),
     );
     {
         let src = f32_slice(&x);
         // SAFETY: `cols` was just created here, is contiguous and not shared.
-        let dst = unsafe { f32_slice_mut(&cols) };
+        let dst = unsafe { f32_slice_mut(&mut cols) };
         let plane = OUT1 * OUT1;
         for (tap, dst_tap) in dst.chunks_exact_mut(n * plane).enumerate() {
             let (kh, kw) = (tap / K, tap % K);
@@ -100,14 +100,14 @@ pub fn first_max_indices(x: &Tensor, h: usize, w: usize) -> Tensor {
     let plane = h * w;
     let planes = x.numel() / plane;
     let (oh, ow) = (h / 2, w / 2);
-    let idx = Tensor::empty(
+    let mut idx = Tensor::empty(
         [planes as i64, (oh * ow) as i64],
         (Kind::Int64, Device::Cpu),
     );
     {
         let src = f32_slice(x);
         // SAFETY: `idx` was just created here, is contiguous and not shared.
-        let dst = unsafe { i64_slice_mut(&idx) };
+        let dst = unsafe { i64_slice_mut(&mut idx) };
         for (p, out) in dst.chunks_exact_mut(oh * ow).enumerate() {
             let v = &src[p * plane..(p + 1) * plane];
             for (i, out_row) in out.chunks_exact_mut(ow).enumerate() {
@@ -149,8 +149,8 @@ fn f32_slice(t: &Tensor) -> &[f32] {
 /// The elements of a contiguous float CPU tensor, writable.
 ///
 /// # Safety
-/// No other reference to the tensor's storage may be used while the slice lives.
-unsafe fn f32_slice_mut(t: &Tensor) -> &mut [f32] {
+/// No other tensor sharing this storage may be used while the slice lives.
+unsafe fn f32_slice_mut(t: &mut Tensor) -> &mut [f32] {
     assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
     let len = t.numel();
     if len == 0 {
@@ -163,8 +163,8 @@ unsafe fn f32_slice_mut(t: &Tensor) -> &mut [f32] {
 /// The elements of a contiguous int64 CPU tensor, writable.
 ///
 /// # Safety
-/// No other reference to the tensor's storage may be used while the slice lives.
-unsafe fn i64_slice_mut(t: &Tensor) -> &mut [i64] {
+/// No other tensor sharing this storage may be used while the slice lives.
+unsafe fn i64_slice_mut(t: &mut Tensor) -> &mut [i64] {
     assert!(t.device() == Device::Cpu && t.kind() == Kind::Int64 && t.is_contiguous());
     let len = t.numel();
     if len == 0 {
@@ -191,8 +191,16 @@ mod tests {
         let ours = max_pool_2x2(&a);
         let theirs = b.unsqueeze(1).max_pool2d_default(2).squeeze_dim(1);
         assert_eq!(ours.size(), vec![5, 4, 6]);
-        assert!(ours.isnan().eq_tensor(&theirs.isnan()).all().int64_value(&[]) == 1);
-        assert!(ours.nan_to_num(0.0, None, None).equal(&theirs.nan_to_num(0.0, None, None)));
+        assert!(
+            ours.isnan()
+                .eq_tensor(&theirs.isnan())
+                .all()
+                .int64_value(&[])
+                == 1
+        );
+        assert!(ours
+            .nan_to_num(0.0, None, None)
+            .equal(&theirs.nan_to_num(0.0, None, None)));
         let g = Tensor::randn([5, 4, 6], (Kind::Float, Device::Cpu));
         (&ours * &g).sum(Kind::Float).backward();
         (&theirs * &g).sum(Kind::Float).backward();

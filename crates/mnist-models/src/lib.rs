@@ -311,7 +311,11 @@ mod tests {
         for ((p, a), b) in m.parameters().iter().zip(&gf).zip(&gr) {
             let scale = b.abs().max().double_value(&[]).max(1e-6);
             let rel = (a - b).abs().max().double_value(&[]) / scale;
-            assert!(rel < 1e-4, "{}: gradients differ by {rel} (relative)", p.name);
+            assert!(
+                rel < 1e-4,
+                "{}: gradients differ by {rel} (relative)",
+                p.name
+            );
         }
     }
 
