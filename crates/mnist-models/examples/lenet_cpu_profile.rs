@@ -31,7 +31,10 @@ fn main() {
     let m = Model::new(Arch::LeNet, Device::Cpu);
     let x = Tensor::randn([n, 1, 28, 28], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
-    let reps = 300;
+    let reps = std::env::var("REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     time("reference fwd", reps, || {
         let _ = tch::no_grad(|| m.forward_reference(&x));
     });

@@ -285,9 +285,10 @@ mod tests {
     fn lenet_cpu_forward_matches_reference_ops() {
         tch::manual_seed(7);
         let m = Model::new(Arch::LeNet, Device::Cpu);
-        let x = Tensor::randn([16, 1, 28, 28], (Kind::Float, Device::Cpu));
+        // More than one chunk of the fast path (128 images).
+        let x = Tensor::randn([150, 1, 28, 28], (Kind::Float, Device::Cpu));
         let _ = x.narrow(2, 0, 6).fill_(-0.4242);
-        let y = Tensor::randint(10, [16], (Kind::Int64, Device::Cpu));
+        let y = Tensor::randint(10, [150], (Kind::Int64, Device::Cpu));
         assert!(lenet_cpu::applies(&x));
         let grads = |logits: Tensor| {
             for p in m.parameters() {
