@@ -28,11 +28,14 @@ const OUT1: usize = SIDE - K + 1;
 /// Largest batch computed in one piece.
 const CHUNK: i64 = 128;
 
-/// Whether [`forward`] applies: a float CPU batch of `[N, 1, 28, 28]` images.
+/// Whether [`forward`] applies: a non-empty float CPU batch of `[N, 1, 28, 28]` images that
+/// needs no gradient of its own (the shifted copies are built outside autograd).
 pub fn applies(x: &Tensor) -> bool {
     x.device() == Device::Cpu
         && x.kind() == Kind::Float
+        && !x.requires_grad()
         && x.dim() == 4
+        && x.size()[0] > 0
         && x.size()[1..] == [1, SIDE as i64, SIDE as i64]
 }
 
