@@ -17,6 +17,7 @@
 //! The result equals [`crate::Model::forward_reference`] up to float rounding in `conv1`'s sums
 //! (pooling is exact); `tests` checks logits and every gradient.
 
+use tch::kind::Element;
 use tch::{Device, Kind, Tensor};
 
 /// Side of the input images.
@@ -75,9 +76,9 @@ pub fn conv1_columns(x: &Tensor) -> Tensor {
         (Kind::Float, Device::Cpu),
     );
     {
-        let src = f32_slice(&x);
+        let src = slice::<f32>(&x);
         // SAFETY: `cols` was just created here, is contiguous and not shared.
-        let dst = unsafe { f32_slice_mut(&mut cols) };
+        let dst = unsafe { slice_mut::<f32>(&mut cols) };
         let plane = OUT1 * OUT1;
         for (tap, dst_tap) in dst.chunks_exact_mut(n * plane).enumerate() {
             let (kh, kw) = (tap / K, tap % K);
@@ -116,9 +117,9 @@ pub fn first_max_indices(x: &Tensor, h: usize, w: usize) -> Tensor {
         (Kind::Int64, Device::Cpu),
     );
     {
-        let src = f32_slice(x);
+        let src = slice::<f32>(x);
         // SAFETY: `idx` was just created here, is contiguous and not shared.
-        let dst = unsafe { i64_slice_mut(&mut idx) };
+        let dst = unsafe { slice_mut::<i64>(&mut idx) };
         for (p, out) in dst.chunks_exact_mut(oh * ow).enumerate() {
             let v = &src[p * plane..(p + 1) * plane];
             for (i, out_row) in out.chunks_exact_mut(ow).enumerate() {
@@ -145,44 +146,34 @@ pub fn first_max_indices(x: &Tensor, h: usize, w: usize) -> Tensor {
     idx
 }
 
-/// The elements of a contiguous float CPU tensor.
-fn f32_slice(t: &Tensor) -> &[f32] {
-    assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
-    let len = t.numel();
+/// Check that `t` is a contiguous CPU tensor of `T`s and return its length.
+fn checked_len<T: Element>(t: &Tensor) -> usize {
+    assert!(t.device() == Device::Cpu && t.kind() == T::KIND && t.is_contiguous());
+    t.numel()
+}
+
+/// The elements of a contiguous CPU tensor of `T`s.
+fn slice<T: Element>(t: &Tensor) -> &[T] {
+    let len = checked_len::<T>(t);
     if len == 0 {
         return &[];
     }
-    // SAFETY: the tensor is a contiguous CPU float tensor of `len` elements, alive for the
-    // borrow; nothing writes to it while the slice exists (callers pass detached inputs).
-    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, len) }
+    // SAFETY: the tensor is a contiguous CPU tensor of `len` `T`s, alive for the borrow;
+    // nothing writes to it while the slice exists (callers pass detached inputs).
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, len) }
 }
 
-/// The elements of a contiguous float CPU tensor, writable.
+/// The elements of a contiguous CPU tensor of `T`s, writable.
 ///
 /// # Safety
 /// No other tensor sharing this storage may be used while the slice lives.
-unsafe fn f32_slice_mut(t: &mut Tensor) -> &mut [f32] {
-    assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
-    let len = t.numel();
+unsafe fn slice_mut<T: Element>(t: &mut Tensor) -> &mut [T] {
+    let len = checked_len::<T>(t);
     if len == 0 {
         return &mut [];
     }
     // SAFETY: as above; exclusivity is the caller's promise.
-    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, len) }
-}
-
-/// The elements of a contiguous int64 CPU tensor, writable.
-///
-/// # Safety
-/// No other tensor sharing this storage may be used while the slice lives.
-unsafe fn i64_slice_mut(t: &mut Tensor) -> &mut [i64] {
-    assert!(t.device() == Device::Cpu && t.kind() == Kind::Int64 && t.is_contiguous());
-    let len = t.numel();
-    if len == 0 {
-        return &mut [];
-    }
-    // SAFETY: as above; exclusivity is the caller's promise.
-    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut i64, len) }
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, len) }
 }
 
 #[cfg(test)]
