@@ -25,17 +25,9 @@ import warnings
 import torch
 import torch.nn as nn
 
-
-class LeNet(nn.Module):
-    """The reference model class whose state_dict keys the Rust side writes."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(256, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
+# The reference LeNet, defined once for all the scripts in scripts/ref/torch_loop.py.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ref"))
+from torch_loop import LeNet  # noqa: E402
 
 
 def bits(t):

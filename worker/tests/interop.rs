@@ -63,20 +63,6 @@ fn python_eval(py: &Path, data: &Path, model: &Path, tmp: &Path) -> ((u64, u64, 
     )
 }
 
-/// `--evaluate` output: (correct, count, avg_loss).
-fn worker_eval(data: &Path, model: &Path, out: &Path) -> (u64, u64, f64) {
-    let o = worker(args![
-        "--data",
-        data.display(),
-        "--path",
-        out.display(),
-        "--evaluate",
-        model.display()
-    ])
-    .ok("--evaluate");
-    last_test_line(&o.stdout).unwrap_or_else(|| panic!("no Test set line:\n{}", o.stdout))
-}
-
 fn compare(what: &str, data: &Path, model: &Path, py: &Path, tmp: &Path) {
     let ours = rust_logits(data, model);
     let ((pc, pn, ploss), theirs) = python_eval(py, data, model, tmp);
@@ -100,7 +86,7 @@ fn compare(what: &str, data: &Path, model: &Path, py: &Path, tmp: &Path) {
         argmax(&theirs),
         "{what}: per-sample predictions differ"
     );
-    let (c, n, loss) = worker_eval(data, model, &tmp.join("eval"));
+    let (c, n, loss) = evaluate(data, &tmp.join("eval"), model);
     println!("{what}: --evaluate {c}/{n} loss {loss:.4}; PyTorch {pc}/{pn} loss {ploss:.6}");
     assert_eq!(
         (c, n),

@@ -101,25 +101,6 @@ fn check_model_file(file: &Path) {
     assert!(t.iter().all(|t| t.data.iter().all(|v| v.is_finite())));
 }
 
-/// Evaluate `model` with `--evaluate`; returns (correct, count, loss) from its output.
-fn evaluate(data: &Path, out: &Path, model: &Path) -> (u64, u64, f64) {
-    let o = worker(args![
-        "--data",
-        data.display(),
-        "--path",
-        out.display(),
-        "--evaluate",
-        model.display()
-    ])
-    .ok("--evaluate");
-    assert!(
-        !o.stdout.contains("Train Epoch"),
-        "--evaluate trained:\n{}",
-        o.stdout
-    );
-    last_test_line(&o.stdout).unwrap_or_else(|| panic!("no Test set line in:\n{}", o.stdout))
-}
-
 #[test]
 fn training_makes_progress_and_evaluate_reproduces_the_best_accuracy() {
     let tmp = tempdir();

@@ -224,6 +224,25 @@ pub fn has_log_prefix(line: &str) -> bool {
         && &b[17..20] == b" | "
 }
 
+/// Evaluate `model` with `--evaluate`; returns (correct, count, loss) from its output.
+pub fn evaluate(data: &Path, out: &Path, model: &Path) -> (u64, u64, f64) {
+    let o = worker(args![
+        "--data",
+        data.display(),
+        "--path",
+        out.display(),
+        "--evaluate",
+        model.display()
+    ])
+    .ok("--evaluate");
+    assert!(
+        !o.stdout.contains("Train Epoch"),
+        "--evaluate trained:\n{}",
+        o.stdout
+    );
+    last_test_line(&o.stdout).unwrap_or_else(|| panic!("no Test set line in:\n{}", o.stdout))
+}
+
 /// `(correct, count, average loss)` from the last `Test set: … Accuracy: c/N` line in `text`.
 pub fn last_test_line(text: &str) -> Option<(u64, u64, f64)> {
     let line = text
