@@ -1,10 +1,13 @@
 //! Command-line flags shared by `mnist-launch` and `mnist-worker` (the reference's flags and
-//! ours). The launcher forwards them to each worker unchanged, see [`TrainArgs::to_args`].
+//! ours). The launcher forwards the ones given to it to each worker unchanged, see
+//! [`forwarded_args`].
 
 use crate::config::{
-    BackendKind, CompressionKind, ConfigError, DeviceKind, ModelKind, TrainConfig,
+    BackendKind, CompressionKind, ConfigError, DeviceKind, ModelKind, ProgressMode, TrainConfig,
 };
-use clap::{Args, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Command};
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// Default download mirrors for MNIST, tried in order.
@@ -12,63 +15,6 @@ pub const DEFAULT_MIRRORS: &[&str] = &[
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 ];
-
-/// `--model` values, spelled as the reference spells them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ModelArg {
-    /// LeNet-5 style CNN.
-    #[value(name = "LeNet")]
-    LeNet,
-    /// 784→500→250→10 perceptron.
-    #[value(name = "MLP")]
-    Mlp,
-}
-
-/// `--device` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DeviceArg {
-    /// CUDA when usable, else CPU.
-    Auto,
-    /// CPU only.
-    Cpu,
-    /// CUDA; fails when no GPU is usable.
-    Cuda,
-}
-
-/// `--backend` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BackendArg {
-    /// NCCL on GPUs, the CPU backend otherwise.
-    Auto,
-    /// NCCL through cudarc.
-    Nccl,
-    /// Shared memory / TCP.
-    Cpu,
-}
-
-/// `--compression` values (PyTorch DDP hook names; top-k is ours).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum CompressionArg {
-    /// No compression.
-    None,
-    /// fp16 all-reduce.
-    Fp16,
-    /// bf16 all-reduce.
-    Bf16,
-    /// Top-k with error feedback.
-    Topk,
-    /// PowerSGD.
-    Powersgd,
-    /// PowerSGD in fp16.
-    #[value(name = "powersgd_fp16")]
-    PowersgdFp16,
-    /// Batched PowerSGD.
-    #[value(name = "batched_powersgd")]
-    BatchedPowersgd,
-    /// Batched PowerSGD in fp16.
-    #[value(name = "batched_powersgd_fp16")]
-    BatchedPowersgdFp16,
-}
 
 /// Training and evaluation flags, identical for the launcher and the worker.
 #[derive(Args, Clone, Debug)]
@@ -104,7 +50,7 @@ pub struct TrainArgs {
     pub seed: u64,
     /// Model to train: LeNet or MLP.
     #[arg(long, value_enum, default_value = "LeNet", ignore_case = true)]
-    pub model: ModelArg,
+    pub model: ModelKind,
     /// Folder for mnist_train.log, metrics.jsonl and mnist_model.pt.
     #[arg(long, default_value = "./logging/")]
     pub path: PathBuf,
@@ -128,16 +74,16 @@ pub struct TrainArgs {
     pub gpu: Option<usize>,
     /// Device: auto (CUDA when usable), cpu, or cuda.
     #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceArg,
+    pub device: DeviceKind,
     /// Communication backend: auto (NCCL on GPUs), nccl, or cpu.
     #[arg(long, value_enum, default_value = "auto")]
-    pub backend: BackendArg,
+    pub backend: BackendKind,
     /// Gradient bucket size in MiB.
     #[arg(long, default_value_t = 25.0)]
     pub bucket_cap_mb: f64,
     /// Gradient compression.
     #[arg(long, value_enum, default_value = "none")]
-    pub compression: CompressionArg,
+    pub compression: CompressionKind,
     /// Fraction of entries top-k sends per bucket.
     #[arg(long, default_value_t = 0.01)]
     pub topk_ratio: f64,
@@ -162,8 +108,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N")]
     pub batch_threads: Option<usize>,
     /// Progress bar: always, never, or (default) when stdout is a terminal.
-    #[arg(long, value_parser = ["always", "never", "auto"], default_value = "auto")]
-    pub progress: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
     /// Stop once this many epochs of the schedule are done, as if interrupted (for testing
     /// --resume).
     #[arg(long, hide = true)]
@@ -174,10 +120,7 @@ impl TrainArgs {
     /// Validate the flags into the plain configuration the training code takes.
     pub fn resolve(&self) -> Result<TrainConfig, ConfigError> {
         let cfg = TrainConfig {
-            model: match self.model {
-                ModelArg::LeNet => ModelKind::LeNet,
-                ModelArg::Mlp => ModelKind::Mlp,
-            },
+            model: self.model,
             batch_size: self.batch_size,
             test_batch_size: self.test_batch_size,
             epochs: self.epochs,
@@ -196,28 +139,11 @@ impl TrainArgs {
             },
             evaluate: self.evaluate.clone(),
             resume: self.resume,
-            device: match self.device {
-                DeviceArg::Auto => DeviceKind::Auto,
-                DeviceArg::Cpu => DeviceKind::Cpu,
-                DeviceArg::Cuda => DeviceKind::Cuda,
-            },
+            device: self.device,
             gpu: self.gpu,
-            backend: match self.backend {
-                BackendArg::Auto => BackendKind::Auto,
-                BackendArg::Nccl => BackendKind::Nccl,
-                BackendArg::Cpu => BackendKind::Cpu,
-            },
+            backend: self.backend,
             bucket_cap_mb: self.bucket_cap_mb,
-            compression: match self.compression {
-                CompressionArg::None => CompressionKind::None,
-                CompressionArg::Fp16 => CompressionKind::Fp16,
-                CompressionArg::Bf16 => CompressionKind::Bf16,
-                CompressionArg::Topk => CompressionKind::TopK,
-                CompressionArg::Powersgd => CompressionKind::PowerSgd,
-                CompressionArg::PowersgdFp16 => CompressionKind::PowerSgdFp16,
-                CompressionArg::BatchedPowersgd => CompressionKind::BatchedPowerSgd,
-                CompressionArg::BatchedPowersgdFp16 => CompressionKind::BatchedPowerSgdFp16,
-            },
+            compression: self.compression,
             topk_ratio: self.topk_ratio,
             powersgd_rank: self.powersgd_rank,
             powersgd_start_iter: self.powersgd_start_iter,
@@ -225,110 +151,53 @@ impl TrainArgs {
             timeout_s: self.timeout,
             threads: self.threads,
             batch_threads: self.batch_threads,
-            progress: match self.progress.as_str() {
-                "always" => Some(true),
-                "never" => Some(false),
-                _ => None,
-            },
+            progress: self.progress,
             stop_after: self.stop_after_epochs,
         };
         cfg.validate()?;
         Ok(cfg)
     }
+}
 
-    /// The flags as command-line arguments, for forwarding to a worker.
-    pub fn to_args(&self) -> Vec<String> {
-        let mut a: Vec<String> = Vec::new();
-        let mut kv = |k: &str, v: String| {
-            a.push(k.to_string());
-            a.push(v);
+/// The training flags set on the command line (or from the environment) in `matches` — which
+/// must come from a command that flattens [`TrainArgs`] — as arguments for a worker, in the
+/// order clap defines them. Derived from clap's own definition of [`TrainArgs`], so a new flag
+/// is forwarded without anyone listing it; flags left at their defaults are not passed (the
+/// worker has the same defaults, from the same struct).
+pub fn forwarded_args(matches: &ArgMatches) -> Vec<OsString> {
+    let defs = TrainArgs::augment_args(Command::new("train-args"));
+    let mut out = Vec::new();
+    for arg in defs.get_arguments() {
+        let id = arg.get_id().as_str();
+        let (Some(long), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) =
+            (arg.get_long(), matches.value_source(id))
+        else {
+            continue;
         };
-        kv("--batch-size", self.batch_size.to_string());
-        kv("--test-batch-size", self.test_batch_size.to_string());
-        kv("--epochs", self.epochs.to_string());
-        kv("--lr", self.lr.to_string());
-        kv("--momentum", self.momentum.to_string());
-        kv("--weight-decay", self.weight_decay.to_string());
-        kv("--log-interval", self.log_interval.to_string());
-        kv("--seed", self.seed.to_string());
-        kv(
-            "--model",
-            self.model
-                .to_possible_value()
-                .unwrap()
-                .get_name()
-                .to_string(),
-        );
-        kv("--path", self.path.display().to_string());
-        kv("--data", self.data.display().to_string());
-        for m in &self.mirrors {
-            kv("--mirror", m.clone());
+        let flag = OsString::from(format!("--{long}"));
+        if !arg.get_action().takes_values() {
+            // A switch (`--download`, `--resume`): present means on.
+            if matches.get_flag(id) {
+                out.push(flag);
+            }
+            continue;
         }
-        if let Some(e) = &self.evaluate {
-            kv("--evaluate", e.display().to_string());
+        for occurrence in matches.get_raw_occurrences(id).into_iter().flatten() {
+            out.push(flag.clone());
+            out.extend(occurrence.map(OsString::from));
         }
-        if let Some(g) = self.gpu {
-            kv("--gpu", g.to_string());
-        }
-        kv(
-            "--device",
-            self.device
-                .to_possible_value()
-                .unwrap()
-                .get_name()
-                .to_string(),
-        );
-        kv(
-            "--backend",
-            self.backend
-                .to_possible_value()
-                .unwrap()
-                .get_name()
-                .to_string(),
-        );
-        kv("--bucket-cap-mb", self.bucket_cap_mb.to_string());
-        kv(
-            "--compression",
-            self.compression
-                .to_possible_value()
-                .unwrap()
-                .get_name()
-                .to_string(),
-        );
-        kv("--topk-ratio", self.topk_ratio.to_string());
-        kv("--powersgd-rank", self.powersgd_rank.to_string());
-        kv(
-            "--powersgd-start-iter",
-            self.powersgd_start_iter.to_string(),
-        );
-        kv("--check-sync", self.check_sync.to_string());
-        kv("--timeout", self.timeout.to_string());
-        if let Some(t) = self.threads {
-            kv("--threads", t.to_string());
-        }
-        if let Some(t) = self.batch_threads {
-            kv("--batch-threads", t.to_string());
-        }
-        kv("--progress", self.progress.clone());
-        if let Some(n) = self.stop_after_epochs {
-            kv("--stop-after-epochs", n.to_string());
-        }
-        if self.download {
-            a.push("--download".into());
-        }
-        if self.resume {
-            a.push("--resume".into());
-        }
-        a
     }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use clap::{CommandFactory, FromArgMatches, Parser};
 
+    /// Both binaries parse with `args_override_self` (a later flag wins).
     #[derive(Parser)]
+    #[command(args_override_self = true)]
     struct Cli {
         #[command(flatten)]
         t: TrainArgs,
@@ -351,28 +220,96 @@ mod tests {
         assert_eq!(c.model, ModelKind::LeNet);
     }
 
+    /// A non-default value for each training flag that takes a free-form value. Flags with a
+    /// fixed set of values get one picked automatically; a flag missing from here fails
+    /// `every_flag_survives_the_trip_to_the_worker`, so no flag can skip that test.
+    fn sample_value(long: &str) -> Option<&'static str> {
+        Some(match long {
+            "batch-size" => "32",
+            "test-batch-size" => "500",
+            "epochs" => "3",
+            "lr" => "0.05",
+            "momentum" => "0.5",
+            "weight-decay" => "0.001",
+            "log-interval" => "5",
+            "seed" => "7",
+            "path" => "/tmp/a run/out",
+            "data" => "/tmp/data dir",
+            "mirror" => "http://127.0.0.1:9/mnist/",
+            "evaluate" => "some model.pt",
+            "gpu" => "1",
+            "bucket-cap-mb" => "1.5",
+            "topk-ratio" => "0.1",
+            "powersgd-rank" => "4",
+            "powersgd-start-iter" => "10",
+            "check-sync" => "2",
+            "timeout" => "30",
+            "threads" => "3",
+            "batch-threads" => "2",
+            "stop-after-epochs" => "1",
+            _ => return None,
+        })
+    }
+
+    /// The flag with a non-default value, as arguments.
+    fn flag_with_sample(arg: &clap::Arg) -> Vec<String> {
+        let long = arg.get_long().expect("training flags are long flags");
+        let mut v = vec![format!("--{long}")];
+        if !arg.get_action().takes_values() {
+            return v;
+        }
+        let default: Vec<_> = arg.get_default_values().iter().collect();
+        let choice = arg
+            .get_possible_values()
+            .into_iter()
+            .map(|p| p.get_name().to_string())
+            .find(|p| !default.iter().any(|d| d.to_str() == Some(p)));
+        match choice.or_else(|| sample_value(long).map(String::from)) {
+            Some(value) => v.push(value),
+            None => panic!("--{long}: add a non-default sample value to sample_value()"),
+        }
+        v
+    }
+
+    /// What a worker resolves from the arguments the launcher forwards for `argv`.
+    fn round_trip(argv: &[String]) -> (String, String) {
+        let cmd = Cli::command();
+        let m = cmd
+            .try_get_matches_from(std::iter::once("x".to_string()).chain(argv.iter().cloned()))
+            .unwrap();
+        let given = Cli::from_arg_matches(&m).unwrap().t.resolve().unwrap();
+        let forwarded = forwarded_args(&m);
+        let worker = Cli::try_parse_from(std::iter::once(OsString::from("x")).chain(forwarded))
+            .unwrap()
+            .t
+            .resolve()
+            .unwrap();
+        (format!("{given:?}"), format!("{worker:?}"))
+    }
+
     #[test]
-    fn forwarded_args_parse_back_to_the_same_config() {
-        let a = Cli::parse_from([
-            "x",
-            "--model",
-            "mlp",
-            "--wd",
-            "0.001",
-            "--epochs",
-            "3",
-            "--resume",
-            "--compression",
-            "powersgd_fp16",
-            "--batch-threads",
-            "3",
-        ])
-        .t;
-        let b = Cli::parse_from(std::iter::once("x".to_string()).chain(a.to_args())).t;
-        assert_eq!(
-            format!("{:?}", a.resolve().unwrap()),
-            format!("{:?}", b.resolve().unwrap())
+    fn every_flag_survives_the_trip_to_the_worker() {
+        let defaults = format!("{:?}", Cli::parse_from(["x"]).t.resolve().unwrap());
+        let defs = TrainArgs::augment_args(Command::new("t"));
+        let mut all = Vec::new();
+        for arg in defs.get_arguments() {
+            let argv = flag_with_sample(arg);
+            let (given, worker) = round_trip(&argv);
+            assert_ne!(given, defaults, "{argv:?} must change the configuration");
+            assert_eq!(given, worker, "{argv:?} did not survive forwarding");
+            all.extend(argv);
+        }
+        // All at once, a repeated flag, and the reference's `--wd` alias.
+        all.extend(["--mirror", "http://127.0.0.1:9/two/", "--wd", "0.002"].map(String::from));
+        let (given, worker) = round_trip(&all);
+        assert_eq!(given, worker);
+        assert!(
+            worker.contains("two/") && worker.contains("0.002"),
+            "{worker}"
         );
+        // Nothing given, nothing forwarded.
+        let m = Cli::command().get_matches_from(["x"]);
+        assert!(forwarded_args(&m).is_empty());
     }
 
     #[test]

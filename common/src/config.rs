@@ -2,20 +2,24 @@
 //! `cli::TrainArgs::resolve` turns flags into a [`TrainConfig`] or a [`ConfigError`] naming
 //! the flag and what was expected.
 
+use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// Which network to train.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Which network to train (`--model`, spelled as the reference spells it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 pub enum ModelKind {
     /// LeNet-5 style CNN: conv 1→6 k5, pool, conv 6→16 k5, pool, fc 256→120→84→10.
+    #[value(name = "LeNet")]
     LeNet,
     /// Multi-layer perceptron 784→500→250→10.
+    #[value(name = "MLP")]
     Mlp,
 }
 
 impl ModelKind {
-    /// The name the reference uses on its command line (`LeNet`, `MLP`).
+    /// The name the reference uses on its command line (`LeNet`, `MLP`); the same as the
+    /// `--model` value (tested).
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::LeNet => "LeNet",
@@ -24,8 +28,8 @@ impl ModelKind {
     }
 }
 
-/// Where tensors live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Where tensors live (`--device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 pub enum DeviceKind {
     /// CUDA when a GPU is usable, else the CPU.
     Auto,
@@ -35,8 +39,8 @@ pub enum DeviceKind {
     Cuda,
 }
 
-/// Which communication backend reduces gradients.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Which communication backend reduces gradients (`--backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 pub enum BackendKind {
     /// NCCL on CUDA devices, the CPU backend otherwise.
     Auto,
@@ -46,8 +50,9 @@ pub enum BackendKind {
     Cpu,
 }
 
-/// Gradient compression applied before the all-reduce (names follow PyTorch's DDP hooks).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Gradient compression applied before the all-reduce (`--compression`; names follow
+/// PyTorch's DDP hooks, top-k is ours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 pub enum CompressionKind {
     /// Plain f32 all-reduce.
     None,
@@ -56,15 +61,47 @@ pub enum CompressionKind {
     /// Divide by world size, all-reduce in bf16.
     Bf16,
     /// Top-k by magnitude with error feedback, exchanged by all-gather.
+    #[value(name = "topk")]
     TopK,
     /// PowerSGD low-rank compression.
+    #[value(name = "powersgd")]
     PowerSgd,
     /// PowerSGD communicating in fp16.
+    #[value(name = "powersgd_fp16")]
     PowerSgdFp16,
     /// PowerSGD on whole flattened buckets.
+    #[value(name = "batched_powersgd")]
     BatchedPowerSgd,
     /// Batched PowerSGD communicating in fp16.
+    #[value(name = "batched_powersgd_fp16")]
     BatchedPowerSgdFp16,
+}
+
+impl CompressionKind {
+    /// The `--compression` value (`none`, `fp16`, `powersgd_fp16`, …; tested against clap's).
+    pub fn name(self) -> &'static str {
+        match self {
+            CompressionKind::None => "none",
+            CompressionKind::Fp16 => "fp16",
+            CompressionKind::Bf16 => "bf16",
+            CompressionKind::TopK => "topk",
+            CompressionKind::PowerSgd => "powersgd",
+            CompressionKind::PowerSgdFp16 => "powersgd_fp16",
+            CompressionKind::BatchedPowerSgd => "batched_powersgd",
+            CompressionKind::BatchedPowerSgdFp16 => "batched_powersgd_fp16",
+        }
+    }
+}
+
+/// When to draw a progress bar (`--progress`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+pub enum ProgressMode {
+    /// When stdout is a terminal.
+    Auto,
+    /// Always (also into a pipe, drawn with ANSI sequences).
+    Always,
+    /// Never.
+    Never,
 }
 
 /// A flag value that cannot be used, with the flag's name and what was expected.
@@ -136,8 +173,8 @@ pub struct TrainConfig {
     pub threads: Option<usize>,
     /// Threads each training batch is split across (None: see [`TrainConfig::batch_parts`]).
     pub batch_threads: Option<usize>,
-    /// Show a progress bar (None: when stdout is a terminal).
-    pub progress: Option<bool>,
+    /// When to show a progress bar.
+    pub progress: ProgressMode,
     /// Stop after this many epochs of the schedule (simulates an interrupted run; tests).
     pub stop_after: Option<usize>,
 }
@@ -212,5 +249,24 @@ impl TrainConfig {
             return Err(bad("--batch-threads", 0, "an integer ≥ 1"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clap_name<T: ValueEnum>(v: &T) -> String {
+        v.to_possible_value().unwrap().get_name().to_string()
+    }
+
+    #[test]
+    fn names_are_the_command_line_values() {
+        for m in ModelKind::value_variants() {
+            assert_eq!(m.name(), clap_name(m));
+        }
+        for c in CompressionKind::value_variants() {
+            assert_eq!(c.name(), clap_name(c));
+        }
     }
 }

@@ -1,12 +1,16 @@
 //! The launcher ↔ worker contract, written down once. The README's "Launcher ↔ worker
 //! contract" section describes the same thing for people.
 //!
-//! The launcher starts `mnist-worker` once per rank with the training flags it was given
-//! ([`crate::cli::TrainArgs::to_args`]) plus [`WorkerIdentity::to_args`], and sets the same
-//! identity in torchrun's environment variables so a worker can also be started by hand.
+//! Everything the two binaries share lives here: environment variables, file names, exit
+//! codes and the failure kinds behind them. The launcher starts `mnist-worker` once per rank
+//! with the training flags it was given ([`crate::cli::forwarded_args`]) and the worker's
+//! identity in the environment ([`WorkerIdentity::to_env`], torchrun's variable names, so a
+//! worker can also be started by hand).
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+
+// ---- Environment: identity (torchrun's names, so a worker can be started by hand) ----
 
 /// Global rank of this process (0 ≤ RANK < WORLD_SIZE).
 pub const ENV_RANK: &str = "RANK";
@@ -16,18 +20,134 @@ pub const ENV_LOCAL_RANK: &str = "LOCAL_RANK";
 pub const ENV_WORLD_SIZE: &str = "WORLD_SIZE";
 /// Number of processes on this machine.
 pub const ENV_LOCAL_WORLD_SIZE: &str = "LOCAL_WORLD_SIZE";
+
+// ---- Environment: our launcher's contract ----
+
 /// Path of the rendezvous file.
 pub const ENV_RENDEZVOUS: &str = "MNIST_RENDEZVOUS";
 /// Identifier of this run; a rendezvous file with another id is stale.
 pub const ENV_RUN_ID: &str = "MNIST_RUN_ID";
 /// Seconds a worker waits at the rendezvous for its peers.
 pub const ENV_RENDEZVOUS_TIMEOUT: &str = "MNIST_RENDEZVOUS_TIMEOUT";
-/// Exit code of a worker that failed on bad input or a runtime error.
+/// The IP address rank 0 advertises to ranks on other hosts (default: the first non-loopback
+/// IPv4 address of its host name).
+pub const ENV_RENDEZVOUS_ADDR: &str = "MNIST_RENDEZVOUS_ADDR";
+/// With `--gpus`: the GPU of each local rank, comma-separated (local rank r uses entry r;
+/// indices inside `CUDA_VISIBLE_DEVICES`).
+pub const ENV_GPUS: &str = "MNIST_GPUS";
+/// The worker program the launcher starts (`--worker-bin`; default: `mnist-worker` next to
+/// the launcher).
+pub const ENV_WORKER_BIN: &str = "MNIST_WORKER_BIN";
+/// Intra-op threads per worker; the launcher sets max(1, cores / processes) unless it is
+/// already set.
+pub const ENV_OMP_NUM_THREADS: &str = "OMP_NUM_THREADS";
+/// The GPUs visible to the job (CUDA's own variable; the launcher counts them, the workers'
+/// CUDA runtime applies it).
+pub const ENV_CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
+
+// ---- Environment: tuning of the shared-memory backend (rarely needed) ----
+
+/// Bytes per rank and chunk of the shared-memory all-reduce.
+pub const ENV_SHM_CHUNK: &str = "MNIST_SHM_CHUNK";
+/// Microseconds a shared-memory wait spins before yielding.
+pub const ENV_SHM_SPIN_US: &str = "MNIST_SHM_SPIN_US";
+/// Microseconds a shared-memory wait yields before sleeping on the futex.
+pub const ENV_SHM_YIELD_US: &str = "MNIST_SHM_YIELD_US";
+
+// ---- Files ----
+
+/// The best model inside `--path` (a PyTorch `state_dict`).
+pub const MODEL_FILE: &str = "mnist_model.pt";
+/// The reference's log inside `--path` (global rank 0 only).
+pub const LOG_FILE: &str = "mnist_train.log";
+/// One JSON object per epoch inside `--path`.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The resumable checkpoint inside `--path`.
+pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
+/// Folder of the shared-memory segments.
+pub const SHM_DIR: &str = "/dev/shm";
+
+/// `rank<N>.log`: rank N's stdout and stderr, written by the launcher inside `--path`.
+pub fn rank_log_name(rank: usize) -> String {
+    format!("rank{rank}.log")
+}
+
+/// `mnist-ddp-<run id>.rdzv`: the rendezvous file of a run, in the temporary folder.
+pub fn rendezvous_file_name(run_id: &str) -> String {
+    format!("mnist-ddp-{run_id}.rdzv")
+}
+
+/// `mnist-ddp-<run id>`: the shared-memory segment of a run, in [`SHM_DIR`] (characters outside
+/// `[A-Za-z0-9_-]` become `_`).
+pub fn shm_name_for(run_id: &str) -> String {
+    let clean: String = run_id
+        .chars()
+        .take(160)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("mnist-ddp-{clean}")
+}
+
+// ---- Exit codes ----
+
+/// Exit code of a process that succeeded.
+pub const EXIT_OK: i32 = 0;
+/// Worker: failed by its own fault (a runtime error, libtorch error, out of memory, an output
+/// that cannot be written). Launcher: a worker failed, or the launch could not start.
 pub const EXIT_FAILURE: i32 = 1;
-/// Exit code of a worker stopped because a peer failed.
-pub const EXIT_PEER_FAILED: i32 = 3;
-/// Exit code for bad command-line usage (clap's).
+/// Bad command-line usage or bad input (flags, data files, model files): running it again
+/// unchanged fails the same way. clap uses this code for usage errors too.
 pub const EXIT_USAGE: i32 = 2;
+/// Worker: stopped because a peer failed (died, aborted, hung past `--timeout`).
+pub const EXIT_PEER_FAILED: i32 = 3;
+/// Added to a signal number for a process stopped by that signal (130 for SIGINT, 143 for
+/// SIGTERM, 129 for SIGHUP), as shells report it.
+pub const EXIT_SIGNAL_BASE: i32 = 128;
+
+/// What kind of failure ended a worker, which decides its exit code (and, for a launcher,
+/// whether trying again could help).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// This process failed by itself (runtime error, libtorch error, I/O on its outputs).
+    OwnFault,
+    /// Another rank failed first; this one stopped because of it.
+    PeerFailed,
+    /// The flags or input files cannot work; nothing ran that a retry would change.
+    BadInput,
+    /// Stopped by this signal number (SIGINT, SIGTERM, SIGHUP).
+    Interrupted(i32),
+}
+
+impl FailureKind {
+    /// The documented exit code for this kind of failure.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            FailureKind::OwnFault => EXIT_FAILURE,
+            FailureKind::PeerFailed => EXIT_PEER_FAILED,
+            FailureKind::BadInput => EXIT_USAGE,
+            FailureKind::Interrupted(sig) => EXIT_SIGNAL_BASE + sig,
+        }
+    }
+
+    /// The kind a worker's exit code stands for (`None` for success or an unknown code).
+    pub fn from_exit_code(code: i32) -> Option<FailureKind> {
+        match code {
+            EXIT_FAILURE => Some(FailureKind::OwnFault),
+            EXIT_USAGE => Some(FailureKind::BadInput),
+            EXIT_PEER_FAILED => Some(FailureKind::PeerFailed),
+            c if c > EXIT_SIGNAL_BASE && c < EXIT_SIGNAL_BASE + 64 => {
+                Some(FailureKind::Interrupted(c - EXIT_SIGNAL_BASE))
+            }
+            _ => None,
+        }
+    }
+}
 
 /// Who a worker is within the job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,27 +205,24 @@ impl WorkerIdentity {
         }
         v
     }
+}
 
-    /// Worker command-line arguments carrying the same identity.
-    pub fn to_args(&self) -> Vec<String> {
-        let mut v = vec![
-            "--rank".into(),
-            self.rank.to_string(),
-            "--local-rank".into(),
-            self.local_rank.to_string(),
-            "--world-size".into(),
-            self.world_size.to_string(),
-            "--local-world-size".into(),
-            self.local_world_size.to_string(),
-            "--rendezvous-timeout".into(),
-            self.rendezvous_timeout_s.to_string(),
-        ];
-        if let Some(r) = &self.rendezvous {
-            v.extend(["--rendezvous".into(), r.display().to_string()]);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_round_trip() {
+        for k in [
+            FailureKind::OwnFault,
+            FailureKind::PeerFailed,
+            FailureKind::BadInput,
+            FailureKind::Interrupted(15),
+        ] {
+            assert_eq!(FailureKind::from_exit_code(k.exit_code()), Some(k));
         }
-        if let Some(r) = &self.run_id {
-            v.extend(["--run-id".into(), r.clone()]);
-        }
-        v
+        assert_eq!(FailureKind::Interrupted(2).exit_code(), 130);
+        assert_eq!(FailureKind::from_exit_code(0), None);
+        assert_eq!(shm_name_for("a/b c"), "mnist-ddp-a_b_c");
     }
 }

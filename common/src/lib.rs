@@ -6,21 +6,24 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod logging;
+pub mod panics;
 pub mod rendezvous;
 
-pub use config::{BackendKind, CompressionKind, ConfigError, DeviceKind, ModelKind, TrainConfig};
+pub use config::{
+    BackendKind, CompressionKind, ConfigError, DeviceKind, ModelKind, ProgressMode, TrainConfig,
+};
 
-/// One line for an error and its causes (`msg: cause: cause`), skipping a cause whose text
-/// the line already ends with (errors that quote their source in their own message).
+pub use contract::FailureKind;
+
+/// One line for an error and its causes: `msg: cause: cause`. Every error type of the
+/// workspace keeps its source out of its own `Display` (thiserror's and anyhow's convention),
+/// so each cause appears exactly once.
 pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
     let mut line = err.to_string();
     let mut cause = err.source();
     while let Some(c) = cause {
-        let text = c.to_string();
-        if !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
+        line.push_str(": ");
+        line.push_str(&c.to_string());
         cause = c.source();
     }
     line
@@ -29,13 +32,13 @@ pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     #[derive(Debug, thiserror::Error)]
-    #[error("reading x.pt: {source}")]
+    #[error("reading x.pt")]
     struct Outer {
         source: std::io::Error,
     }
 
     #[test]
-    fn error_line_skips_causes_already_quoted() {
+    fn error_line_prints_each_cause_once() {
         let e = Outer {
             source: std::io::Error::other("gone"),
         };

@@ -15,25 +15,7 @@ pub const MAGIC: &[u8; 8] = b"MNISTRDV";
 /// Version of the layout written by this program.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Folder of the shared-memory segments.
-pub const SHM_DIR: &str = "/dev/shm";
-
-/// The shared-memory segment file name for a run id (characters outside `[A-Za-z0-9_-]`
-/// become `_`); the segment is `/dev/shm/<name>`.
-pub fn shm_name_for(run_id: &str) -> String {
-    let clean: String = run_id
-        .chars()
-        .take(160)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("mnist-ddp-{clean}")
-}
+pub use crate::contract::{shm_name_for, SHM_DIR};
 
 /// What rank 0 publishes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +42,7 @@ pub struct RendezvousRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum RendezvousError {
     /// Reading, writing or renaming the file failed.
-    #[error("rendezvous file {path}: {op}: {source}")]
+    #[error("rendezvous file {path}: {op}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -2,9 +2,10 @@
 //! it resolves to. The training flags are validated here too (so a typo fails before any
 //! process starts) and then forwarded to every worker unchanged.
 
-use clap::Parser;
-use mnist_common::cli::{DeviceArg, TrainArgs};
-use mnist_common::ConfigError;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use mnist_common::cli::{forwarded_args, TrainArgs};
+use mnist_common::{ConfigError, DeviceKind, ProgressMode};
+use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,8 +44,12 @@ pub struct LaunchArgs {
     )]
     pub grace_period: f64,
     /// The worker program [default: mnist-worker next to this executable].
-    #[arg(long, hide = true, env = "MNIST_WORKER_BIN", value_name = "PATH")]
+    #[arg(long, hide = true, env = mnist_common::contract::ENV_WORKER_BIN, value_name = "PATH")]
     pub worker_bin: Option<PathBuf>,
+    /// The training flags given on the command line, as the workers receive them (filled by
+    /// [`LaunchArgs::try_parse_argv`]).
+    #[arg(skip)]
+    pub forwarded: Vec<OsString>,
 }
 
 /// The resolved launch: plain values only, no clap types.
@@ -56,8 +61,8 @@ pub struct LaunchConfig {
     pub gpus: Option<Vec<usize>>,
     /// The worker program.
     pub worker_bin: PathBuf,
-    /// Training flags, as arguments every worker receives first.
-    pub worker_args: Vec<String>,
+    /// Training flags, as arguments every worker receives.
+    pub worker_args: Vec<OsString>,
     /// Folder for `rank<N>.log` (the `--path` flag).
     pub log_dir: PathBuf,
     /// Seconds each worker waits at the rendezvous.
@@ -163,6 +168,26 @@ fn list(gpus: &[usize]) -> String {
 }
 
 impl LaunchArgs {
+    /// Parse `argv` (program name first) and keep the training flags that were given, to be
+    /// forwarded to the workers exactly as written (see [`forwarded_args`]). Use this, not
+    /// clap's `parse_from`, which would leave [`LaunchArgs::forwarded`] empty.
+    pub fn try_parse_argv<I, T>(argv: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(argv)?;
+        let mut args = Self::from_arg_matches(&matches)?;
+        args.forwarded = forwarded_args(&matches);
+        Ok(args)
+    }
+
+    /// [`LaunchArgs::try_parse_argv`] of this process's arguments; exits with clap's usage
+    /// message and code on bad flags.
+    pub fn parse_env() -> Self {
+        Self::try_parse_argv(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
     /// Validate against the real machine.
     pub fn resolve(&self) -> Result<LaunchConfig, ArgsError> {
         self.resolve_in(&Environment::detect())
@@ -201,7 +226,7 @@ impl LaunchArgs {
             }
             (Some(n), _) => n,
             (None, Some(g)) => g.len(),
-            (None, None) if self.train.device == DeviceArg::Cpu => 1,
+            (None, None) if self.train.device == DeviceKind::Cpu => 1,
             (None, None) => env.visible_gpus.max(1),
         };
         if self.train.evaluate.is_some() && nproc > 1 {
@@ -240,11 +265,13 @@ impl LaunchArgs {
             gpus,
             worker_bin,
             worker_args: {
-                let mut train = self.train.clone();
-                if train.progress == "auto" && env.console_is_terminal {
-                    train.progress = "always".into();
+                let mut args = self.forwarded.clone();
+                // The workers' output is a pipe: on a terminal, `auto` means draw anyway (a
+                // later flag wins).
+                if self.train.progress == ProgressMode::Auto && env.console_is_terminal {
+                    args.extend(["--progress".into(), "always".into()]);
                 }
-                train.to_args()
+                args
             },
             log_dir: self.train.path.clone(),
             rendezvous_timeout_s,
@@ -288,7 +315,7 @@ mod tests {
         let args = ["mnist-launch", "--worker-bin", "/bin/sh"]
             .iter()
             .chain(extra);
-        LaunchArgs::try_parse_from(args).unwrap()
+        LaunchArgs::try_parse_argv(args).unwrap()
     }
 
     #[test]
@@ -342,17 +369,21 @@ mod tests {
 
     #[test]
     fn progress_auto_becomes_always_on_a_terminal() {
-        let a = LaunchArgs::try_parse_from(["mnist-launch", "--worker-bin", "/bin/sh"]).unwrap();
+        let a = LaunchArgs::try_parse_argv(["mnist-launch", "--worker-bin", "/bin/sh"]).unwrap();
         let mut e = env(0);
         let has = |c: &LaunchConfig, v: &str| {
             c.worker_args
                 .windows(2)
                 .any(|w| w[0] == "--progress" && w[1] == v)
         };
-        assert!(has(&a.resolve_in(&e).unwrap(), "auto"));
+        assert!(!a
+            .resolve_in(&e)
+            .unwrap()
+            .worker_args
+            .contains(&"--progress".into()));
         e.console_is_terminal = true;
         assert!(has(&a.resolve_in(&e).unwrap(), "always"));
-        let a = LaunchArgs::try_parse_from([
+        let a = LaunchArgs::try_parse_argv([
             "mnist-launch",
             "--worker-bin",
             "/bin/sh",
@@ -365,7 +396,7 @@ mod tests {
 
     #[test]
     fn worker_bin_default_and_checks() {
-        let mut a = LaunchArgs::try_parse_from(["mnist-launch"]).unwrap();
+        let mut a = LaunchArgs::try_parse_argv(["mnist-launch"]).unwrap();
         a.worker_bin = None; // whatever MNIST_WORKER_BIN says
         let e = Environment {
             visible_gpus: 0,
@@ -389,18 +420,15 @@ mod tests {
     }
 
     #[test]
-    fn worker_args_parse_back() {
-        let c = parse(&["--epochs", "3", "--model", "MLP"])
+    fn worker_args_are_the_training_flags_given() {
+        let c = parse(&["--epochs", "3", "--model", "MLP", "--nproc", "2"])
             .resolve_in(&env(0))
             .unwrap();
-        let back = LaunchArgs::try_parse_from(
-            ["x", "--worker-bin", "/bin/sh"]
-                .iter()
-                .map(|s| s.to_string())
-                .chain(c.worker_args.clone()),
-        )
-        .unwrap();
-        assert_eq!(back.train.to_args(), c.worker_args);
+        let want: Vec<OsString> = ["--epochs", "3", "--model", "MLP"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(c.worker_args, want);
         assert_eq!(c.log_dir, PathBuf::from("./logging/"));
     }
 }

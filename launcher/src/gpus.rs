@@ -12,7 +12,7 @@ pub const NVIDIA_PROC_GPUS: &str = "/proc/driver/nvidia/gpus";
 /// else the entries of [`NVIDIA_PROC_GPUS`], else 0. Never fails.
 pub fn visible_gpu_count() -> usize {
     count_visible(
-        std::env::var_os("CUDA_VISIBLE_DEVICES").as_deref(),
+        std::env::var_os(mnist_common::contract::ENV_CUDA_VISIBLE_DEVICES).as_deref(),
         Path::new(NVIDIA_PROC_GPUS),
     )
 }

@@ -16,6 +16,7 @@
 use crate::signals::SignalGuard;
 use crate::spec::WorkerSpec;
 use mnist_common::contract::EXIT_PEER_FAILED;
+use mnist_common::FailureKind;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{getpid, getppid, Pid};
 use std::fmt;
@@ -67,7 +68,14 @@ impl Exit {
 impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Exit::Code(c) => write!(f, "exited with code {c}"),
+            Exit::Code(c) => {
+                write!(f, "exited with code {c}")?;
+                match FailureKind::from_exit_code(*c) {
+                    Some(FailureKind::BadInput) => write!(f, " (bad input)"),
+                    Some(FailureKind::PeerFailed) => write!(f, " (a peer failed)"),
+                    _ => Ok(()),
+                }
+            }
             Exit::Signal { signo, core_dumped } => {
                 match Signal::try_from(*signo) {
                     Ok(s) => write!(f, "killed by signal {}", s.as_str())?,

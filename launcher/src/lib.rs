@@ -1,9 +1,10 @@
 //! `mnist-launch` as a library: start one `mnist-worker` per rank, pump their output into
 //! per-rank logs, supervise them as a group and report the first failure (see [`run`]).
 //!
-//! Exit codes of the binary: 0 all workers succeeded; 1 a worker failed (or the launch could
-//! not start); 2 bad command-line usage; 128 + signal number when the launcher was stopped by
-//! SIGINT (130), SIGTERM (143) or SIGHUP (129).
+//! Exit codes of the binary (`mnist_common::contract`): 0 all workers succeeded; 1 a worker
+//! failed (or the launch could not start); 2 bad command-line usage, or the first worker to
+//! fail refused its input (flags, data or model files); 128 + signal number when the launcher
+//! was stopped by SIGINT (130), SIGTERM (143) or SIGHUP (129).
 
 pub mod args;
 pub mod gpus;
@@ -15,6 +16,7 @@ pub mod spec;
 pub use args::{ArgsError, LaunchArgs, LaunchConfig};
 pub use group::{Exit, Exited, Outcome};
 
+use mnist_common::FailureKind;
 use nix::sys::signal::Signal;
 use output::{rank_log_path, Pumps, RankLog, Stream};
 use std::path::{Path, PathBuf};
@@ -105,10 +107,17 @@ impl std::fmt::Display for WorkerFailure {
 impl LaunchError {
     /// The launcher's exit code for this error (see the crate docs).
     pub fn exit_code(&self) -> i32 {
+        use mnist_common::contract::{EXIT_FAILURE, EXIT_USAGE};
         match self {
-            LaunchError::Args(_) => mnist_common::contract::EXIT_USAGE,
+            LaunchError::Args(_) => EXIT_USAGE,
             LaunchError::Interrupted { signal, .. } => signals::exit_code_for(*signal),
-            _ => 1,
+            // A worker refusing its input: running the launch again unchanged cannot help.
+            LaunchError::WorkerFailed(f)
+                if f.first.exit == Exit::Code(FailureKind::BadInput.exit_code()) =>
+            {
+                EXIT_USAGE
+            }
+            _ => EXIT_FAILURE,
         }
     }
 
@@ -275,14 +284,14 @@ fn log_config(
             .and_then(|s| s.env.iter().find(|(key, _)| key == k))
             .map(|(_, v)| v.to_string_lossy().into_owned())
     };
-    let omp = env(spec::ENV_OMP_NUM_THREADS).unwrap_or_default();
-    let gpus = env(spec::ENV_GPUS)
+    let omp = env(mnist_common::contract::ENV_OMP_NUM_THREADS).unwrap_or_default();
+    let gpus = env(mnist_common::contract::ENV_GPUS)
         .map_or("GPUs: per the worker's --gpu/--device".to_string(), |g| {
-            format!("GPUs {g} ({})", spec::ENV_GPUS)
+            format!("GPUs {g} ({})", mnist_common::contract::ENV_GPUS)
         });
     eprintln!(
         "mnist-launch: OMP_NUM_THREADS={omp} per worker; {gpus}; CUDA_VISIBLE_DEVICES={}; grace period {:.1}s",
-        std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "(unset)".into()),
+        std::env::var(mnist_common::contract::ENV_CUDA_VISIBLE_DEVICES).unwrap_or_else(|_| "(unset)".into()),
         cfg.grace_period.as_secs_f64()
     );
 }

@@ -2,12 +2,11 @@
 //! Errors are printed as one line (`mnist-launch: error: …`), followed by the failed worker's
 //! log tail when there is one; the exit codes are listed in the library's documentation.
 
-use clap::Parser;
 use mnist_launch::{LaunchArgs, LaunchError};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = LaunchArgs::parse();
+    let args = LaunchArgs::parse_env();
     let result = args
         .resolve()
         .map_err(LaunchError::from)

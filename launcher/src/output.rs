@@ -41,7 +41,7 @@ pub struct RankLog {
 
 /// The log file of `rank` in `dir`.
 pub fn rank_log_path(dir: &Path, rank: usize) -> PathBuf {
-    dir.join(format!("rank{rank}.log"))
+    dir.join(mnist_common::contract::rank_log_name(rank))
 }
 
 impl RankLog {

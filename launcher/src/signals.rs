@@ -78,5 +78,5 @@ impl Drop for SignalGuard {
 /// The exit status a shell reports for death by `sig`: 128 + its number (130 for SIGINT,
 /// 143 for SIGTERM, 129 for SIGHUP).
 pub fn exit_code_for(sig: Signal) -> i32 {
-    128 + sig as i32
+    mnist_common::contract::EXIT_SIGNAL_BASE + sig as i32
 }

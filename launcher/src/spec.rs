@@ -4,20 +4,14 @@
 
 use crate::args::LaunchConfig;
 use mnist_common::contract::{
-    WorkerIdentity, ENV_LOCAL_RANK, ENV_LOCAL_WORLD_SIZE, ENV_RANK, ENV_RENDEZVOUS,
-    ENV_RENDEZVOUS_TIMEOUT, ENV_RUN_ID, ENV_WORLD_SIZE,
+    WorkerIdentity, ENV_GPUS, ENV_LOCAL_RANK, ENV_LOCAL_WORLD_SIZE, ENV_OMP_NUM_THREADS, ENV_RANK,
+    ENV_RENDEZVOUS, ENV_RENDEZVOUS_TIMEOUT, ENV_RUN_ID, ENV_WORLD_SIZE,
 };
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// GPU index of each local rank, comma-separated (set only with `--gpus`): local rank `r`
-/// uses entry `r`. Indices count within `CUDA_VISIBLE_DEVICES`, which is passed unchanged.
-pub const ENV_GPUS: &str = "MNIST_GPUS";
-/// Intra-op threads for OpenMP / libtorch.
-pub const ENV_OMP_NUM_THREADS: &str = "OMP_NUM_THREADS";
 
 /// Variables the launcher owns: inherited values are dropped so a launcher started from
 /// inside another job never passes on a stale identity.
@@ -39,8 +33,8 @@ pub struct WorkerSpec {
     pub identity: WorkerIdentity,
     /// The program.
     pub program: PathBuf,
-    /// Training flags followed by the identity flags.
-    pub args: Vec<String>,
+    /// The training flags given to the launcher (the identity is in the environment).
+    pub args: Vec<OsString>,
     /// The complete environment (the child starts from an empty one).
     pub env: Vec<(OsString, OsString)>,
 }
@@ -65,7 +59,7 @@ pub fn new_run_id() -> String {
 
 /// The rendezvous file of run `run_id`: `<temp dir>/mnist-ddp-<run_id>.rdzv`.
 pub fn rendezvous_path(run_id: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("mnist-ddp-{run_id}.rdzv"))
+    std::env::temp_dir().join(mnist_common::contract::rendezvous_file_name(run_id))
 }
 
 /// `OMP_NUM_THREADS` for each of `nproc` workers on `cores` cores: `max(1, cores / nproc)`.
@@ -111,8 +105,7 @@ pub fn worker_specs(
                     .into_iter()
                     .map(|(k, v)| (k.into(), v.into())),
             );
-            let mut args = cfg.worker_args.clone();
-            args.extend(identity.to_args());
+            let args = cfg.worker_args.clone();
             WorkerSpec {
                 identity,
                 program: cfg.worker_bin.clone(),
@@ -169,17 +162,9 @@ mod tests {
         assert_eq!(get(s, "OMP_NUM_THREADS"), Some("4"));
         assert_eq!(get(s, "MNIST_RUN_ID"), Some("abc"));
         assert_eq!(get(s, "MNIST_RENDEZVOUS"), rdzv.to_str());
-        assert_eq!(&s.args[..2], ["--epochs", "2"]);
-        assert!(
-            s.args.windows(2).any(|w| w == ["--rank", "1"]),
-            "{:?}",
-            s.args
-        );
-        assert!(
-            s.args.windows(2).any(|w| w[0] == "--rendezvous"),
-            "{:?}",
-            s.args
-        );
+        assert_eq!(s.args, ["--epochs", "2"]);
+        assert_eq!(get(s, "LOCAL_RANK"), Some("1"));
+        assert_eq!(get(s, "LOCAL_WORLD_SIZE"), Some("2"));
     }
 
     #[test]
@@ -190,7 +175,6 @@ mod tests {
         assert_eq!(get(&specs[0], "OMP_NUM_THREADS"), Some("3"));
         assert_eq!(get(&specs[0], "MNIST_RENDEZVOUS"), None);
         assert_eq!(get(&specs[0], "MNIST_GPUS"), None);
-        assert!(!specs[0].args.iter().any(|a| a == "--rendezvous"));
     }
 
     #[test]

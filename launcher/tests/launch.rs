@@ -273,7 +273,7 @@ fn a_worker_ignoring_sigterm_is_killed_after_the_grace_period() {
     let start = Instant::now();
     let env = [
         ("FAKE_EXIT_RANK", "1"),
-        ("FAKE_EXIT_CODE", "2"),
+        ("FAKE_EXIT_CODE", "5"),
         ("FAKE_HANG", "1"),
         ("FAKE_IGNORE_TERM", "1"),
     ];
@@ -285,7 +285,7 @@ fn a_worker_ignoring_sigterm_is_killed_after_the_grace_period() {
         elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(4),
         "took {elapsed:?}"
     );
-    assert!(stderr.contains("exited with code 2"), "{stderr}");
+    assert!(stderr.contains("exited with code 5"), "{stderr}");
     assert!(
         stderr.contains("killed by signal SIGKILL (stopped by the launcher)"),
         "{stderr}"
@@ -443,4 +443,22 @@ fn concurrent_runs_use_different_rendezvous_files() {
     assert_eq!(rdzv(&a, 0), rdzv(&a, 1));
     assert_eq!(rdzv(&b, 0), rdzv(&b, 1));
     assert_ne!(rdzv(&a, 0), rdzv(&b, 0));
+}
+
+#[test]
+fn a_worker_refusing_its_input_makes_the_launcher_exit_with_the_usage_code() {
+    let case = Case::new();
+    let env = [
+        ("FAKE_EXIT_RANK", "0"),
+        ("FAKE_EXIT_CODE", "2"),
+        ("FAKE_HANG", "1"),
+    ];
+    let out = case.command(2, &env).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let errors = error_lines(&out);
+    assert!(
+        errors[0].contains("worker rank 0") && errors[0].contains("exited with code 2 (bad input)"),
+        "{stderr}"
+    );
 }

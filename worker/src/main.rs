@@ -5,6 +5,7 @@
 use clap::Parser;
 use mnist_common::cli::TrainArgs;
 use mnist_common::contract::{self, WorkerIdentity};
+use mnist_common::FailureKind;
 use std::path::PathBuf;
 
 /// One rank of mnist-ddp training (usually started by mnist-launch).
@@ -72,36 +73,40 @@ fn identity(a: &WorkerArgs) -> anyhow::Result<WorkerIdentity> {
 }
 
 fn main() {
-    std::panic::set_hook(Box::new(|info| {
-        eprintln!("mnist-worker: internal error: {info}");
-    }));
+    mnist_common::panics::install_quiet_hook();
     let args = WorkerArgs::parse();
-    let result = identity(&args).and_then(|id| {
-        let cfg = args.train.resolve()?;
-        mnist_train::run(&cfg, &id)
-            .map_err(|e| (id.rank, e))
-            .map_err(|(rank, e)| {
-                let peer = matches!(
-                    e,
-                    mnist_train::TrainError::Comm(mnist_comm::CommError::PeerFailed { .. })
-                );
-                anyhow::Error::new(e).context(if peer {
-                    format!("rank {rank} stopped: a peer failed")
-                } else {
-                    format!("rank {rank}")
-                })
-            })
+    let outcome = mnist_common::panics::catch(|| -> Result<(), (anyhow::Error, FailureKind)> {
+        let id = identity(&args).map_err(|e| (e, FailureKind::BadInput))?;
+        let cfg = args
+            .train
+            .resolve()
+            .map_err(|e| (anyhow::Error::new(e), FailureKind::BadInput))?;
+        if let Err(e) = mnist_train::interrupt::install() {
+            return Err((
+                anyhow::Error::new(e).context("cannot install signal handlers"),
+                FailureKind::OwnFault,
+            ));
+        }
+        mnist_train::run(&cfg, &id).map_err(|e| {
+            let kind = e.kind();
+            let what = match kind {
+                FailureKind::PeerFailed => format!("rank {} stopped: a peer failed", id.rank),
+                _ => format!("rank {}", id.rank),
+            };
+            (anyhow::Error::new(e).context(what), kind)
+        })
     });
-    if let Err(e) = result {
-        eprintln!(
-            "mnist-worker: error: {}",
-            mnist_common::error_line(e.as_ref())
-        );
-        let peer = e.to_string().contains("a peer failed");
-        std::process::exit(if peer {
-            contract::EXIT_PEER_FAILED
-        } else {
-            contract::EXIT_FAILURE
-        });
-    }
+    let (err, kind) = match outcome {
+        Ok(Ok(())) => return,
+        Ok(Err(failure)) => failure,
+        Err(panic) => (
+            anyhow::anyhow!("internal error: {panic}"),
+            FailureKind::OwnFault,
+        ),
+    };
+    eprintln!(
+        "mnist-worker: error: {}",
+        mnist_common::error_line(err.as_ref())
+    );
+    std::process::exit(kind.exit_code());
 }

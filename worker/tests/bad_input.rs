@@ -25,8 +25,7 @@ fn setup() -> Setup {
     let data = make_data(&root, 200, 100);
     let out = root.join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let model: Vec<_> = mnist_models::Arch::LeNet
-        .parameter_shapes()
+    let model: Vec<_> = mnist_models::parameter_shapes(mnist_models::ModelKind::LeNet)
         .into_iter()
         .map(|(n, s)| {
             let s: Vec<usize> = s.iter().map(|&d| d as usize).collect();
@@ -50,20 +49,10 @@ fn setup() -> Setup {
 }
 
 impl Setup {
-    /// Run the worker on `data` with `extra` flags, expect a clean failure mentioning every
-    /// `needle`, and check that the earlier outputs are untouched.
+    /// Run the worker on `data` with `extra` flags, expect a clean bad-input failure (exit
+    /// code 2, one line) mentioning every `needle`, and check that the earlier outputs are
+    /// untouched.
     fn fails(&self, data: &Path, extra: Vec<String>, needles: &[&str]) -> String {
-        self.fails_with(data, extra, needles, true)
-    }
-
-    /// [`Setup::fails`], optionally without the repeated-cause check.
-    fn fails_with(
-        &self,
-        data: &Path,
-        extra: Vec<String>,
-        needles: &[&str],
-        strict: bool,
-    ) -> String {
         let mut a = args![
             "--data",
             data.display(),
@@ -86,12 +75,12 @@ impl Setup {
             "expected a failure exit, got {}:\n{all}",
             o.status
         );
-        let msg = if code == Some(2) {
+        // Bad input exits with 2, like clap's usage errors (EXIT_USAGE).
+        assert_eq!(code, Some(2), "{all}");
+        let msg = if o.stderr.starts_with("error: ") {
             // clap's usage error: `error: …` plus usage lines.
-            assert!(o.stderr.starts_with("error: "), "{}", o.stderr);
             o.stderr.clone()
         } else {
-            assert_eq!(code, Some(1), "{all}");
             let lines: Vec<&str> = o.stderr.lines().collect();
             assert_eq!(
                 lines.len(),
@@ -109,9 +98,7 @@ impl Setup {
         for n in needles {
             assert!(msg.contains(n), "error message lacks {n:?}: {msg}");
         }
-        if strict {
-            assert_no_repeated_cause(&msg);
-        }
+        assert_no_repeated_cause(&msg);
         for (f, bytes) in &self.before {
             assert_eq!(&std::fs::read(f).unwrap(), bytes, "{} changed", f.display());
         }
@@ -219,7 +206,7 @@ fn path_under_a_regular_file() {
         "--epochs",
         1
     ]);
-    assert_eq!(o.status.code(), Some(1), "{}", o.stderr);
+    assert_eq!(o.status.code(), Some(2), "bad input: {}", o.stderr);
     assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
     assert!(
         o.stderr.starts_with("mnist-worker: error: ")
@@ -238,11 +225,10 @@ fn evaluate_missing_file() {
     let s = setup();
     // `CheckpointError::Io` quotes its source in its own message; the worker's error line
     // must still print the OS error once (`mnist_common::error_line`).
-    s.fails_with(
+    s.fails(
         &s.data,
         args!["--evaluate", s.root.join("nope.pt").display()],
         &["nope.pt"],
-        true,
     );
 }
 
@@ -258,8 +244,7 @@ fn evaluate_text_file() {
 fn evaluate_mlp_checkpoint_as_lenet() {
     let s = setup();
     let f = s.root.join("mlp.pt");
-    let t: Vec<_> = mnist_models::Arch::Mlp
-        .parameter_shapes()
+    let t: Vec<_> = mnist_models::parameter_shapes(mnist_models::ModelKind::Mlp)
         .into_iter()
         .map(|(n, sh)| {
             let sh: Vec<usize> = sh.iter().map(|&d| d as usize).collect();

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use mnist_models::{Arch, Model};
+use mnist_models::{Model, ModelKind};
 use std::path::Path;
 use tch::{Device, Kind};
 
@@ -17,7 +17,7 @@ const N: usize = 64;
 /// `--evaluate` loads it.
 fn rust_logits(data: &Path, model: &Path) -> Vec<f32> {
     tch::set_num_threads(1);
-    let mut m = Model::new(Arch::LeNet, Device::Cpu);
+    let mut m = Model::new(ModelKind::LeNet, Device::Cpu);
     mnist_train::state::load_into(&mut m, model).unwrap();
     let split = mnist_data::load_split(data, mnist_data::Split::Test).unwrap();
     let ds = mnist_train::dataset::TensorDataset::new(&split, Device::Cpu).unwrap();

@@ -134,8 +134,9 @@ compression_tests! {
     compression_batched_powersgd_fp16_in_sync => "batched_powersgd_fp16",
 }
 
-/// Two workers started by hand (rank 0 writing to `out0`, rank 1 given `out1`).
-fn two_ranks_by_hand(tmp: &Path, common: &[String], out0: &Path, out1: &Path) -> (Output, Output) {
+/// Start two workers by hand (rank 0 writing to `out0`, rank 1 given `out1`), meeting
+/// through a rendezvous file in `tmp`.
+fn start_two_ranks(tmp: &Path, common: &[String], out0: &Path, out1: &Path) -> [Running; 2] {
     let rdzv = tmp.join("rendezvous");
     let run_id = format!("e2e-{}", std::process::id());
     let start = |rank: usize, out: &Path| {
@@ -154,9 +155,53 @@ fn two_ranks_by_hand(tmp: &Path, common: &[String], out0: &Path, out1: &Path) ->
             .args(args!["--run-id", run_id, "--backend", "cpu"]);
         spawn(cmd)
     };
-    let r0 = start(0, out0);
-    let r1 = start(1, out1);
+    [start(0, out0), start(1, out1)]
+}
+
+/// Two workers started by hand, run to completion.
+fn two_ranks_by_hand(tmp: &Path, common: &[String], out0: &Path, out1: &Path) -> (Output, Output) {
+    let [r0, r1] = start_two_ranks(tmp, common, out0, out1);
     (r0.wait(DEADLINE), r1.wait(DEADLINE))
+}
+
+/// A worker whose peer dies exits with the peer-failure code (3) and one line naming the
+/// peer, decided by the error's type (`TrainError::kind`), not by its text.
+#[test]
+fn a_dead_peer_makes_the_survivor_exit_with_the_peer_failure_code() {
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 960, 100);
+    let common: Vec<String> = args![
+        "--data",
+        data.display(),
+        "--epochs",
+        500,
+        "--batch-size",
+        32,
+        "--log-interval",
+        1
+    ];
+    let (out0, out1) = (tmp.path().join("rank0"), tmp.path().join("rank1"));
+    let [r0, mut r1] = start_two_ranks(tmp.path(), &common, &out0, &out1);
+    let log = out0.join("mnist_train.log");
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("Train Epoch")
+    {
+        assert!(t0.elapsed() < DEADLINE, "training did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    r1.child.kill().unwrap();
+    let o = r0.wait(DEADLINE);
+    assert_eq!(o.status.code(), Some(3), "{}", o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", o.stderr);
+    assert!(
+        lines[0].starts_with("mnist-worker: error: rank 0 stopped: a peer failed")
+            && lines[0].contains("rank 1"),
+        "{}",
+        lines[0]
+    );
 }
 
 #[test]
@@ -235,10 +280,12 @@ fn processes_with(needle: &str) -> Vec<(u32, Vec<String>)> {
     v
 }
 
-fn rank_of(argv: &[String]) -> Option<String> {
-    argv.iter()
-        .position(|a| a == "--rank")
-        .and_then(|i| argv.get(i + 1).cloned())
+/// The `RANK` the launcher gave process `pid` (its identity is in its environment).
+fn rank_of(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    raw.split(|&b| b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| kv.strip_prefix("RANK=").map(str::to_string))
 }
 
 #[test]
@@ -282,7 +329,7 @@ fn killed_rank_stops_the_launch() {
     assert_eq!(workers.len(), 2, "expected 2 workers: {procs:?}");
     let (pid1, _) = workers
         .iter()
-        .find(|(_, a)| rank_of(a).as_deref() == Some("1"))
+        .find(|(pid, _)| rank_of(*pid).as_deref() == Some("1"))
         .expect("rank 1");
     let killed_at = Instant::now();
     let st = Command::new("kill")

@@ -32,11 +32,12 @@ fn final_best(log: &str) -> String {
         .to_string()
 }
 
-/// A failed resume: non-zero, one `mnist-worker: error:` line containing every `needle`.
+/// A failed resume: bad input (exit code 2), one `mnist-worker: error:` line containing every
+/// `needle`.
 fn assert_refused(o: &Output, needles: &[&str]) {
     assert_eq!(
         o.status.code(),
-        Some(1),
+        Some(2),
         "stdout:\n{}\nstderr:\n{}",
         o.stdout,
         o.stderr

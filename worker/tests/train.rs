@@ -92,11 +92,11 @@ fn check_model_file(file: &Path) {
         .iter()
         .map(|t| (t.name.clone(), t.shape.clone()))
         .collect();
-    let want: Vec<(String, Vec<usize>)> = mnist_models::Arch::LeNet
-        .parameter_shapes()
-        .into_iter()
-        .map(|(n, s)| (n.to_string(), s.iter().map(|&d| d as usize).collect()))
-        .collect();
+    let want: Vec<(String, Vec<usize>)> =
+        mnist_models::parameter_shapes(mnist_models::ModelKind::LeNet)
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s.iter().map(|&d| d as usize).collect()))
+            .collect();
     assert_eq!(got, want, "mnist_model.pt keys/shapes");
     assert!(t.iter().all(|t| t.data.iter().all(|v| v.is_finite())));
 }

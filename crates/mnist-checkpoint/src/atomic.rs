@@ -34,13 +34,13 @@ pub fn atomic_write(
 ) -> Result<(), CheckpointError> {
     let io_err = |path: &Path, action: &'static str| {
         let path = path.to_path_buf();
-        move |source| CheckpointError::Io {
+        move |source| CheckpointError::Save {
             path,
             action,
             source,
         }
     };
-    let file_name = path.file_name().ok_or_else(|| CheckpointError::Io {
+    let file_name = path.file_name().ok_or_else(|| CheckpointError::Save {
         path: path.to_path_buf(),
         action: "choosing a temp file for",
         source: io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"),

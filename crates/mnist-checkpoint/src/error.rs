@@ -1,16 +1,28 @@
 //! The error type of this crate: every variant names the file and what is wrong with it.
+//! A `Display` never repeats its source; callers print the chain once (`error_line`).
 
 use std::path::PathBuf;
 
 /// Failure reading or writing a checkpoint; messages quote the file and the offending values.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// An operating-system I/O call failed.
-    #[error("I/O error while {action} {path}: {source}")]
+    /// Reading a file failed.
+    #[error("I/O error while {action} {path}")]
     Io {
         /// The file (or temp file) involved.
         path: PathBuf,
         /// What was being done, e.g. "reading", "renaming the temp file onto".
+        action: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing a file failed (our own output, not a file we were given).
+    #[error("I/O error while {action} {path}")]
+    Save {
+        /// The file (or temp file) involved.
+        path: PathBuf,
+        /// What was being done, e.g. "writing", "renaming the temp file onto".
         action: &'static str,
         /// The underlying error.
         #[source]
@@ -23,7 +35,7 @@ pub enum CheckpointError {
         path: PathBuf,
     },
     /// The zip container is damaged (truncated, bad central directory, ...).
-    #[error("{path}: damaged zip archive: {source}")]
+    #[error("{path}: damaged zip archive")]
     Zip {
         /// The archive.
         path: PathBuf,
@@ -49,7 +61,7 @@ pub enum CheckpointError {
         message: String,
     },
     /// The safetensors parser rejected the file.
-    #[error("{path}: invalid safetensors file: {source}")]
+    #[error("{path}: invalid safetensors file")]
     Safetensors {
         /// The file.
         path: PathBuf,
@@ -67,4 +79,15 @@ pub enum CheckpointError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl CheckpointError {
+    /// Whether saving failed (an output of ours, or tensors we handed over), rather than
+    /// reading a file someone gave us.
+    pub fn during_save(&self) -> bool {
+        matches!(
+            self,
+            CheckpointError::Save { .. } | CheckpointError::InvalidTensor { .. }
+        )
+    }
 }

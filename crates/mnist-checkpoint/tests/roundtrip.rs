@@ -143,7 +143,8 @@ fn atomic_write_failure_leaves_old_file_and_no_temp() {
         Err(std::io::Error::other("disk on fire"))
     })
     .unwrap_err();
-    let msg = err.to_string();
+    let cause = std::error::Error::source(&err).map(|c| c.to_string());
+    let msg = format!("{err}: {}", cause.unwrap_or_default());
     assert!(
         msg.contains("disk on fire") && msg.contains("ckpt.pt"),
         "{msg}"

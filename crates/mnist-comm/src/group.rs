@@ -114,7 +114,7 @@ fn advertised_ip(all_local: bool, host: &str) -> String {
     if all_local {
         return "127.0.0.1".into();
     }
-    if let Ok(a) = std::env::var("MNIST_RENDEZVOUS_ADDR") {
+    if let Ok(a) = std::env::var(mnist_common::contract::ENV_RENDEZVOUS_ADDR) {
         return a;
     }
     (host, 0)

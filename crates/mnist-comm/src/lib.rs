@@ -1,7 +1,9 @@
 //! Collective communication between the ranks of one training job.
 //!
 //! [`Communicator`] is the small trait every backend implements; it is passed explicitly to
-//! the training loop (no global singleton). [`Solo`] is the trivial world of one process;
+//! the training loop (no global singleton). A backend that can also work on buffers in GPU
+//! memory (NCCL, in `mnist-nccl`) says so through [`Communicator::device`], so the training
+//! loop holds one communicator whatever the backend. [`Solo`] is the trivial world of one process;
 //! [`connect`] joins a multi-process group through the rendezvous file and returns the
 //! shared-memory backend ([`ShmComm`], all ranks on one host) or the TCP one ([`TcpComm`]).
 
@@ -17,6 +19,8 @@ pub use connect::{connect, CommOptions, Transport};
 pub use shm::{shm_name_for, ShmComm};
 pub use solo::Solo;
 pub use tcp::TcpComm;
+
+use mnist_common::FailureKind;
 
 /// How an all-reduce combines the ranks' buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +95,7 @@ pub enum CommError {
         first: String,
     },
     /// An operating-system call failed.
-    #[error("rank {rank}: {op}: {source}")]
+    #[error("rank {rank}: {op}")]
     Io {
         /// This rank.
         rank: usize,
@@ -101,6 +105,94 @@ pub enum CommError {
         #[source]
         source: std::io::Error,
     },
+    /// The device backend (NCCL) failed.
+    #[error("rank {rank}: {op} failed on the device backend")]
+    Device {
+        /// This rank.
+        rank: usize,
+        /// The collective.
+        op: String,
+        /// Whether the backend says a peer was lost (remote error, timeout) rather than this
+        /// rank failing by itself.
+        peer_lost: bool,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl CommError {
+    /// Whose failure this is: another rank's ([`FailureKind::PeerFailed`]: it died, aborted,
+    /// or did not arrive within the timeout) or this rank's own.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            CommError::PeerFailed { .. } | CommError::Timeout { .. } => FailureKind::PeerFailed,
+            CommError::Device {
+                peer_lost: true, ..
+            } => FailureKind::PeerFailed,
+            CommError::Mismatch { .. }
+            | CommError::Rendezvous { .. }
+            | CommError::InvalidArgument { .. }
+            | CommError::Poisoned { .. }
+            | CommError::Io { .. }
+            | CommError::Device { .. } => FailureKind::OwnFault,
+        }
+    }
+}
+
+/// Element type of a buffer in GPU memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceDType {
+    /// 32-bit float.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+impl DeviceDType {
+    /// Bytes per element.
+    pub fn size_bytes(self) -> usize {
+        match self {
+            DeviceDType::F32 => 4,
+            DeviceDType::F16 | DeviceDType::BF16 => 2,
+        }
+    }
+}
+
+/// A contiguous buffer in the memory of the communicator's GPU: `count` elements of `dtype`
+/// starting at device address `ptr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceBuffer {
+    /// Device address of the first element.
+    pub ptr: u64,
+    /// Number of elements.
+    pub count: usize,
+    /// Element type.
+    pub dtype: DeviceDType,
+}
+
+/// Collectives on buffers in GPU memory, in place. Ordered after the work already queued on
+/// the device's default stream (where libtorch runs its kernels); each call returns once the
+/// result is in the buffer.
+pub trait DeviceCollectives {
+    /// All-reduce `buf` in place.
+    ///
+    /// # Safety
+    /// `buf` must describe live device memory of this communicator's GPU holding at least
+    /// `count` elements of `dtype`, not freed or written by anything else until the call
+    /// returns.
+    unsafe fn all_reduce_device(
+        &mut self,
+        buf: DeviceBuffer,
+        op: ReduceOp,
+    ) -> Result<(), CommError>;
+    /// Copy `root`'s `buf` into every rank's `buf`.
+    ///
+    /// # Safety
+    /// As for [`DeviceCollectives::all_reduce_device`].
+    unsafe fn broadcast_device(&mut self, buf: DeviceBuffer, root: usize) -> Result<(), CommError>;
 }
 
 /// Collectives over the ranks of one job. Every rank must call the same collectives in the
@@ -128,4 +220,9 @@ pub trait Communicator: Send {
     fn bytes_sent(&self) -> u64;
     /// Tell the peers this rank is failing, so they stop instead of waiting (best effort).
     fn abort(&mut self, reason: &str);
+    /// Collectives on GPU memory, when this communicator has them (NCCL); `None` for the CPU
+    /// backends, whose callers stage device buffers through host memory.
+    fn device(&mut self) -> Option<&mut dyn DeviceCollectives> {
+        None
+    }
 }

@@ -28,7 +28,7 @@ pub enum DataError {
         tried: Vec<String>,
     },
     /// Reading or writing a file failed.
-    #[error("{}: {op} failed: {source}", .path.display())]
+    #[error("{}: {op} failed", .path.display())]
     Io {
         /// The file involved.
         path: PathBuf,
@@ -38,7 +38,7 @@ pub enum DataError {
         source: std::io::Error,
     },
     /// The file starts like gzip (1f 8b) but does not decompress.
-    #[error("{}: corrupt gzip data: {source}", .path.display())]
+    #[error("{}: corrupt gzip data", .path.display())]
     Gzip {
         /// The file involved.
         path: PathBuf,

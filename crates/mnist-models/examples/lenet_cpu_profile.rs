@@ -2,7 +2,7 @@
 //! the reference ops, then the pieces of the fast path.
 //!
 //! `cargo run --release -p mnist-models --example lenet_cpu_profile -- [batch 64] [threads 1]`
-use mnist_models::{Arch, Model};
+use mnist_models::{Model, ModelKind};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -28,7 +28,7 @@ fn main() {
     let n = *args.first().unwrap_or(&64) as i64;
     tch::set_num_threads(*args.get(1).unwrap_or(&1) as i32);
     tch::manual_seed(1);
-    let m = Model::new(Arch::LeNet, Device::Cpu);
+    let m = Model::new(ModelKind::LeNet, Device::Cpu);
     let x = Tensor::randn([n, 1, 28, 28], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
     let reps = std::env::var("REPS")

@@ -11,48 +11,31 @@ pub mod lenet_cpu;
 
 use tch::{nn, Device, Kind, Tensor};
 
-/// Which network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
-    /// conv 1→6 k5, maxpool 2, relu, conv 6→16 k5, maxpool 2, relu, fc 256→120→84→10.
-    LeNet,
-    /// fc 784→500→250→10 with relu between.
-    Mlp,
-}
+pub use mnist_common::ModelKind;
 
-impl Arch {
-    /// The parameters of this network in PyTorch's `state_dict` order, with their shapes.
-    pub fn parameter_shapes(self) -> Vec<(&'static str, Vec<i64>)> {
-        match self {
-            Arch::LeNet => vec![
-                ("conv1.weight", vec![6, 1, 5, 5]),
-                ("conv1.bias", vec![6]),
-                ("conv2.weight", vec![16, 6, 5, 5]),
-                ("conv2.bias", vec![16]),
-                ("fc1.weight", vec![120, 256]),
-                ("fc1.bias", vec![120]),
-                ("fc2.weight", vec![84, 120]),
-                ("fc2.bias", vec![84]),
-                ("fc3.weight", vec![10, 84]),
-                ("fc3.bias", vec![10]),
-            ],
-            Arch::Mlp => vec![
-                ("fc1.weight", vec![500, 784]),
-                ("fc1.bias", vec![500]),
-                ("fc2.weight", vec![250, 500]),
-                ("fc2.bias", vec![250]),
-                ("fc3.weight", vec![10, 250]),
-                ("fc3.bias", vec![10]),
-            ],
-        }
-    }
-
-    /// The name used on the command line and in logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::LeNet => "LeNet",
-            Arch::Mlp => "MLP",
-        }
+/// The parameters of network `kind` in PyTorch's `state_dict` order, with their shapes.
+pub fn parameter_shapes(kind: ModelKind) -> Vec<(&'static str, Vec<i64>)> {
+    match kind {
+        ModelKind::LeNet => vec![
+            ("conv1.weight", vec![6, 1, 5, 5]),
+            ("conv1.bias", vec![6]),
+            ("conv2.weight", vec![16, 6, 5, 5]),
+            ("conv2.bias", vec![16]),
+            ("fc1.weight", vec![120, 256]),
+            ("fc1.bias", vec![120]),
+            ("fc2.weight", vec![84, 120]),
+            ("fc2.bias", vec![84]),
+            ("fc3.weight", vec![10, 84]),
+            ("fc3.bias", vec![10]),
+        ],
+        ModelKind::Mlp => vec![
+            ("fc1.weight", vec![500, 784]),
+            ("fc1.bias", vec![500]),
+            ("fc2.weight", vec![250, 500]),
+            ("fc2.bias", vec![250]),
+            ("fc3.weight", vec![10, 250]),
+            ("fc3.bias", vec![10]),
+        ],
     }
 }
 
@@ -67,7 +50,7 @@ pub struct Parameter {
 
 /// A network with its parameters.
 pub struct Model {
-    arch: Arch,
+    kind: ModelKind,
     /// Holds the variables; kept so they stay alive and trainable.
     pub vs: nn::VarStore,
     params: Vec<Parameter>,
@@ -75,7 +58,7 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("arch", &self.arch).finish()
+        f.debug_struct("Model").field("kind", &self.kind).finish()
     }
 }
 
@@ -83,18 +66,18 @@ impl Model {
     /// Create the network on `device` with PyTorch's default initialisation: for conv and
     /// linear layers, weight and bias ~ U(−1/√fan_in, 1/√fan_in) (kaiming_uniform with a=√5).
     /// Call `tch::manual_seed` first for reproducible values.
-    pub fn new(arch: Arch, device: Device) -> Model {
+    pub fn new(kind: ModelKind, device: Device) -> Model {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let mut params = Vec::new();
-        for (name, shape) in arch.parameter_shapes() {
-            let (layer, kind) = name
+        for (name, shape) in parameter_shapes(kind) {
+            let (layer, leaf) = name
                 .split_once('.')
-                .expect("parameter names are layer.kind");
-            let fan_in = fan_in(arch, layer);
+                .expect("parameter names are layer.leaf");
+            let fan_in = fan_in(kind, layer);
             let bound = 1.0 / (fan_in as f64).sqrt();
             let t = (&root / layer).var(
-                kind,
+                leaf,
                 &shape,
                 nn::Init::Uniform {
                     lo: -bound,
@@ -103,12 +86,12 @@ impl Model {
             );
             params.push(Parameter { name, tensor: t });
         }
-        Model { arch, vs, params }
+        Model { kind, vs, params }
     }
 
     /// Which network this is.
-    pub fn arch(&self) -> Arch {
-        self.arch
+    pub fn kind(&self) -> ModelKind {
+        self.kind
     }
 
     /// Parameters in `state_dict` order.
@@ -131,7 +114,7 @@ impl Model {
     /// same values and gradients as [`Model::forward_reference`] up to float rounding, about
     /// twice as fast.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        if self.arch == Arch::LeNet && lenet_cpu::applies(x) {
+        if self.kind == ModelKind::LeNet && lenet_cpu::applies(x) {
             let p: [&Tensor; 10] = std::array::from_fn(|i| self.p(i));
             return lenet_cpu::forward(x, &p);
         }
@@ -141,8 +124,8 @@ impl Model {
     /// Logits computed with the reference's own ops (`conv2d`, `max_pool2d`, `linear`), on any
     /// device.
     pub fn forward_reference(&self, x: &Tensor) -> Tensor {
-        match self.arch {
-            Arch::LeNet => {
+        match self.kind {
+            ModelKind::LeNet => {
                 let x = x
                     .conv2d(self.p(0), Some(self.p(1)), [1, 1], [0, 0], [1, 1], 1)
                     .max_pool2d_default(2)
@@ -156,7 +139,7 @@ impl Model {
                 let x = x.linear(self.p(6), Some(self.p(7))).relu();
                 x.linear(self.p(8), Some(self.p(9)))
             }
-            Arch::Mlp => {
+            ModelKind::Mlp => {
                 let x = x.view([-1, 784]);
                 let x = x.linear(self.p(0), Some(self.p(1))).relu();
                 let x = x.linear(self.p(2), Some(self.p(3))).relu();
@@ -210,16 +193,16 @@ impl Model {
     }
 }
 
-fn fan_in(arch: Arch, layer: &str) -> usize {
-    match (arch, layer) {
-        (Arch::LeNet, "conv1") => 25,
-        (Arch::LeNet, "conv2") => 6 * 25,
-        (Arch::LeNet, "fc1") => 256,
-        (Arch::LeNet, "fc2") => 120,
-        (Arch::LeNet, "fc3") => 84,
-        (Arch::Mlp, "fc1") => 784,
-        (Arch::Mlp, "fc2") => 500,
-        (Arch::Mlp, "fc3") => 250,
+fn fan_in(kind: ModelKind, layer: &str) -> usize {
+    match (kind, layer) {
+        (ModelKind::LeNet, "conv1") => 25,
+        (ModelKind::LeNet, "conv2") => 6 * 25,
+        (ModelKind::LeNet, "fc1") => 256,
+        (ModelKind::LeNet, "fc2") => 120,
+        (ModelKind::LeNet, "fc3") => 84,
+        (ModelKind::Mlp, "fc1") => 784,
+        (ModelKind::Mlp, "fc2") => 500,
+        (ModelKind::Mlp, "fc3") => 250,
         _ => unreachable!("unknown layer {layer}"),
     }
 }
@@ -254,13 +237,13 @@ mod tests {
     #[test]
     fn shapes_and_names_match_pytorch() {
         tch::manual_seed(0);
-        let m = Model::new(Arch::LeNet, Device::Cpu);
+        let m = Model::new(ModelKind::LeNet, Device::Cpu);
         let names: Vec<_> = m.parameters().iter().map(|p| p.name).collect();
         assert_eq!(names[0], "conv1.weight");
         assert_eq!(m.numel(), 44426);
         let out = m.forward(&Tensor::zeros([3, 1, 28, 28], (Kind::Float, Device::Cpu)));
         assert_eq!(out.size(), vec![3, 10]);
-        let mlp = Model::new(Arch::Mlp, Device::Cpu);
+        let mlp = Model::new(ModelKind::Mlp, Device::Cpu);
         assert_eq!(mlp.numel(), 784 * 500 + 500 + 500 * 250 + 250 + 2510);
         assert_eq!(
             mlp.forward(&Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu)))
@@ -272,7 +255,7 @@ mod tests {
     #[test]
     fn init_bounds_are_pytorch_defaults() {
         tch::manual_seed(1);
-        let m = Model::new(Arch::LeNet, Device::Cpu);
+        let m = Model::new(ModelKind::LeNet, Device::Cpu);
         let w = &m.parameters()[4].tensor; // fc1.weight, fan_in 256 → bound 1/16
         let max = w.abs().max().double_value(&[]);
         assert!(max <= 1.0 / 16.0 && max > 0.9 / 16.0, "max |w| = {max}");
@@ -285,7 +268,7 @@ mod tests {
     #[test]
     fn lenet_cpu_forward_matches_reference_ops() {
         tch::manual_seed(7);
-        let m = Model::new(Arch::LeNet, Device::Cpu);
+        let m = Model::new(ModelKind::LeNet, Device::Cpu);
         // More than one chunk of the fast path (128 images).
         let x = Tensor::randn([150, 1, 28, 28], (Kind::Float, Device::Cpu));
         let _ = x.narrow(2, 0, 6).fill_(-0.4242);
@@ -325,7 +308,7 @@ mod tests {
 
     #[test]
     fn values_round_trip() {
-        let mut m = Model::new(Arch::Mlp, Device::Cpu);
+        let mut m = Model::new(ModelKind::Mlp, Device::Cpu);
         let mut v = m.values();
         v[1][0] = 42.0;
         m.load_values(&v).unwrap();

@@ -73,6 +73,29 @@ pub enum NcclError {
     },
 }
 
+impl NcclError {
+    /// Whose failure this is: a lost peer (NCCL's remote or system error, a timeout) or this
+    /// rank's own; asking for NCCL where it cannot work is bad input.
+    pub fn kind(&self) -> mnist_common::FailureKind {
+        use mnist_common::FailureKind;
+        /// `ncclSystemError` (network, peer process gone) and `ncclRemoteError`.
+        const SYSTEM_ERROR: i32 = 2;
+        const REMOTE_ERROR: i32 = 6;
+        match self {
+            NcclError::NotCompiled(_) | NcclError::Unavailable(_) => FailureKind::BadInput,
+            NcclError::Timeout { .. } => FailureKind::PeerFailed,
+            NcclError::Nccl { code, .. } if *code == SYSTEM_ERROR || *code == REMOTE_ERROR => {
+                FailureKind::PeerFailed
+            }
+            NcclError::Nccl { .. }
+            | NcclError::Cuda { .. }
+            | NcclError::InvalidId { .. }
+            | NcclError::InvalidArgument(_)
+            | NcclError::Aborted { .. } => FailureKind::OwnFault,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +126,16 @@ mod tests {
         }
         .to_string();
         assert!(t.contains("rank 1") && t.contains("2.5 s") && t.contains("broadcast"));
+        assert_eq!(e.kind(), mnist_common::FailureKind::PeerFailed);
+        assert_eq!(
+            NcclError::Timeout {
+                rank: 1,
+                op: "broadcast",
+                seconds: 2.5
+            }
+            .kind(),
+            mnist_common::FailureKind::PeerFailed
+        );
         let i = NcclError::InvalidId { len: 7 }.to_string();
         assert!(i.contains("7 bytes") && i.contains("128"), "{i}");
     }

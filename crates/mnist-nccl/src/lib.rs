@@ -1,5 +1,6 @@
 //! NCCL collectives (in-place all-reduce and broadcast) on raw CUDA device pointers, for the
-//! GPU gradient path of the training loop.
+//! GPU gradient path of the training loop; [`NcclGroup`] offers them as a
+//! `mnist_comm::Communicator` with device collectives.
 //!
 //! The GPU code sits behind this crate's cargo feature **`nccl`** (off by default). Without
 //! it the same API exists and every entry point returns [`NcclError::NotCompiled`], so the CPU
@@ -27,7 +28,9 @@
 //! the buffer holds the result and a failed or hung peer surfaces as an error, not a hang.
 
 mod error;
+mod group;
 pub use error::NcclError;
+pub use group::NcclGroup;
 
 #[cfg(feature = "nccl")]
 mod comm;

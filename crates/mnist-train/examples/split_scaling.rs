@@ -2,7 +2,7 @@
 //! random LeNet batch, split into `parts` threads of one intra-op thread each.
 //!
 //! `cargo run --release -p mnist-train --example split_scaling -- [batch 64] [parts 2]`
-use mnist_models::{Arch, Model};
+use mnist_models::{Model, ModelKind};
 use mnist_train::flat::FlatParams;
 use mnist_train::split::BatchSplitter;
 use std::time::Instant;
@@ -16,7 +16,7 @@ fn main() {
     let n = *args.first().unwrap_or(&64) as i64;
     let parts = *args.get(1).unwrap_or(&2);
     tch::set_num_threads(1);
-    let mut model = Model::new(Arch::LeNet, Device::Cpu);
+    let mut model = Model::new(ModelKind::LeNet, Device::Cpu);
     let mut flat = FlatParams::new(&mut model);
     let mut split = BatchSplitter::new(&model, &flat, parts).unwrap();
     let x = Tensor::randn([n, 1, 28, 28], (Kind::Float, Device::Cpu));

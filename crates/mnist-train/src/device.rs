@@ -5,9 +5,6 @@ use crate::TrainError;
 use mnist_common::DeviceKind;
 use tch::Device;
 
-/// Environment variable with the GPU list from the launcher's `--gpus` (e.g. `0,2`).
-pub const ENV_GPUS: &str = "MNIST_GPUS";
-
 /// Pick the device for the process with `local_rank`.
 ///
 /// `cuda_count` is the number of usable CUDA devices (0 without a GPU or driver).

@@ -1,5 +1,8 @@
-//! Errors of the training library; each names the file, flag or rank involved.
+//! Errors of the training library; each names the file, flag or rank involved, and says what
+//! kind of failure it is ([`TrainError::kind`]), which decides the worker's exit code.
 
+use mnist_common::panics::Panic;
+use mnist_common::FailureKind;
 use std::path::PathBuf;
 
 /// Anything that stops training or evaluation.
@@ -20,9 +23,24 @@ pub enum TrainError {
     /// NCCL failed or is unavailable.
     #[error(transparent)]
     Nccl(#[from] mnist_nccl::NcclError),
-    /// libtorch reported an error.
-    #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    /// libtorch reported an error (a tch panic caught at the step boundary, or a `f_*` call):
+    /// a shape mismatch, out of memory, a CUDA error.
+    #[error("libtorch error{}: {message}", .during.map(|d| format!(" during {d}")).unwrap_or_default())]
+    Torch {
+        /// What was being done (`training step`, `evaluation`, …), when known.
+        during: Option<&'static str>,
+        /// libtorch's message, first line.
+        message: String,
+    },
+    /// The worker was told to stop (SIGINT, SIGTERM, SIGHUP) and stopped between steps.
+    #[error("stopped by signal {signal} between steps")]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+    },
+    /// Something that should not happen (a panic that is not a libtorch error).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The output folder cannot be created or written. (The cause is the error's source, not
     /// part of this message: `{:#}` printing would show it twice.)
     #[error("--path {path}: cannot write there")]
@@ -63,4 +81,56 @@ pub enum TrainError {
     /// The data does not fit the models.
     #[error("{0}")]
     Shape(String),
+}
+
+impl From<tch::TchError> for TrainError {
+    fn from(e: tch::TchError) -> Self {
+        let text = match e {
+            tch::TchError::Torch(m) => m,
+            other => other.to_string(),
+        };
+        TrainError::Torch {
+            during: None,
+            message: text.lines().next().unwrap_or("").trim().to_string(),
+        }
+    }
+}
+
+impl TrainError {
+    /// A panic caught while doing `during`: libtorch's error when it is one, else an internal
+    /// error.
+    pub fn from_panic(p: Panic, during: &'static str) -> TrainError {
+        match p.libtorch_message() {
+            Some(message) => TrainError::Torch {
+                during: Some(during),
+                message,
+            },
+            None => TrainError::Internal(format!("{during}: {}", p.one_line())),
+        }
+    }
+
+    /// Whose failure this is: bad input (flags, data, model files: retrying cannot help), a
+    /// peer's, this process's own, or an interruption.
+    pub fn kind(&self) -> FailureKind {
+        use mnist_data::DataError as D;
+        match self {
+            TrainError::Config(_)
+            | TrainError::OutputDir { .. }
+            | TrainError::StateDict { .. }
+            | TrainError::Device(_)
+            | TrainError::Resume { .. }
+            | TrainError::Shape(_) => FailureKind::BadInput,
+            TrainError::Data(D::Download { .. }) => FailureKind::OwnFault,
+            TrainError::Data(_) => FailureKind::BadInput,
+            // Reading a model file the user named is input; writing ours is our own fault.
+            TrainError::Checkpoint(e) if e.during_save() => FailureKind::OwnFault,
+            TrainError::Checkpoint(_) => FailureKind::BadInput,
+            TrainError::Comm(e) => e.kind(),
+            TrainError::Nccl(e) => e.kind(),
+            TrainError::Interrupted { signal } => FailureKind::Interrupted(*signal),
+            TrainError::Torch { .. } | TrainError::OutOfSync { .. } | TrainError::Internal(_) => {
+                FailureKind::OwnFault
+            }
+        }
+    }
 }

@@ -152,13 +152,13 @@ pub fn tensor_to_vec(t: &Tensor) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mnist_models::Arch;
+    use mnist_models::ModelKind;
     use tch::Device;
 
     #[test]
     fn gradients_land_in_the_flat_buffer() {
         tch::manual_seed(3);
-        let mut m = Model::new(Arch::LeNet, Device::Cpu);
+        let mut m = Model::new(ModelKind::LeNet, Device::Cpu);
         let before = m.values();
         let mut flat = FlatParams::new(&mut m);
         assert_eq!(m.values(), before, "values kept");

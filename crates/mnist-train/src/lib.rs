@@ -7,8 +7,8 @@ pub mod device;
 mod error;
 pub mod evaluate;
 pub mod flat;
-pub mod gpu_sync;
 pub mod host;
+pub mod interrupt;
 pub mod metrics;
 pub mod optim;
 pub mod resume;
@@ -26,12 +26,17 @@ use mnist_common::contract::WorkerIdentity;
 use mnist_common::TrainConfig;
 
 /// Train or evaluate as `cfg` says, as the process `identity`. On failure the peers are told
-/// (so they stop instead of waiting) and the error is returned.
+/// (so they stop instead of waiting) and the error is returned; a panic (tch reports libtorch
+/// errors by panicking) becomes [`TrainError::Torch`] or [`TrainError::Internal`].
 pub fn run(cfg: &TrainConfig, identity: &WorkerIdentity) -> Result<(), TrainError> {
-    let mut s = Session::start(cfg, identity)?;
-    let result = prepare_data(cfg, &mut s).and_then(|()| trainer::run_session(cfg, &mut s));
+    let mut s = mnist_common::panics::catch(|| Session::start(cfg, identity))
+        .unwrap_or_else(|p| Err(TrainError::from_panic(p, "start-up")))?;
+    let result = mnist_common::panics::catch(|| {
+        prepare_data(cfg, &mut s).and_then(|()| trainer::run_session(cfg, &mut s))
+    })
+    .unwrap_or_else(|p| Err(TrainError::from_panic(p, "training")));
     if let Err(e) = &result {
-        s.comm.abort(&e.to_string());
+        s.comm.abort(&mnist_common::error_line(e));
     }
     result
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 const MAGIC: &[u8; 8] = b"MNISTCK1";
 
 /// File name of the resumable checkpoint inside `--path`.
-pub const FILE_NAME: &str = "checkpoint.bin";
+pub use mnist_common::contract::CHECKPOINT_FILE as FILE_NAME;
 
 /// Everything needed to continue training.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

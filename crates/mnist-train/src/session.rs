@@ -6,7 +6,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use mnist_comm::{Communicator, Solo};
 use mnist_common::contract::WorkerIdentity;
 use mnist_common::logging::RunLog;
-use mnist_common::{BackendKind, TrainConfig};
+use mnist_common::{BackendKind, ProgressMode, TrainConfig};
+use mnist_nccl::NcclGroup;
 use std::io::IsTerminal;
 use std::time::Duration;
 use tch::Device;
@@ -15,12 +16,11 @@ use tch::Device;
 pub struct Session {
     /// Where tensors live.
     pub device: Device,
-    /// The process group.
+    /// The process group: the CPU backend, or NCCL for device buffers ([`NcclGroup`]) with the
+    /// CPU group beside it for host-side collectives.
     pub comm: Box<dyn Communicator>,
     /// Rank 0: console and `<path>/mnist_train.log`; other ranks: console only.
     pub log: RunLog,
-    /// The NCCL communicator, when gradients are reduced on CUDA devices with NCCL.
-    pub nccl: Option<mnist_nccl::NcclComm>,
     /// CPU threads this process may use (`--threads`, `OMP_NUM_THREADS`, or cores / processes).
     pub threads: usize,
     progress: bool,
@@ -41,7 +41,7 @@ pub fn wants_nccl(backend: BackendKind, device: Device, world_size: usize) -> bo
 pub fn thread_count(cfg: &TrainConfig, local_world_size: usize) -> usize {
     cfg.threads
         .or_else(|| {
-            std::env::var("OMP_NUM_THREADS")
+            std::env::var(mnist_common::contract::ENV_OMP_NUM_THREADS)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .filter(|&n| n > 0)
@@ -57,7 +57,7 @@ impl Session {
     pub fn start(cfg: &TrainConfig, identity: &WorkerIdentity) -> Result<Session, TrainError> {
         let threads = thread_count(cfg, identity.local_world_size);
         tch::set_num_threads(threads as i32);
-        let gpus = std::env::var(device::ENV_GPUS).ok();
+        let gpus = std::env::var(mnist_common::contract::ENV_GPUS).ok();
         let device = device::select(
             cfg.device,
             cfg.gpu,
@@ -73,7 +73,7 @@ impl Session {
                 path: cfg.path.clone(),
                 source: e,
             })?;
-            RunLog::open(&cfg.path.join(crate::trainer::LOG_FILE)).map_err(|e| {
+            RunLog::open(&cfg.path.join(mnist_common::contract::LOG_FILE)).map_err(|e| {
                 TrainError::OutputDir {
                     path: cfg.path.clone(),
                     source: e,
@@ -100,7 +100,7 @@ impl Session {
         } else {
             None
         };
-        let (comm, payload): (Box<dyn Communicator>, Vec<u8>) = if identity.world_size == 1 {
+        let (mut comm, payload): (Box<dyn Communicator>, Vec<u8>) = if identity.world_size == 1 {
             (Box::new(Solo), nccl_id.clone().unwrap_or_default())
         } else {
             mnist_comm::connect(
@@ -113,21 +113,16 @@ impl Session {
                 },
             )?
         };
-        let nccl = if use_nccl {
-            let Device::Cuda(ordinal) = device else {
-                unreachable!("NCCL only on CUDA")
-            };
-            let c = mnist_nccl::NcclComm::init_with_timeout(
+        if let (true, Device::Cuda(ordinal)) = (use_nccl, device) {
+            let nccl = mnist_nccl::NcclComm::init_with_timeout(
                 &payload,
                 identity.rank,
                 identity.world_size,
                 ordinal,
                 Duration::from_secs_f64(cfg.timeout_s),
             )?;
-            Some(c)
-        } else {
-            None
-        };
+            comm = Box::new(NcclGroup::new(nccl, comm));
+        }
         if identity.rank == 0 {
             log.info(&format!(
                 "Config: {} | rank 0 of {} | {} intra-op thread(s) | device {:?}",
@@ -138,7 +133,7 @@ impl Session {
             ));
             log.info(&format!(
                 "Gradient backend: {}",
-                if nccl.is_some() {
+                if comm.device().is_some() {
                     "NCCL"
                 } else if identity.world_size > 1 {
                     "CPU (shared memory / TCP)"
@@ -151,14 +146,15 @@ impl Session {
             }
         }
         let progress = identity.rank == 0
-            && cfg
-                .progress
-                .unwrap_or_else(|| std::io::stdout().is_terminal());
+            && match cfg.progress {
+                ProgressMode::Always => true,
+                ProgressMode::Never => false,
+                ProgressMode::Auto => std::io::stdout().is_terminal(),
+            };
         Ok(Session {
             device,
             comm,
             log,
-            nccl,
             threads,
             progress,
         })

@@ -12,6 +12,7 @@
 use crate::evaluate::correct_counts;
 use crate::flat::FlatParams;
 use crate::TrainError;
+use mnist_common::panics::{self, Panic};
 use mnist_models::Model;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
@@ -47,7 +48,8 @@ struct Reply {
 /// A helper thread and its replica's gradient buffer.
 struct Helper {
     jobs: Option<Sender<Job>>,
-    replies: Receiver<Reply>,
+    /// A helper's part, or the panic (a libtorch error) that stopped it.
+    replies: Receiver<Result<Reply, Panic>>,
     grads: Tensor,
     thread: Option<JoinHandle<()>>,
 }
@@ -76,10 +78,10 @@ impl BatchSplitter {
         let device = flat.params.device();
         let mut helpers = Vec::new();
         for i in 1..parts.max(1) {
-            let mut replica = Model::new(model.arch(), device);
+            let mut replica = Model::new(model.kind(), device);
             let grads = flat.attach(&mut replica);
             let (job_tx, job_rx) = channel::<Job>();
-            let (reply_tx, reply_rx) = channel::<Reply>();
+            let (reply_tx, reply_rx) = channel::<Result<Reply, Panic>>();
             let thread = std::thread::Builder::new()
                 .name(format!("batch-part-{i}"))
                 .spawn({
@@ -140,7 +142,11 @@ impl BatchSplitter {
         );
         let (mut loss, mut correct1, mut correct5) = (part.loss, part.correct1, part.correct5);
         for helper in busy {
-            let r = helper.replies.recv().map_err(|_| helper_died())?;
+            let r = helper
+                .replies
+                .recv()
+                .map_err(|_| helper_died())?
+                .map_err(|p| TrainError::from_panic(p, "training step (batch-split thread)"))?;
             tch::no_grad(|| {
                 let _ = flat.grads.g_add_(&helper.grads);
             });
@@ -175,11 +181,21 @@ fn helper_died() -> TrainError {
 
 /// A helper: for each job, zero the replica's gradients (`grads`, its flat buffer), then
 /// forward and backward.
-fn helper_loop(replica: Model, mut grads: Tensor, jobs: Receiver<Job>, replies: Sender<Reply>) {
+/// A panic (tch reports libtorch errors so) goes back as the reply, so the step fails with
+/// libtorch's message instead of a dead thread.
+fn helper_loop(
+    replica: Model,
+    mut grads: Tensor,
+    jobs: Receiver<Job>,
+    replies: Sender<Result<Reply, Panic>>,
+) {
     while let Ok(job) = jobs.recv() {
-        let _ = grads.zero_();
-        let out = part_step(&replica, &job.x, &job.y, job.weight);
-        if replies.send(out).is_err() {
+        let out = panics::catch(|| {
+            let _ = grads.zero_();
+            part_step(&replica, &job.x, &job.y, job.weight)
+        });
+        let failed = out.is_err();
+        if replies.send(out).is_err() || failed {
             break;
         }
     }
@@ -217,7 +233,7 @@ fn split_ranges(n: i64, parts: i64) -> Vec<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mnist_models::Arch;
+    use mnist_models::ModelKind;
     use tch::Device;
 
     #[test]
@@ -230,7 +246,7 @@ mod tests {
     /// Two and three parts give the loss, counts and gradient of the whole batch.
     #[test]
     fn split_step_equals_whole_batch_step() {
-        for arch in [Arch::LeNet, Arch::Mlp] {
+        for arch in [ModelKind::LeNet, ModelKind::Mlp] {
             tch::manual_seed(11);
             let mut model = Model::new(arch, Device::Cpu);
             let mut flat = FlatParams::new(&mut model);
@@ -264,7 +280,7 @@ mod tests {
     #[test]
     fn helpers_see_parameter_updates() {
         tch::manual_seed(12);
-        let mut model = Model::new(Arch::Mlp, Device::Cpu);
+        let mut model = Model::new(ModelKind::Mlp, Device::Cpu);
         let mut flat = FlatParams::new(&mut model);
         let x = Tensor::randn([8, 1, 28, 28], (Kind::Float, Device::Cpu));
         let y = Tensor::randint(10, [8], (Kind::Int64, Device::Cpu));
@@ -279,5 +295,45 @@ mod tests {
         let d = (after.loss.double_value(&[]) - reference.loss.double_value(&[])).abs();
         assert!(d < 1e-5, "after the update the split loss differs by {d}");
         assert!((after.loss.double_value(&[]) - before.loss.double_value(&[])).abs() > 1e-4);
+    }
+
+    /// A libtorch error (an out-of-range label) becomes one-line errors: in a helper thread
+    /// it comes back as the step's error, with libtorch's message; on the calling thread it
+    /// is a panic that the trainer's step guard catches the same way.
+    #[test]
+    fn libtorch_errors_in_any_part_are_reported_with_their_message() {
+        mnist_common::panics::install_quiet_hook();
+        tch::manual_seed(13);
+        let mut model = Model::new(ModelKind::Mlp, Device::Cpu);
+        let mut flat = FlatParams::new(&mut model);
+        let x = Tensor::randn([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let labels = |v: [i64; 8]| Tensor::from_slice(&v);
+        let mut split = BatchSplitter::new(&model, &flat, 2).unwrap();
+        // Part 1 (the helper thread) holds the bad label.
+        let e = split
+            .forward_backward(&model, &mut flat, &x, &labels([0, 1, 2, 3, 4, 5, 6, 10]))
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(e, TrainError::Torch { .. })
+                && text.contains("batch-split thread")
+                && text.contains("out of bounds")
+                && !text.contains('\n'),
+            "{text}"
+        );
+        assert_eq!(e.kind(), mnist_common::FailureKind::OwnFault);
+        // Part 0 (this thread): a panic, caught as the trainer does.
+        let mut split = BatchSplitter::new(&model, &flat, 2).unwrap();
+        let p = panics::catch(|| {
+            split.forward_backward(&model, &mut flat, &x, &labels([10, 1, 2, 3, 4, 5, 6, 7]))
+        })
+        .unwrap_err();
+        let e = TrainError::from_panic(p, "training step");
+        assert!(
+            e.to_string()
+                .starts_with("libtorch error during training step: ")
+                && e.to_string().contains("out of bounds"),
+            "{e}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::TrainError;
 use mnist_checkpoint::NamedTensor;
-use mnist_models::{Arch, Model};
+use mnist_models::{Model, ModelKind};
 use std::path::Path;
 
 /// The model's weights as named tensors, in `state_dict` order.
@@ -20,10 +20,10 @@ pub fn named_tensors(model: &Model) -> Vec<NamedTensor> {
         .collect()
 }
 
-/// Check `tensors` against `arch` and return their values in `state_dict` order.
+/// Check `tensors` against model `kind` and return their values in `state_dict` order.
 pub fn match_state_dict(
     file: &Path,
-    arch: Arch,
+    kind: ModelKind,
     tensors: Vec<NamedTensor>,
 ) -> Result<Vec<Vec<f32>>, TrainError> {
     let err = |detail: String| TrainError::StateDict {
@@ -39,23 +39,23 @@ pub fn match_state_dict(
             .map(|(k, v)| (k["module.".len()..].to_string(), v))
             .collect();
     }
-    let expected = arch.parameter_shapes();
+    let expected = mnist_models::parameter_shapes(kind);
     let mut values = Vec::new();
     for (name, shape) in &expected {
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
         let Some(t) = by_name.remove(*name) else {
             return Err(err(format!(
                 "missing key {name} (shape {shape:?}) for model {}; {}",
-                arch.name(),
-                hint(&by_name, arch)
+                kind.name(),
+                hint(&by_name, kind)
             )));
         };
         if t.shape != shape {
             return Err(err(format!(
                 "key {name} has shape {:?} in the file but model {} expects {shape:?}; {}",
                 t.shape,
-                arch.name(),
-                hint(&by_name, arch)
+                kind.name(),
+                hint(&by_name, kind)
             )));
         }
         values.push(t.data);
@@ -63,21 +63,20 @@ pub fn match_state_dict(
     if let Some(extra) = by_name.keys().min() {
         return Err(err(format!(
             "unexpected key {extra} for model {}; {}",
-            arch.name(),
-            hint(&by_name, arch)
+            kind.name(),
+            hint(&by_name, kind)
         )));
     }
     Ok(values)
 }
 
-fn hint(rest: &std::collections::HashMap<String, NamedTensor>, arch: Arch) -> String {
-    let other = match arch {
-        Arch::LeNet => Arch::Mlp,
-        Arch::Mlp => Arch::LeNet,
+fn hint(rest: &std::collections::HashMap<String, NamedTensor>, kind: ModelKind) -> String {
+    let other = match kind {
+        ModelKind::LeNet => ModelKind::Mlp,
+        ModelKind::Mlp => ModelKind::LeNet,
     };
-    let looks_other = rest.contains_key("conv1.weight") == (other == Arch::LeNet)
-        && other
-            .parameter_shapes()
+    let looks_other = rest.contains_key("conv1.weight") == (other == ModelKind::LeNet)
+        && mnist_models::parameter_shapes(other)
             .iter()
             .any(|(n, _)| rest.contains_key(*n));
     if looks_other {
@@ -94,7 +93,7 @@ fn hint(rest: &std::collections::HashMap<String, NamedTensor>, arch: Arch) -> St
 /// Load the weights in `file` into `model`.
 pub fn load_into(model: &mut Model, file: &Path) -> Result<(), TrainError> {
     let tensors = mnist_checkpoint::load_state_dict(file)?;
-    let values = match_state_dict(file, model.arch(), tensors)?;
+    let values = match_state_dict(file, model.kind(), tensors)?;
     model
         .load_values(&values)
         .map_err(|e| TrainError::StateDict {
@@ -110,8 +109,8 @@ mod tests {
 
     #[test]
     fn wrong_model_names_the_key_and_suggests_the_other() {
-        let lenet = Model::new(Arch::LeNet, Device::Cpu);
-        let e = match_state_dict(Path::new("m.pt"), Arch::Mlp, named_tensors(&lenet))
+        let lenet = Model::new(ModelKind::LeNet, Device::Cpu);
+        let e = match_state_dict(Path::new("m.pt"), ModelKind::Mlp, named_tensors(&lenet))
             .unwrap_err()
             .to_string();
         assert!(
@@ -121,8 +120,8 @@ mod tests {
                 && e.contains("--model LeNet"),
             "{e}"
         );
-        let mlp = Model::new(Arch::Mlp, Device::Cpu);
-        let e = match_state_dict(Path::new("m.pt"), Arch::LeNet, named_tensors(&mlp))
+        let mlp = Model::new(ModelKind::Mlp, Device::Cpu);
+        let e = match_state_dict(Path::new("m.pt"), ModelKind::LeNet, named_tensors(&mlp))
             .unwrap_err()
             .to_string();
         assert!(
@@ -133,12 +132,12 @@ mod tests {
 
     #[test]
     fn matching_dict_round_trips_and_module_prefix_is_accepted() {
-        let m = Model::new(Arch::LeNet, Device::Cpu);
+        let m = Model::new(ModelKind::LeNet, Device::Cpu);
         let mut t = named_tensors(&m);
         for x in &mut t {
             x.name = format!("module.{}", x.name);
         }
-        let v = match_state_dict(Path::new("m.pt"), Arch::LeNet, t).unwrap();
+        let v = match_state_dict(Path::new("m.pt"), ModelKind::LeNet, t).unwrap();
         assert_eq!(v, m.values());
     }
 }

@@ -12,6 +12,7 @@
 //! - `FAKE_HANG=1`: the other ranks sleep forever.
 //! - `FAKE_SLEEP_MS=n`: sleep n ms before exiting 0.
 
+use mnist_common::contract;
 use nix::sys::signal::{raise, signal, SigHandler, Signal};
 use std::io::Write;
 use std::str::FromStr;
@@ -42,8 +43,8 @@ fn wait_for_pid_files(world: usize) {
 }
 
 fn main() {
-    let rank: usize = num("RANK").unwrap_or(0);
-    let world: usize = num("WORLD_SIZE").unwrap_or(1);
+    let rank: usize = num(contract::ENV_RANK).unwrap_or(0);
+    let world: usize = num(contract::ENV_WORLD_SIZE).unwrap_or(1);
     if var("FAKE_IGNORE_TERM").is_some() {
         // SAFETY: SIG_IGN installs no handler code.
         unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.expect("ignore SIGTERM");
@@ -58,10 +59,10 @@ fn main() {
     println!(
         "rank {rank} of {world} pid={} rendezvous={} run_id={} omp={} gpus={} args={}",
         std::process::id(),
-        env("MNIST_RENDEZVOUS"),
-        env("MNIST_RUN_ID"),
-        env("OMP_NUM_THREADS"),
-        env("MNIST_GPUS"),
+        env(contract::ENV_RENDEZVOUS),
+        env(contract::ENV_RUN_ID),
+        env(contract::ENV_OMP_NUM_THREADS),
+        env(contract::ENV_GPUS),
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
     eprintln!("rank {rank}: hello on stderr");

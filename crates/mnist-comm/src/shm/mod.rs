@@ -44,7 +44,7 @@ pub(crate) use segment::MAX_WORLD as SHM_MAX_WORLD;
 fn spin_for() -> Duration {
     static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *SPIN.get_or_init(|| {
-        let us = std::env::var("MNIST_SHM_SPIN_US")
+        let us = std::env::var(mnist_common::contract::ENV_SHM_SPIN_US)
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(50);
@@ -57,7 +57,7 @@ fn spin_for() -> Duration {
 fn yield_for() -> Duration {
     static YIELD: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *YIELD.get_or_init(|| {
-        let us = std::env::var("MNIST_SHM_YIELD_US")
+        let us = std::env::var(mnist_common::contract::ENV_SHM_YIELD_US)
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);

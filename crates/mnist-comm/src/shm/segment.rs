@@ -24,7 +24,7 @@ pub(crate) const SLOT_BYTES: usize = 4 << 20;
 pub(crate) fn chunk_bytes() -> usize {
     static CHUNK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CHUNK.get_or_init(|| {
-        std::env::var("MNIST_SHM_CHUNK")
+        std::env::var(mnist_common::contract::ENV_SHM_CHUNK)
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
             .map_or(1 << 20, |v| v.clamp(4096, SLOT_BYTES) / 64 * 64)
@@ -38,14 +38,10 @@ const MSG_BYTES: usize = 256;
 const LINE: usize = 64;
 const MAGIC: u64 = 0x4d4e_4953_5453_4d31;
 
-/// Where /dev/shm-style segments live.
-pub(crate) const SHM_DIR: &str = "/dev/shm";
-
-/// The segment file name for a run id (defined in `mnist_common::rendezvous`, so the launcher
-/// can remove a segment left behind by a crashed rank).
-pub fn shm_name_for(run_id: &str) -> String {
-    mnist_common::rendezvous::shm_name_for(run_id)
-}
+/// The segment file name for a run id (part of the launcher ↔ worker contract, so the
+/// launcher can remove a segment left behind by a crashed rank).
+pub use mnist_common::contract::shm_name_for;
+pub(crate) use mnist_common::contract::SHM_DIR;
 
 /// One field of a collective header.
 #[derive(Clone, Copy)]
