@@ -1,4 +1,4 @@
-//! Interop with real PyTorch 2.11 (needs `MNIST_PYTHON`; prints SKIPPED otherwise):
+//! Interop with real PyTorch 2.11 (needs `MNIST_PYTHON`; records a visible skip otherwise):
 //! torch.load + strict load_state_dict of our files, and our loading of torch.save files.
 //! The Python side is scripts/torch_checkpoint_check.py.
 

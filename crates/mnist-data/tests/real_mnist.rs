@@ -1,5 +1,5 @@
-//! The real MNIST files, when present (`MNIST_DATA_DIR`, or the shared copy next to the
-//! repository): both splits load with the expected sizes, their decompressed content matches
+//! The real MNIST files (`MNIST_DATA_DIR`, the repository's own `data/mnist`, or the shared
+//! copy next to the repository): both splits load with the expected sizes, their decompressed content matches
 //! the embedded SHA-256 table, and `download` fetches them from a loopback mirror.
 
 mod common;
@@ -9,26 +9,19 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-fn real_dir() -> Option<PathBuf> {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        std::env::var_os("MNIST_DATA_DIR").map(PathBuf::from),
-        Some(manifest.join("../../../shared/data/mnist")),
-        Some(PathBuf::from("/work/shared/data/mnist")),
-    ];
-    let found = candidates
-        .into_iter()
-        .flatten()
-        .find(|d| locate(d, Split::Test).is_ok());
-    if found.is_none() {
-        println!("SKIPPED: real MNIST files not found (set MNIST_DATA_DIR)");
-    }
-    found
+/// `MNIST_DATA_DIR`, the repository's own `data/mnist`, or the shared copy beside the
+/// checkout ([`mnist_testkit::mnist_dir`] records a visible skip when none has the files).
+fn real_dir(test: &str) -> Option<PathBuf> {
+    mnist_testkit::mnist_dir(test, |d| {
+        locate(d, Split::Train).is_ok() && locate(d, Split::Test).is_ok()
+    })
 }
 
 #[test]
 fn real_splits_load_and_match_checksums() {
-    let Some(dir) = real_dir() else { return };
+    let Some(dir) = real_dir("real_splits_load_and_match_checksums") else {
+        return;
+    };
     for (split, n) in [(Split::Train, 60_000), (Split::Test, 10_000)] {
         let s = load_split(&dir, split).unwrap();
         assert_eq!(
@@ -48,7 +41,9 @@ fn real_splits_load_and_match_checksums() {
 
 #[test]
 fn download_real_files_from_loopback_mirror() {
-    let Some(dir) = real_dir() else { return };
+    let Some(dir) = real_dir("download_real_files_from_loopback_mirror") else {
+        return;
+    };
     let mut files = HashMap::new();
     for name in STANDARD_NAMES {
         let path = find_file(&dir, name).unwrap();

@@ -118,8 +118,7 @@ fn bad_rank_or_world_is_an_error() {
 /// whose padding and striding we copy exactly.
 #[test]
 fn unshuffled_matches_pytorch() {
-    let Some(python) = std::env::var_os("MNIST_PYTHON") else {
-        println!("SKIPPED: unshuffled_matches_pytorch (MNIST_PYTHON not set)");
+    let Some(python) = mnist_testkit::python("unshuffled_matches_pytorch") else {
         return;
     };
     let cases = [(10usize, 3usize), (7, 4), (2, 5), (12, 4)];

@@ -1,5 +1,5 @@
 //! GPU tests (feature build): real all-reduce and broadcast on device buffers made with
-//! cudarc's driver API, and the timeout path. Each prints `SKIPPED: no CUDA GPU (…)` and
+//! cudarc's driver API, and the timeout path. Each records a visible skip (`mnist_testkit`) and
 //! returns when [`mnist_nccl::available`] fails, so they pass on CPU machines.
 #![cfg(feature = "nccl")]
 
@@ -12,7 +12,7 @@ fn gpu_or_skip(test: &str) -> bool {
     match available() {
         Ok(()) => true,
         Err(e) => {
-            println!("SKIPPED: no CUDA GPU ({test}: {e})");
+            mnist_testkit::skip(test, "gpu", &format!("no CUDA GPU: {e}"));
             false
         }
     }
@@ -43,7 +43,7 @@ where
 
 #[test]
 fn world_of_one_all_reduce_and_broadcast_are_the_identity() {
-    if !gpu_or_skip("world of one") {
+    if !gpu_or_skip("world_of_one_all_reduce_and_broadcast_are_the_identity") {
         return;
     }
     let id = new_unique_id().expect("unique id");
@@ -83,14 +83,15 @@ fn world_of_one_all_reduce_and_broadcast_are_the_identity() {
 
 #[test]
 fn two_ranks_sum_and_average_across_two_gpus() {
-    if !gpu_or_skip("two ranks") {
+    if !gpu_or_skip("two_ranks_sum_and_average_across_two_gpus") {
         return;
     }
     if device_count() < 2 {
-        println!(
-            "SKIPPED: two ranks need two GPUs, {} visible (NCCL refuses two ranks on one GPU)",
+        let why = format!(
+            "two ranks need two GPUs, {} visible (NCCL refuses two ranks on one GPU)",
             device_count()
         );
+        mnist_testkit::skip("two_ranks_sum_and_average_across_two_gpus", "gpu2", &why);
         return;
     }
     let id = new_unique_id().expect("unique id");
@@ -134,7 +135,7 @@ fn two_ranks_sum_and_average_across_two_gpus() {
 
 #[test]
 fn init_times_out_and_aborts_when_a_peer_never_joins() {
-    if !gpu_or_skip("timeout") {
+    if !gpu_or_skip("init_times_out_and_aborts_when_a_peer_never_joins") {
         return;
     }
     let id = new_unique_id().expect("unique id");

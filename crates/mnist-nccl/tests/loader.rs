@@ -3,7 +3,7 @@
 //! `LD_LIBRARY_PATH` makes NCCL usable; the wheel's own folder alone gives the explanatory
 //! `Unavailable` message. Runs this test binary again as a child, since the dynamic loader
 //! reads `LD_LIBRARY_PATH` only at start-up. Needs `MNIST_PYTHON` (a Python with torch's
-//! NCCL wheel); without it the test prints SKIPPED.
+//! NCCL wheel); without it the test records a visible skip.
 #![cfg(feature = "nccl")]
 
 use std::path::PathBuf;
@@ -61,7 +61,11 @@ fn symlink_folder_makes_the_wheel_library_loadable() {
     let lib = match wheel_lib_dir() {
         Ok(d) => d,
         Err(why) => {
-            println!("SKIPPED: no NCCL wheel to load ({why})");
+            mnist_testkit::skip(
+                "symlink_folder_makes_the_wheel_library_loadable",
+                "nccl-wheel",
+                &why,
+            );
             return;
         }
     };

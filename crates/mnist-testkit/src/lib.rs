@@ -67,7 +67,11 @@ pub fn python(test: &str) -> Option<PathBuf> {
             None
         }
         _ => {
-            skip(test, "python", "MNIST_PYTHON not set; source scripts/env.sh");
+            skip(
+                test,
+                "python",
+                "MNIST_PYTHON not set; source scripts/env.sh",
+            );
             None
         }
     }
@@ -116,15 +120,20 @@ pub fn root(test: &str, why: &str) -> bool {
 
 /// The program `name` found on `PATH`, or `None` after recording a skip (key = `name`).
 pub fn program(test: &str, name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
+    let found = find_on_path(name);
     if found.is_none() {
         skip(test, name, &format!("`{name}` not found on PATH"));
     }
     found
+}
+
+/// The program `name` found on `PATH`, without recording anything.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
 }
 
 #[cfg(test)]
@@ -138,7 +147,8 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_program_is_reported_as_a_skip() {
-        assert!(program("testkit_self_test", "no-such-program-mnist-ddp").is_none());
+    fn programs_are_found_on_path_and_missing_ones_are_not() {
+        assert!(find_on_path("sh").is_some(), "no `sh` on PATH");
+        assert!(find_on_path("no-such-program-mnist-ddp").is_none());
     }
 }

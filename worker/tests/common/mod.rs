@@ -27,15 +27,10 @@ pub fn launcher_bin() -> PathBuf {
     p
 }
 
-/// `$MNIST_PYTHON` (Python with torch), or None after printing a visible SKIPPED line.
+/// `$MNIST_PYTHON` (Python with torch), or None after recording a visible skip
+/// ([`mnist_testkit::python`]).
 pub fn python(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("MNIST_PYTHON") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            println!("SKIPPED: {test} (MNIST_PYTHON not set)");
-            None
-        }
-    }
+    mnist_testkit::python(test)
 }
 
 /// A script in `scripts/ref/`.

@@ -107,15 +107,10 @@ pub fn write_zip(path: &Path, records: &[(&str, &[u8])]) {
     z.finish().unwrap();
 }
 
-/// The `MNIST_PYTHON` interpreter, or `None` after printing a SKIPPED line.
+/// The `MNIST_PYTHON` interpreter, or `None` after recording a visible skip
+/// ([`mnist_testkit::python`]).
 pub fn python(test: &str) -> Option<String> {
-    match std::env::var("MNIST_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            println!("SKIPPED: {test} (MNIST_PYTHON not set)");
-            None
-        }
-    }
+    mnist_testkit::python(test).map(|p| p.display().to_string())
 }
 
 /// Path of the Python helper script.
