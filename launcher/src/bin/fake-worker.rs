@@ -51,9 +51,11 @@ fn main() {
     }
     if let Some(dir) = var("FAKE_PID_DIR") {
         let dir = std::path::Path::new(&dir);
-        let tmp = dir.join(format!("rank{rank}.pid.tmp"));
-        std::fs::write(&tmp, std::process::id().to_string()).expect("write pid file");
-        std::fs::rename(&tmp, dir.join(format!("rank{rank}.pid"))).expect("rename pid file");
+        let pid = std::process::id().to_string();
+        mnist_common::atomic_file::write_atomic(&dir.join(format!("rank{rank}.pid")), |f| {
+            std::io::Write::write_all(f, pid.as_bytes())
+        })
+        .expect("write pid file");
     }
     let env = |k: &str| var(k).unwrap_or_default();
     println!(

@@ -27,11 +27,11 @@
 mod segment;
 
 pub use segment::shm_name_for;
-pub(crate) use segment::Segment;
+pub(crate) use segment::{Plain, Segment};
 
 use crate::group::Group;
 use crate::liveness::{pid_alive, socket_closed};
-use crate::reduce::{reduce_into, DType, Elem};
+use crate::reduce::{reduce_raw, DType, Elem};
 use crate::{CommError, Communicator, ReduceOp};
 use segment::{chunk_bytes, futex_wait, futex_wake_all, Field, MAX_WORLD, SLOT_BYTES};
 use std::sync::atomic::Ordering;
@@ -351,18 +351,16 @@ impl ShmComm {
             let len = chunk.min(buf.len() - off);
             let p = self.next_parity();
             let (s, e) = segment_range(len, me, w);
-            let mine = self.seg.slot_ptr(p, me) as *mut T;
-            // SAFETY: slot[p][me] holds `chunk` elements of T (slots are page-aligned); between
-            // the previous barrier and the next one only this rank touches its own slot. Our
-            // own segment [s, e) is not copied: we reduce it from `buf` directly.
-            let (head, tail) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(mine, s),
-                    std::slice::from_raw_parts_mut(mine.add(e), len - e),
-                )
-            };
-            head.copy_from_slice(&buf[off..off + s]);
-            tail.copy_from_slice(&buf[off + e..off + len]);
+            // SAFETY: (this and the slot accesses below) between two barriers each byte of
+            // slot[p][*] has one writer and no other reader, or readers only: phase 1
+            // every rank writes its own slot outside its own segment; phase 2 rank r reads
+            // segment r of every slot and writes segment r of its own; phase 3 everyone reads
+            // the result segments. Parities alternate, so the next chunk's writes go to the
+            // other slot set until everyone passed this chunk's last barrier.
+            unsafe {
+                self.seg.write_slot(p, me, 0, &buf[off..off + s]);
+                self.seg.write_slot(p, me, e, &buf[off + e..off + len]);
+            }
             self.barrier_wait(d)?;
             if first {
                 self.check_headers(d)?;
@@ -372,41 +370,28 @@ impl ShmComm {
                 break;
             }
             if s < e {
-                let mut srcs: [&[T]; MAX_WORLD] = [&[]; MAX_WORLD];
-                for (r, src) in srcs
-                    .iter_mut()
-                    .enumerate()
-                    .take(w)
-                    .filter(|(r, _)| *r != me)
-                {
-                    // SAFETY: rank r finished writing slot[p][r] before the barrier; segment
-                    // [s, e) of it is read only by this rank until the next barrier.
-                    *src = unsafe {
-                        std::slice::from_raw_parts(
-                            (self.seg.slot_ptr(p, r) as *const T).add(s),
-                            e - s,
-                        )
+                let mine = buf[off + s..off + e].as_mut_ptr();
+                let mut srcs = [std::ptr::null::<T>(); MAX_WORLD];
+                for (r, src) in srcs.iter_mut().enumerate().take(w) {
+                    *src = if r == me {
+                        mine as *const T
+                    } else {
+                        self.seg.slot_ptr::<T>(p, r, s, e - s) as *const T
                     };
                 }
-                srcs[me] = &buf[off + s..off + e];
-                // SAFETY: segment [s, e) of our own slot was left free above; we write the
-                // result there, and the others read it only after the next barrier.
-                let res = unsafe { std::slice::from_raw_parts_mut(mine.add(s), e - s) };
-                reduce_into(res, &srcs[..w], op, w);
-                buf[off + s..off + e].copy_from_slice(res);
+                // SAFETY: every source holds `e - s` elements: rank r's slot segment (written
+                // before the barrier, read only by us until the next one) or our own buffer's
+                // segment, which is also the destination (allowed: the same pointer).
+                unsafe { reduce_raw(mine, &srcs[..w], e - s, op, w) };
+                // SAFETY: segment [s, e) of our own slot is ours to write in this phase.
+                unsafe { self.seg.write_slot(p, me, s, &buf[off + s..off + e]) };
             }
             self.barrier_wait(d)?;
             for r in (0..w).filter(|&r| r != me) {
                 let (rs, re) = segment_range(len, r, w);
                 // SAFETY: rank r wrote its result segment before the barrier; until the next
                 // phase's barrier every rank only reads it.
-                let res = unsafe {
-                    std::slice::from_raw_parts(
-                        (self.seg.slot_ptr(p, r) as *const T).add(rs),
-                        re - rs,
-                    )
-                };
-                buf[off + rs..off + re].copy_from_slice(res);
+                unsafe { self.seg.read_slot(p, r, rs, &mut buf[off + rs..off + re]) };
             }
             off += len;
             if off >= buf.len() {
@@ -430,10 +415,8 @@ impl ShmComm {
             let len = SLOT_BYTES.min(buf.len() - off);
             let p = self.next_parity();
             if self.rank == root {
-                // SAFETY: only the root writes slot[p][root] in this phase.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(self.seg.slot_ptr(p, root), len) };
-                dst.copy_from_slice(&buf[off..off + len]);
+                // SAFETY: only the root touches slot[p][root] in this phase.
+                unsafe { self.seg.write_slot(p, root, 0, &buf[off..off + len]) };
             }
             self.barrier_wait(d)?;
             if first {
@@ -442,8 +425,7 @@ impl ShmComm {
             }
             if self.rank != root {
                 // SAFETY: written before the barrier, only read until the next phase's barrier.
-                let src = unsafe { std::slice::from_raw_parts(self.seg.slot_ptr(p, root), len) };
-                buf[off..off + len].copy_from_slice(src);
+                unsafe { self.seg.read_slot(p, root, 0, &mut buf[off..off + len]) };
             }
             off += len;
             if off >= buf.len() {
@@ -473,18 +455,16 @@ impl ShmComm {
             let p = self.next_parity();
             let lo = (k * SLOT_BYTES).min(send.len());
             let hi = ((k + 1) * SLOT_BYTES).min(send.len());
-            // SAFETY: only this rank writes its own slot in this phase.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(self.seg.slot_ptr(p, self.rank), hi - lo) };
-            dst.copy_from_slice(&send[lo..hi]);
+            // SAFETY: only this rank touches its own slot in this phase.
+            unsafe { self.seg.write_slot(p, self.rank, 0, &send[lo..hi]) };
             self.barrier_wait(d)?;
             for (r, o) in out.iter_mut().enumerate() {
                 let n = lens[r].saturating_sub(k * SLOT_BYTES).min(SLOT_BYTES);
+                let have = o.len();
+                o.resize(have + n, 0);
                 // SAFETY: rank r wrote these n bytes before the barrier; read-only until the
                 // next phase's barrier.
-                o.extend_from_slice(unsafe {
-                    std::slice::from_raw_parts(self.seg.slot_ptr(p, r), n)
-                });
+                unsafe { self.seg.read_slot(p, r, 0, &mut o[have..]) };
             }
         }
         self.sent += (send.len() * (self.world - 1)) as u64;
