@@ -357,13 +357,21 @@ fn killed_rank_stops_the_launch() {
         err.contains("rank 1") && err.contains(&pid1.to_string()) && err.contains("SIGKILL"),
         "{err}"
     );
-    assert!(took < 10.0, "the launcher took {took:.1}s to notice");
+    // How fast the launcher noticed is printed above, not asserted (a loaded machine); that it
+    // noticed at all is `launch.wait`'s deadline.
     assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
-    // No process of this run is left.
-    std::thread::sleep(Duration::from_millis(200));
-    let left = processes_with(&out_s);
-    assert!(
-        left.is_empty(),
-        "processes of the killed run remain: {left:?}"
-    );
+    // No process of this run is left: the survivors would train for 500 epochs, so waiting
+    // for them to vanish (a process in the middle of exiting) cannot hide one.
+    let t0 = Instant::now();
+    loop {
+        let left = processes_with(&out_s);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "processes of the killed run remain: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -28,7 +28,6 @@ struct Out {
     code: Option<i32>,
     stdout: String,
     stderr: String,
-    secs: f64,
 }
 
 struct Group {
@@ -38,6 +37,12 @@ struct Group {
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// How long a group may take before the test gives up on it: generous for a loaded 2-core
+/// machine, and longer than comm-peer's default 30 s collective timeout, so that a failure
+/// detected by the wrong mechanism (the timeout instead of liveness) shows in its message
+/// rather than as a kill. Tests check what failed and how, never how fast.
+const DEADLINE: Duration = Duration::from_secs(90);
 
 impl Group {
     fn new(tag: &str) -> Group {
@@ -75,28 +80,26 @@ impl Group {
         (child, Instant::now())
     }
 
-    /// Wait for the ranks in `need` (at most 25 s), then kill the others.
+    /// Wait for the ranks in `need` (at most [`DEADLINE`]), then kill the others.
     fn wait(&self, mut kids: Vec<(Child, Instant)>, need: &[usize]) -> Vec<Out> {
-        let deadline = Instant::now() + Duration::from_secs(25);
-        let mut secs = vec![None; kids.len()];
-        while Instant::now() < deadline && need.iter().any(|&i| secs[i].is_none()) {
-            for (i, (c, t)) in kids.iter_mut().enumerate() {
-                if secs[i].is_none() && c.try_wait().unwrap().is_some() {
-                    secs[i] = Some(t.elapsed().as_secs_f64());
+        let deadline = Instant::now() + DEADLINE;
+        let mut done = vec![false; kids.len()];
+        while Instant::now() < deadline && need.iter().any(|&i| !done[i]) {
+            for (i, (c, _)) in kids.iter_mut().enumerate() {
+                if !done[i] && c.try_wait().unwrap().is_some() {
+                    done[i] = true;
                 }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         kids.into_iter()
-            .enumerate()
-            .map(|(i, (mut c, _))| {
+            .map(|(mut c, _)| {
                 let _ = c.kill();
                 let o = c.wait_with_output().unwrap();
                 Out {
                     code: o.status.code(),
                     stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
                     stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-                    secs: secs[i].unwrap_or(f64::INFINITY),
                 }
             })
             .collect()
@@ -249,15 +252,16 @@ fn tcp_three_ranks_match_the_oracle() {
     check_all(3, "tcp");
 }
 
-/// Run a failure scenario on 3 ranks; every rank in `need` must fail with all of `words`.
+/// Run a failure scenario on 3 ranks; every rank in `need` must fail with all of `words`
+/// (which name the mechanism: "peer rank 1" only comes from liveness or abort detection, a
+/// timeout says "timed out"). Returns the ranks' output.
 fn check_failure(
     scenario: &str,
     transport: &str,
     extra: &[&str],
     need: &[usize],
     words: &[&str],
-    max_secs: f64,
-) {
+) -> Vec<Out> {
     let g = Group::new(&format!("{scenario}-{transport}"));
     let mut args = vec!["--transport", transport];
     args.extend_from_slice(extra);
@@ -278,13 +282,9 @@ fn check_failure(
                 o.stdout
             );
         }
-        assert!(
-            o.secs < max_secs,
-            "rank {r} took {:.1} s (limit {max_secs} s)",
-            o.secs
-        );
     }
     g.assert_clean();
+    outs
 }
 
 #[test]
@@ -296,29 +296,42 @@ fn mismatch_fails_on_every_rank() {
             &[],
             &[0, 1, 2],
             &["mismatch", "rank 1: #2 all_reduce(11 x f32"],
-            10.0,
         );
     }
 }
 
 #[test]
-fn dead_peer_is_named_within_seconds() {
+fn dead_peer_is_detected_and_named() {
     for t in ["shm", "tcp"] {
-        check_failure("die", t, &[], &[0, 2], &["peer rank 1"], 6.0);
+        check_failure("die", t, &[], &[0, 2], &["peer rank 1"]);
     }
 }
 
 #[test]
 fn hung_peer_times_out_naming_it() {
     for t in ["shm", "tcp"] {
-        check_failure(
+        let outs = check_failure(
             "hang",
             t,
             &["--timeout", "2"],
             &[0, 2],
             &["timed out", "[1]"],
-            8.0,
         );
+        // The error reports how long the rank waited: --timeout 2 applied, not the default
+        // 30 s (a bound on what the rank says, not on how fast this machine is).
+        for r in [0, 2] {
+            let waited: f64 = outs[r]
+                .stdout
+                .split("timed out after ")
+                .nth(1)
+                .and_then(|s| s.split('s').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("rank {r}: no wait time in:\n{}", outs[r].stdout));
+            assert!(
+                (2.0..30.0).contains(&waited),
+                "rank {r} ({t}) waited {waited} s with --timeout 2"
+            );
+        }
     }
 }
 
@@ -331,7 +344,6 @@ fn abort_reaches_the_peers() {
             &[],
             &[0, 2],
             &["peer rank 1", "test abort from rank 1"],
-            6.0,
         );
     }
 }
@@ -378,14 +390,42 @@ fn stale_rendezvous_file_is_ignored() {
         payload: b"stale payload".to_vec(),
     };
     stale.publish(&g.rdv).unwrap();
-    let guest = g.spawn(1, 2, "mismatch", &[]);
-    std::thread::sleep(Duration::from_millis(300));
+    let (mut guest, started) = g.spawn(1, 2, "mismatch", &[]);
+    // The host starts only once the guest has seen (and ignored) the stale file: wait for
+    // that line on its stderr, read on a thread that keeps the rest for the checks below.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = guest.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("ignoring stale rendezvous file") => break,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = guest.kill();
+                panic!("the guest never reported the stale file ({e})");
+            }
+        }
+    }
     let host = g.spawn(0, 2, "mismatch", &[]);
-    let outs = g.wait(vec![host, guest], &[0, 1]);
+    let outs = g.wait(vec![host, (guest, started)], &[0, 1]);
+    let guest_stderr = reader.join().unwrap();
     assert!(
-        outs[1].stderr.contains("ignoring stale rendezvous file"),
-        "{}",
-        outs[1].stderr
+        guest_stderr.contains("some-older-run"),
+        "the stale file's run id is named: {guest_stderr}"
     );
     assert!(
         outs[1].stdout.contains("PAYLOAD payload-from-rank-0"),
