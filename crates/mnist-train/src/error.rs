@@ -134,3 +134,43 @@ impl TrainError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mnist_common::contract::EXIT_PEER_FAILED;
+
+    #[test]
+    fn a_lost_peer_exits_3_on_every_backend() {
+        let nccl = mnist_nccl::device_error(
+            1,
+            "all_reduce",
+            mnist_nccl::NcclError::Nccl {
+                rank: 1,
+                op: "all_reduce",
+                bytes: 4,
+                code: 6,
+                message: "remote process exited or there was a network error".into(),
+            },
+        );
+        let cpu = mnist_comm::CommError::PeerFailed {
+            rank: 1,
+            op: "all_reduce(4 x f32, sum)".into(),
+            peer: 0,
+            what: "(pid 7) exited or closed its connection".into(),
+        };
+        let timeout = mnist_nccl::NcclError::Timeout {
+            rank: 1,
+            op: "broadcast",
+            seconds: 30.0,
+        };
+        for e in [
+            TrainError::from(nccl),
+            TrainError::from(cpu),
+            TrainError::from(timeout),
+        ] {
+            assert_eq!(e.kind(), FailureKind::PeerFailed, "{e}");
+            assert_eq!(e.kind().exit_code(), EXIT_PEER_FAILED, "{e}");
+        }
+    }
+}
