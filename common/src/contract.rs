@@ -225,4 +225,26 @@ mod tests {
         assert_eq!(FailureKind::from_exit_code(0), None);
         assert_eq!(shm_name_for("a/b c"), "mnist-ddp-a_b_c");
     }
+
+    /// Every environment variable and file name written down here is also in the README (its
+    /// contract section), so neither can grow without the other.
+    #[test]
+    fn the_readme_names_every_variable_and_file() {
+        let readme = include_str!("../../README.md");
+        let consts: Vec<&str> = include_str!("contract.rs")
+            .lines()
+            .filter(|l| l.starts_with("pub const ") && l.contains(": &str = \""))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert!(consts.len() >= 15, "parsed only {consts:?}");
+        for c in [ENV_RANK, ENV_GPUS, MODEL_FILE, SHM_DIR] {
+            assert!(consts.contains(&c), "{c} not parsed from {consts:?}");
+        }
+        let missing: Vec<&&str> = consts.iter().filter(|c| !readme.contains(**c)).collect();
+        assert!(missing.is_empty(), "not in README.md: {missing:?}");
+        for code in [EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PEER_FAILED] {
+            assert!(readme.contains(&format!("| {code} |")), "exit code {code}");
+        }
+        assert!(readme.contains(&format!("| {EXIT_SIGNAL_BASE} + signal |")));
+    }
 }
