@@ -33,7 +33,11 @@ fn lost_detail(e: &io::Error, hb: Heartbeat) -> String {
             "no heartbeat for {:.0} s (node 0's launcher hung or the network is cut)",
             hb.timeout.as_secs_f64()
         ),
-        io::ErrorKind::UnexpectedEof => "the connection closed (node 0's launcher is gone)".into(),
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted => {
+            "the connection closed (node 0's launcher is gone)".into()
+        }
         _ => format!("the connection failed: {e}"),
     }
 }

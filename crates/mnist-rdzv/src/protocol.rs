@@ -227,13 +227,15 @@ impl Coordinator {
     pub fn offer(&mut self, req: &JoinRequest, new_run_id: impl FnOnce() -> String) -> Verdict {
         let n = req.node_rank;
         match &self.state {
-            State::Started(p) => return Verdict::RejectOne(format!(
+            State::Started(p) => {
+                return Verdict::RejectOne(format!(
                 "{} came too late: the job already started with {} node(s) ({} processes, run {})",
                 req.who(),
                 p.nodes.len(),
                 p.world_size,
                 p.run_id
-            )),
+            ))
+            }
             State::Failed(r) => return Verdict::RejectOne(r.clone()),
             State::Gathering => {}
         }

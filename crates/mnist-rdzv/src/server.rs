@@ -316,7 +316,14 @@ fn serve_node(mut s: TcpStream, req: JoinRequest, sh: &Shared) {
                     sh.cfg.heartbeat.timeout.as_secs_f64()
                 )
             }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
                 break "its launcher's connection closed (killed?)".to_string()
             }
             Err(e) => break format!("its launcher's connection failed: {e}"),
