@@ -113,6 +113,9 @@ pub enum Outcome {
     Failed(Exited),
     /// The launcher received this signal; the workers were stopped.
     Interrupted(Signal),
+    /// The job was aborted from outside (another node failed or was lost); the workers were
+    /// stopped. The reason names the node.
+    Aborted(String),
 }
 
 struct Member {
@@ -219,13 +222,24 @@ impl ProcessGroup {
 
     /// Watch the workers until all succeed, one fails, or `signals` reports a stop signal;
     /// in the latter cases stop the rest (see [`ProcessGroup::stop`]). A second signal during
-    /// the grace period skips to SIGKILL.
-    pub fn supervise(&mut self, grace: Duration, signals: &SignalGuard) -> Outcome {
+    /// the grace period skips to SIGKILL. `abort` is asked on every look: `Some(reason)` stops
+    /// every worker ([`Outcome::Aborted`]; another node failed or was lost).
+    pub fn supervise(
+        &mut self,
+        grace: Duration,
+        signals: &SignalGuard,
+        abort: &dyn Fn() -> Option<String>,
+    ) -> Outcome {
         loop {
             if let Some(sig) = signals.received() {
                 let seen = signals.count();
                 self.stop(grace, &|| signals.count() > seen);
                 return Outcome::Interrupted(sig);
+            }
+            if let Some(reason) = abort() {
+                let seen = signals.count();
+                self.stop(grace, &|| signals.count() > seen);
+                return Outcome::Aborted(reason);
             }
             let mut failures: Vec<Exited> = self
                 .reap()

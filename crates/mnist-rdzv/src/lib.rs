@@ -113,6 +113,23 @@ pub enum RdzvError {
     },
 }
 
+impl RdzvError {
+    /// A second line with what to check, where there is one.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            RdzvError::Unreachable { .. } => Some(
+                "check that node 0's launcher runs (--node-rank 0), that --master-addr/--master-port (or --rdzv-endpoint) name it, and that no firewall blocks the port"
+                    .into(),
+            ),
+            RdzvError::Bind { .. } => Some(
+                "another job on this machine may use that port: give each job its own --master-port"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
 /// This machine's host name.
 pub fn hostname() -> String {
     nix::unistd::gethostname()

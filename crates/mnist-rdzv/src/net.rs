@@ -113,6 +113,15 @@ pub fn interface_ipv4(name: &str) -> Result<IpAddr, RdzvError> {
     }))
 }
 
+/// The name of the interface holding IPv4 address `ip`, if any.
+pub fn interface_of(ip: &str) -> Option<String> {
+    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
+        let sin = ifa.address.as_ref()?.as_sockaddr_in()?.ip();
+        (sin == ip).then(|| ifa.interface_name.clone())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +132,7 @@ mod tests {
             interface_ipv4("lo").unwrap(),
             IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
         );
+        assert_eq!(interface_of("127.0.0.1").as_deref(), Some("lo"));
         let e = interface_ipv4("no-such-if0").unwrap_err().to_string();
         assert!(
             e.contains("no-such-if0") && e.contains("does not exist") && e.contains("lo"),
