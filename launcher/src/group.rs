@@ -30,6 +30,10 @@ const POLL: Duration = Duration::from_millis(20);
 /// When the first failure is only "a peer failed", how long to look for the peer's own exit.
 const ROOT_CAUSE_WINDOW: Duration = Duration::from_millis(300);
 
+/// The most time given to workers between SIGTERM and SIGKILL when another node failed or was
+/// lost (with a 5 s heartbeat timeout, the node stops within 10 s of the loss).
+pub const ABORT_GRACE: Duration = Duration::from_secs(2);
+
 /// How a worker ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -238,7 +242,8 @@ impl ProcessGroup {
             }
             if let Some(reason) = abort() {
                 let seen = signals.count();
-                self.stop(grace, &|| signals.count() > seen);
+                // Workers blocked on a vanished peer cannot finish a step: do not wait long.
+                self.stop(grace.min(ABORT_GRACE), &|| signals.count() > seen);
                 return Outcome::Aborted(reason);
             }
             let mut failures: Vec<Exited> = self

@@ -68,7 +68,7 @@ pub enum LaunchError {
         source: std::io::Error,
     },
     /// The rendezvous between the nodes failed (unreachable, refused, a mismatch, a timeout).
-    #[error("node {node}: {source}")]
+    #[error("node {node}")]
     Rendezvous {
         /// This node's rank.
         node: usize,
