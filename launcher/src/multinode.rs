@@ -72,7 +72,16 @@ pub fn start(cfg: &LaunchConfig, m: &MultiNode) -> Result<Node, RdzvError> {
     } else {
         timeout
     };
-    let session = mnist_rdzv::join(&endpoint, req, wait, Heartbeat::default())?;
+    let session = match mnist_rdzv::join(&endpoint, req, wait, Heartbeat::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(srv) = &server {
+                // Let the other nodes read why before this process (and the server) exits.
+                srv.wait_closed(Duration::from_secs(5));
+            }
+            return Err(e);
+        }
+    };
     let mut multi = m.clone();
     multi.endpoint = endpoint;
     Ok(Node {

@@ -544,7 +544,7 @@ fn netns_two_nodes_train_across_network_stacks() {
     let data = make_data(tmp.path(), 1920, 200);
     let extra = args![
         "--epochs",
-        2,
+        4,
         "--batch-size",
         32,
         "--lr",
@@ -571,6 +571,17 @@ fn netns_two_nodes_train_across_network_stacks() {
         e1.stderr.contains("node 1: ranks 1-1 of 2 running"),
         "no status line:\n{}",
         e1.stderr
+    );
+    let status = e1
+        .stderr
+        .lines()
+        .find(|l| l.contains("node 1: ranks 1-1 of 2 running") && l.contains("step"))
+        .unwrap_or_default()
+        .to_string();
+    println!("status line: {status}");
+    assert!(
+        status.contains("eth0 rx") && status.contains("step"),
+        "{status}"
     );
     let m = metrics(&tmp.path().join("n0"));
     assert_eq!(m[0]["world_size"], 2);

@@ -104,7 +104,9 @@ pub fn connect(
         let same_host = g.hosts.iter().all(|h| *h == g.hosts[0]);
         let use_shm = match opts.transport {
             Transport::Tcp => false,
-            Transport::Auto => same_host && world <= SHM_MAX_WORLD,
+            // Nodes of a multi-node job (they meet through the TCP store) may share a host name
+            // and even /dev/shm (network namespaces, containers): they talk over the network.
+            Transport::Auto => same_host && world <= SHM_MAX_WORLD && identity.store.is_none(),
             Transport::Shm if !same_host || world > SHM_MAX_WORLD => {
                 let reason = format!(
                     "shared memory needs all {world} ranks on one host (at most {SHM_MAX_WORLD}); hosts are {:?}",

@@ -47,6 +47,8 @@ struct Inner {
     nodes: BTreeMap<usize, NodeConn>,
     store: HashMap<String, Vec<u8>>,
     failure: Option<String>,
+    /// Launcher connections being served.
+    open: usize,
 }
 
 struct Shared {
@@ -128,6 +130,7 @@ impl Server {
                 nodes: BTreeMap::new(),
                 store: HashMap::new(),
                 failure: None,
+                open: 0,
             }),
             cfg,
             changed: Condvar::new(),
@@ -186,6 +189,52 @@ impl Server {
                 .0;
         }
     }
+}
+
+impl Server {
+    /// Wait until every launcher connection has closed, at most `max`: after a failed
+    /// rendezvous node 0 must not exit before the others have read why (closing a socket with
+    /// unread input resets it, which can destroy the message in flight).
+    pub fn wait_closed(&self, max: Duration) {
+        let deadline = Instant::now() + max;
+        let mut g = self.shared.lock();
+        while g.open > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            g = self
+                .shared
+                .changed
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Counts a served launcher connection while it lives.
+struct OpenGuard<'a>(&'a Shared);
+
+impl<'a> OpenGuard<'a> {
+    fn new(sh: &'a Shared) -> Self {
+        sh.lock().open += 1;
+        OpenGuard(sh)
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().open -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
+/// Read until the peer closes (or stays silent past `wait`), so our close never resets a
+/// connection whose peer has not yet read our last message.
+fn drain(s: &mut TcpStream, wait: Duration) {
+    let _ = s.set_read_timeout(Some(wait));
+    while read_frame::<FromNode>(s).is_ok() {}
 }
 
 impl Drop for Server {
@@ -251,6 +300,7 @@ fn serve(mut s: TcpStream, sh: Arc<Shared>) {
 
 fn serve_node(mut s: TcpStream, req: JoinRequest, sh: &Shared) {
     let n = req.node_rank;
+    let _open = OpenGuard::new(sh);
     {
         let mut g = sh.lock();
         let verdict = g.coord.offer(&req, sh.cfg.new_run_id);
@@ -265,6 +315,8 @@ fn serve_node(mut s: TcpStream, req: JoinRequest, sh: &Shared) {
             Verdict::RejectOne(r) => {
                 eprintln!("mnist-launch: rendezvous: refused {}: {r}", req.who());
                 send(&mut s, &ToNode::Reject(r));
+                drop(g);
+                drain(&mut s, sh.cfg.heartbeat.timeout);
                 return;
             }
             Verdict::FailAll(r) => {
@@ -272,6 +324,8 @@ fn serve_node(mut s: TcpStream, req: JoinRequest, sh: &Shared) {
                 send(&mut s, &ToNode::Reject(r.clone()));
                 g.reject_all(&r);
                 sh.changed.notify_all();
+                drop(g);
+                drain(&mut s, sh.cfg.heartbeat.timeout);
                 return;
             }
             Verdict::Wait => {
