@@ -30,8 +30,9 @@ pub const ENV_NODE_RANK: &str = "GROUP_RANK";
 /// over the network even on one host (tests put ranks on such "fake nodes").
 pub const ENV_NNODES: &str = "MNIST_NNODES";
 /// Which transport the CPU collectives use: `auto` (shared memory inside a node, a TCP ring
-/// between nodes), `shm` (one node only) or `tcp` (every rank its own node: the pure ring,
-/// for tests and benchmarks of the inter-node path).
+/// between nodes), `shm` (one node only), `tcp` (every rank its own node: the pure ring, for
+/// tests and benchmarks of the inter-node path) or `star` (the former star through rank 0,
+/// kept for benchmarks).
 pub const ENV_COMM_TRANSPORT: &str = "MNIST_COMM_TRANSPORT";
 /// Path of the rendezvous file.
 pub const ENV_RENDEZVOUS: &str = "MNIST_RENDEZVOUS";
