@@ -25,6 +25,12 @@ pub const ENV_LOCAL_WORLD_SIZE: &str = "LOCAL_WORLD_SIZE";
 
 /// Path of the rendezvous file.
 pub const ENV_RENDEZVOUS: &str = "MNIST_RENDEZVOUS";
+/// `HOST:PORT` of the TCP rendezvous store (node 0's launcher, jobs spanning several
+/// machines): rank 0 publishes its group address there instead of in a file.
+pub const ENV_STORE: &str = "MNIST_STORE";
+/// A network interface name: the launcher advertises that interface's IPv4 address to the
+/// other nodes (default: the local address of its connection to the master).
+pub const ENV_SOCKET_IFNAME: &str = "MNIST_SOCKET_IFNAME";
 /// Identifier of this run; a rendezvous file with another id is stale.
 pub const ENV_RUN_ID: &str = "MNIST_RUN_ID";
 /// Seconds a worker waits at the rendezvous for its peers.
@@ -177,6 +183,8 @@ pub struct WorkerIdentity {
     pub local_world_size: usize,
     /// The rendezvous file (None for a single process).
     pub rendezvous: Option<PathBuf>,
+    /// The TCP rendezvous store `HOST:PORT`, used instead of the file when set.
+    pub store: Option<String>,
     /// The run id (None for a single process).
     pub run_id: Option<String>,
     /// Seconds to wait for peers at the rendezvous.
@@ -192,6 +200,7 @@ impl WorkerIdentity {
             world_size: 1,
             local_world_size: 1,
             rendezvous: None,
+            store: None,
             run_id: None,
             rendezvous_timeout_s: 60.0,
         }
@@ -214,6 +223,9 @@ impl WorkerIdentity {
         ];
         if let Some(r) = &self.rendezvous {
             v.push((ENV_RENDEZVOUS.into(), r.display().to_string()));
+        }
+        if let Some(s) = &self.store {
+            v.push((ENV_STORE.into(), s.clone()));
         }
         if let Some(r) = &self.run_id {
             v.push((ENV_RUN_ID.into(), r.clone()));

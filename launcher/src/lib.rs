@@ -7,12 +7,15 @@
 //! was stopped by SIGINT (130), SIGTERM (143) or SIGHUP (129).
 
 pub mod args;
+pub mod fingerprint;
 pub mod gpus;
 pub mod group;
+pub mod multinode;
 pub mod oom;
 pub mod output;
 pub mod signals;
 pub mod spec;
+pub mod status;
 
 pub use args::{ArgsError, LaunchArgs, LaunchConfig};
 pub use group::{Exit, Exited, Outcome};
@@ -64,6 +67,25 @@ pub enum LaunchError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The rendezvous between the nodes failed (unreachable, refused, a mismatch, a timeout).
+    #[error("node {node}")]
+    Rendezvous {
+        /// This node's rank.
+        node: usize,
+        /// What went wrong.
+        #[source]
+        source: mnist_rdzv::RdzvError,
+    },
+    /// Another node failed or was lost; this node's workers were stopped.
+    #[error("node {node}: stopped {workers} worker(s): {reason}")]
+    Aborted {
+        /// This node's rank.
+        node: usize,
+        /// Number of workers.
+        workers: usize,
+        /// Which node failed or was lost, and how.
+        reason: String,
     },
     /// A worker failed; the others were stopped.
     #[error("{0}")]
@@ -131,6 +153,9 @@ impl LaunchError {
     /// Lines to print after the one-line error: the failed worker's log tail and how the
     /// other workers ended.
     pub fn details(&self) -> Vec<String> {
+        if let LaunchError::Rendezvous { source, .. } = self {
+            return source.hint().into_iter().collect();
+        }
         let LaunchError::WorkerFailed(f) = self else {
             return Vec::new();
         };
@@ -201,31 +226,64 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
     for note in &cfg.notes {
         eprintln!("mnist-launch: note: {note}");
     }
-    let run_id = spec::new_run_id();
-    let rendezvous = (cfg.nproc > 1).then(|| spec::rendezvous_path(&run_id));
+    // Several machines: meet the other nodes first (node 0 serves the rendezvous).
+    let node = match &cfg.multi {
+        Some(m) => Some(
+            multinode::start(cfg, m).map_err(|source| LaunchError::Rendezvous {
+                node: m.node_rank,
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let (run_id, layout) = match &node {
+        Some(n) => (n.session.plan.run_id.clone(), n.layout()),
+        None => (spec::new_run_id(), spec::Layout::single(cfg.nproc)),
+    };
+    let result = run_workers(cfg, &run_id, &layout, node.as_ref());
+    if let Some(n) = &node {
+        let detail = match &result {
+            Ok(()) => String::new(),
+            Err(e) => mnist_common::error_line(e),
+        };
+        n.finish(result.is_ok(), &detail);
+    }
+    result
+}
+
+/// Start this node's workers and supervise them (see [`run`]).
+fn run_workers(
+    cfg: &LaunchConfig,
+    run_id: &str,
+    layout: &spec::Layout,
+    node: Option<&multinode::Node>,
+) -> Result<(), LaunchError> {
+    let rendezvous = (node.is_none() && cfg.nproc > 1).then(|| spec::rendezvous_path(run_id));
     let _remove_rendezvous = RemoveOnDrop(
         rendezvous
             .iter()
             .cloned()
-            .chain((cfg.nproc > 1).then(|| {
+            .chain((layout.world_size > 1).then(|| {
                 Path::new(mnist_common::rendezvous::SHM_DIR)
-                    .join(mnist_common::rendezvous::shm_name_for(&run_id))
+                    .join(mnist_common::rendezvous::shm_name_for(run_id))
             }))
             .collect(),
     );
-    let _remove_data = RemoveShmData(mnist_common::contract::shm_data_prefix(&run_id));
-    let logs = create_logs(&cfg.log_dir, cfg.nproc)?;
+    let _remove_data = RemoveShmData(mnist_common::contract::shm_data_prefix(run_id));
+    let ranks = layout.first_rank..layout.first_rank + cfg.nproc;
+    let logs = create_logs(&cfg.log_dir, ranks.clone())?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let specs = spec::worker_specs(
         cfg,
-        &run_id,
+        run_id,
         rendezvous.as_deref(),
+        layout,
         std::env::vars_os(),
         cores,
     );
-    log_config(cfg, &run_id, rendezvous.as_deref(), &specs);
+    log_config(cfg, run_id, rendezvous.as_deref(), &specs, node);
 
     let signals = signals::install().map_err(LaunchError::Signals)?;
     let mut pumps = Pumps::new();
@@ -246,18 +304,42 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
             .attach(err, Stream::Stderr, log.clone())
             .map_err(spawn_err)?;
     }
-    let outcome = group.supervise(cfg.grace_period, &signals);
+    // Nodes without global rank 0 show a short status line instead of silence.
+    let _status = node
+        .filter(|_| layout.first_rank > 0)
+        .map(|n| status::StatusLine::start(n, ranks.clone(), logs.first().cloned()));
+    let abort = || node.and_then(|n| n.session.abort_reason());
+    let outcome = group.supervise(cfg.grace_period, &signals, &abort);
     if !pumps.finish(DRAIN_TIMEOUT) {
         eprintln!("mnist-launch: warning: a worker's output pipe stayed open after it exited (a child process of it?); not waiting for it");
     }
+    let node_rank = layout.node_rank;
     match outcome {
         Outcome::Success => Ok(()),
         Outcome::Interrupted(signal) => Err(LaunchError::Interrupted {
             signal,
             workers: cfg.nproc,
         }),
+        Outcome::Aborted(reason) => Err(LaunchError::Aborted {
+            node: node_rank,
+            workers: cfg.nproc,
+            reason,
+        }),
         Outcome::Failed(first) => {
-            let log = &logs[first.rank];
+            // A worker that only saw its peer vanish: when another node failed or was lost,
+            // that node is the cause; its news may trail the workers' own detection briefly.
+            if let (Some(n), Exit::Code(code)) = (node, &first.exit) {
+                if *code == mnist_common::contract::EXIT_PEER_FAILED {
+                    if let Some(reason) = wait_for_abort(n) {
+                        return Err(LaunchError::Aborted {
+                            node: node_rank,
+                            workers: cfg.nproc,
+                            reason,
+                        });
+                    }
+                }
+            }
+            let log = &logs[first.rank - layout.first_rank];
             let sigkill = Exit::Signal {
                 signo: Signal::SIGKILL as i32,
                 core_dumped: false,
@@ -281,12 +363,32 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
     }
 }
 
-fn create_logs(dir: &Path, nproc: usize) -> Result<Vec<Arc<RankLog>>, LaunchError> {
+/// The abort reason of the session, waiting up to the heartbeat timeout (plus a margin) for it.
+fn wait_for_abort(n: &multinode::Node) -> Option<String> {
+    let deadline = std::time::Instant::now()
+        + mnist_rdzv::Heartbeat::default().timeout
+        + Duration::from_secs(1);
+    loop {
+        if let Some(r) = n.session.abort_reason() {
+            return Some(r);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `rank<N>.log` for each of this node's global `ranks`; global rank 0's is echoed.
+fn create_logs(
+    dir: &Path,
+    ranks: std::ops::Range<usize>,
+) -> Result<Vec<Arc<RankLog>>, LaunchError> {
     std::fs::create_dir_all(dir).map_err(|source| LaunchError::LogDir {
         path: dir.to_path_buf(),
         source,
     })?;
-    (0..nproc)
+    ranks
         .map(|rank| {
             RankLog::create(dir, rank, rank == 0)
                 .map(Arc::new)
@@ -304,12 +406,30 @@ fn log_config(
     run_id: &str,
     rendezvous: Option<&Path>,
     specs: &[spec::WorkerSpec],
+    node: Option<&multinode::Node>,
 ) {
-    let rdzv = rendezvous.map_or("none (single process)".to_string(), |p| {
-        p.display().to_string()
-    });
+    let rdzv = match (node, rendezvous) {
+        (Some(n), _) => format!("TCP store at {}", n.multi.endpoint),
+        (None, Some(p)) => p.display().to_string(),
+        (None, None) => "none (single process)".to_string(),
+    };
+    if let Some(n) = node {
+        eprintln!(
+            "mnist-launch: node {}: the job has {}; this node advertises {}",
+            n.multi.node_rank,
+            n.describe(),
+            n.session.addr
+        );
+    }
+    let ranks = match (specs.first(), specs.last()) {
+        (Some(a), Some(b)) if specs.len() > 1 => {
+            format!("ranks {}-{}", a.identity.rank, b.identity.rank)
+        }
+        (Some(a), _) => format!("rank {}", a.identity.rank),
+        _ => String::new(),
+    };
     eprintln!(
-        "mnist-launch: starting {} worker(s) of {}; run id {run_id}; rendezvous {rdzv}; logs {}",
+        "mnist-launch: starting {} worker(s) ({ranks}) of {}; run id {run_id}; rendezvous {rdzv}; logs {}",
         cfg.nproc,
         cfg.worker_bin.display(),
         rank_log_path(&cfg.log_dir, 0)

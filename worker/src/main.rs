@@ -29,6 +29,9 @@ struct WorkerArgs {
     /// Rendezvous file (needed with more than one process).
     #[arg(long, env = contract::ENV_RENDEZVOUS)]
     rendezvous: Option<PathBuf>,
+    /// TCP rendezvous store HOST:PORT (jobs spanning several machines; replaces the file).
+    #[arg(long, env = contract::ENV_STORE, value_name = "HOST:PORT")]
+    store: Option<String>,
     /// Run id shared by the job's processes.
     #[arg(long, env = contract::ENV_RUN_ID)]
     run_id: Option<String>,
@@ -47,8 +50,8 @@ fn identity(a: &WorkerArgs) -> anyhow::Result<WorkerIdentity> {
     );
     if a.world_size > 1 {
         anyhow::ensure!(
-            a.rendezvous.is_some(),
-            "--world-size {} needs --rendezvous FILE (or MNIST_RENDEZVOUS)",
+            a.rendezvous.is_some() || a.store.is_some(),
+            "--world-size {} needs --rendezvous FILE (or MNIST_RENDEZVOUS) or --store HOST:PORT (MNIST_STORE)",
             a.world_size
         );
         anyhow::ensure!(
@@ -67,6 +70,7 @@ fn identity(a: &WorkerArgs) -> anyhow::Result<WorkerIdentity> {
         world_size: a.world_size,
         local_world_size: a.local_world_size.unwrap_or(a.world_size),
         rendezvous: a.rendezvous.clone(),
+        store: a.store.clone(),
         run_id: a.run_id.clone(),
         rendezvous_timeout_s: a.rendezvous_timeout,
     })

@@ -1,7 +1,7 @@
 //! [`connect`]: join the group named by a worker's identity and pick the backend.
 
 use crate::group::{
-    self, await_ready, await_welcome, send_msg, send_welcome, Group, JoinSpec, Msg,
+    self, await_ready, await_welcome, send_msg, send_welcome, Group, JoinSpec, Meeting, Msg,
 };
 use crate::shm::{shm_name_for, Segment, ShmComm, SHM_MAX_WORLD};
 use crate::{CommError, Communicator, Solo, TcpComm};
@@ -59,8 +59,9 @@ fn reject_all(g: &mut Group, reason: &str) {
 /// Join the group described by `identity` and return its communicator and rank 0's payload
 /// (the same bytes on every rank). World size 1 returns [`Solo`] without any file.
 ///
-/// Rank 0 binds an ephemeral TCP port, publishes the rendezvous file (see
-/// [`mnist_common::rendezvous`]), waits for every rank's hello, removes the file, and tells
+/// Rank 0 binds an ephemeral TCP port, publishes its address in the rendezvous file (see
+/// [`mnist_common::rendezvous`]) or, when `identity.store` is set, in the TCP rendezvous
+/// store of node 0's launcher, waits for every rank's hello, removes the file, and tells
 /// everyone which transport to use; with shared memory it creates the segment and unlinks it
 /// once every rank has mapped it, so nothing is left behind.
 pub fn connect(
@@ -75,10 +76,11 @@ pub fn connect(
     if rank >= world {
         return Err(err(format!("rank {rank} is not below world size {world}")));
     }
-    let path = identity
-        .rendezvous
-        .as_deref()
-        .ok_or_else(|| err("no rendezvous file given".into()))?;
+    let meeting = match (&identity.store, &identity.rendezvous) {
+        (Some(ep), _) => Meeting::Store(ep),
+        (None, Some(path)) => Meeting::File(path),
+        (None, None) => return Err(err("no rendezvous file or store given".into())),
+    };
     let run_id = identity
         .run_id
         .as_deref()
@@ -90,7 +92,7 @@ pub fn connect(
         rank,
         world,
         all_local_hint: all_local,
-        path,
+        meeting,
         run_id,
         deadline,
         timeout: opts.rendezvous_timeout,
@@ -102,7 +104,9 @@ pub fn connect(
         let same_host = g.hosts.iter().all(|h| *h == g.hosts[0]);
         let use_shm = match opts.transport {
             Transport::Tcp => false,
-            Transport::Auto => same_host && world <= SHM_MAX_WORLD,
+            // Nodes of a multi-node job (they meet through the TCP store) may share a host name
+            // and even /dev/shm (network namespaces, containers): they talk over the network.
+            Transport::Auto => same_host && world <= SHM_MAX_WORLD && identity.store.is_none(),
             Transport::Shm if !same_host || world > SHM_MAX_WORLD => {
                 let reason = format!(
                     "shared memory needs all {world} ranks on one host (at most {SHM_MAX_WORLD}); hosts are {:?}",

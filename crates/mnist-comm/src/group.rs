@@ -125,12 +125,33 @@ fn advertised_ip(all_local: bool, host: &str) -> String {
         .unwrap_or_else(|| "127.0.0.1".into())
 }
 
+/// Where rank 0 publishes its address and the others find it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Meeting<'a> {
+    /// A rendezvous file (one machine, or a shared filesystem).
+    File(&'a Path),
+    /// The TCP rendezvous store at `HOST:PORT` (node 0's launcher).
+    Store(&'a str),
+}
+
+impl std::fmt::Display for Meeting<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Meeting::File(p) => write!(f, "rendezvous file {}", p.display()),
+            Meeting::Store(ep) => write!(f, "rendezvous store at {ep}"),
+        }
+    }
+}
+
+/// The store key rank 0 publishes its [`RendezvousRecord`] under.
+const GROUP_KEY: &str = "group";
+
 /// Parameters of a join.
 pub(crate) struct JoinSpec<'a> {
     pub rank: usize,
     pub world: usize,
     pub all_local_hint: bool,
-    pub path: &'a Path,
+    pub meeting: Meeting<'a>,
     pub run_id: &'a str,
     pub deadline: Instant,
     pub timeout: Duration,
@@ -178,9 +199,21 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
         shm_name: spec.shm_plan.clone(),
         payload: spec.payload.clone(),
     };
-    rec.publish(spec.path)
-        .map_err(|e| rdv_err(r, e.to_string()))?;
-    let _guard = FileGuard(spec.path.to_path_buf());
+    let _guard = match spec.meeting {
+        Meeting::File(path) => {
+            rec.publish(path).map_err(|e| rdv_err(r, e.to_string()))?;
+            Some(FileGuard(path.to_path_buf()))
+        }
+        Meeting::Store(ep) => {
+            let bytes = rec
+                .encode()
+                .map_err(|e| rdv_err(r, format!("cannot encode the rendezvous record: {e}")))?;
+            mnist_rdzv::StoreClient::connect(ep, spec.run_id, spec.deadline)
+                .and_then(|mut c| c.set(GROUP_KEY, &bytes))
+                .map_err(|e| rdv_err(r, e.to_string()))?;
+            None
+        }
+    };
     listener
         .set_nonblocking(true)
         .map_err(|source| CommError::Io {
@@ -214,9 +247,9 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
                     let missing: Vec<usize> =
                         (1..spec.world).filter(|&i| socks[i].is_none()).collect();
                     let reason = format!(
-                        "rank(s) {missing:?} did not join within {:.0} s (rendezvous file {})",
+                        "rank(s) {missing:?} did not join within {:.0} s ({})",
                         spec.timeout.as_secs_f64(),
-                        spec.path.display()
+                        spec.meeting
                     );
                     return Err(fail(&mut socks, reason));
                 }
@@ -296,20 +329,17 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
     })
 }
 
-/// Other ranks: wait for the file, connect, say hello. Returns the group (hosts and pids are
-/// filled in by [`await_welcome`]).
-pub(crate) fn guest_join(spec: &JoinSpec) -> Result<(Group, TcpStream), CommError> {
+/// Wait for rank 0's record in the rendezvous file.
+fn read_file_record(spec: &JoinSpec, path: &Path) -> Result<RendezvousRecord, CommError> {
     let r = spec.rank;
     let mut warned_stale = false;
-    let rec = loop {
-        match RendezvousRecord::read(spec.path, spec.run_id)
-            .map_err(|e| rdv_err(r, e.to_string()))?
-        {
-            ReadOutcome::Ready(rec) => break rec,
+    loop {
+        match RendezvousRecord::read(path, spec.run_id).map_err(|e| rdv_err(r, e.to_string()))? {
+            ReadOutcome::Ready(rec) => return Ok(rec),
             ReadOutcome::Stale(why) if !warned_stale => {
                 eprintln!(
                     "[mnist-comm] rank {r}: ignoring stale rendezvous file {}: {why}; waiting for this run's",
-                    spec.path.display()
+                    path.display()
                 );
                 warned_stale = true;
             }
@@ -320,17 +350,58 @@ pub(crate) fn guest_join(spec: &JoinSpec) -> Result<(Group, TcpStream), CommErro
                 r,
                 format!(
                     "rank 0 never published the rendezvous file {} within {:.0} s",
-                    spec.path.display(),
+                    path.display(),
                     spec.timeout.as_secs_f64()
                 ),
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Wait for rank 0's record in the TCP rendezvous store at `ep`.
+fn read_store_record(spec: &JoinSpec, ep: &str) -> Result<RendezvousRecord, CommError> {
+    let r = spec.rank;
+    let mut c = mnist_rdzv::StoreClient::connect(ep, spec.run_id, spec.deadline)
+        .map_err(|e| rdv_err(r, e.to_string()))?;
+    let wait = spec.deadline.saturating_duration_since(Instant::now());
+    let bytes = c
+        .get(GROUP_KEY, wait)
+        .map_err(|e| rdv_err(r, e.to_string()))?
+        .ok_or_else(|| {
+            rdv_err(
+                r,
+                format!(
+                    "rank 0 never published its address in the rendezvous store at {ep} within {:.0} s",
+                    spec.timeout.as_secs_f64()
+                ),
+            )
+        })?;
+    match RendezvousRecord::judge(&bytes, spec.run_id) {
+        ReadOutcome::Ready(rec) => Ok(rec),
+        ReadOutcome::Stale(why) => Err(rdv_err(
+            r,
+            format!("unusable record in the rendezvous store at {ep}: {why}"),
+        )),
+        ReadOutcome::Missing => Err(rdv_err(
+            r,
+            format!("no record in the rendezvous store at {ep}"),
+        )),
+    }
+}
+
+/// Other ranks: wait for the file, connect, say hello. Returns the group (hosts and pids are
+/// filled in by [`await_welcome`]).
+pub(crate) fn guest_join(spec: &JoinSpec) -> Result<(Group, TcpStream), CommError> {
+    let r = spec.rank;
+    let rec = match spec.meeting {
+        Meeting::File(path) => read_file_record(spec, path)?,
+        Meeting::Store(ep) => read_store_record(spec, ep)?,
     };
     let addr: SocketAddr = rec.addr.parse().map_err(|e| {
         rdv_err(
             r,
-            format!("bad address {:?} in {}: {e}", rec.addr, spec.path.display()),
+            format!("bad address {:?} in the {}: {e}", rec.addr, spec.meeting),
         )
     })?;
     let mut s = loop {

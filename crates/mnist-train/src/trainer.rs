@@ -314,6 +314,14 @@ impl<'c> Trainer<'c> {
                     }
                     None => s.log.info(&msg),
                 }
+            } else if b % cfg.log_interval == 0 {
+                // The other ranks note their progress in their own rank<N>.log (a node without
+                // rank 0 shows it in its launcher's status line).
+                s.log.info(&format!(
+                    "rank {rank}: epoch {} step {}/{batches}",
+                    epoch + 1,
+                    b + 1
+                ));
             }
             if let Some(pb) = &bar {
                 pb.inc(1);
