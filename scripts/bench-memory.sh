@@ -35,7 +35,9 @@ for n in "$@"; do
   "$LAUNCH" --nproc "$n" --epochs 1 --data "$DATA" --path "$out" --device cpu --threads 1 \
     --log-interval 1 --progress never >"$TMP/console$n.txt" 2>&1 &
   lp=$!
-  while [ "$(grep -c 'Train Epoch' "$out/rank0.log" 2>/dev/null || true)" -lt "$STEPS" ]; do
+  while :; do
+    steps=$(grep -c 'Train Epoch' "$out/rank0.log" 2>/dev/null) || steps=0
+    [ "$steps" -ge "$STEPS" ] && break
     kill -0 "$lp" 2>/dev/null || { tail -5 "$TMP/console$n.txt" >&2; die "--nproc $n ended early"; }
     sleep 0.5
   done
