@@ -20,9 +20,19 @@ pub const ENV_LOCAL_RANK: &str = "LOCAL_RANK";
 pub const ENV_WORLD_SIZE: &str = "WORLD_SIZE";
 /// Number of processes on this machine.
 pub const ENV_LOCAL_WORLD_SIZE: &str = "LOCAL_WORLD_SIZE";
+/// Rank of this process's node (machine) in the job (torchrun's name; default 0). The ranks
+/// of one node are contiguous global ranks; its lowest (local rank 0) is the node's leader.
+pub const ENV_NODE_RANK: &str = "GROUP_RANK";
 
 // ---- Environment: our launcher's contract ----
 
+/// Number of nodes (machines) in the job (default 1). Ranks with different node ranks talk
+/// over the network even on one host (tests put ranks on such "fake nodes").
+pub const ENV_NNODES: &str = "MNIST_NNODES";
+/// Which transport the CPU collectives use: `auto` (shared memory inside a node, a TCP ring
+/// between nodes), `shm` (one node only) or `tcp` (every rank its own node: the pure ring,
+/// for tests and benchmarks of the inter-node path).
+pub const ENV_COMM_TRANSPORT: &str = "MNIST_COMM_TRANSPORT";
 /// Path of the rendezvous file.
 pub const ENV_RENDEZVOUS: &str = "MNIST_RENDEZVOUS";
 /// `HOST:PORT` of the TCP rendezvous store (node 0's launcher, jobs spanning several
@@ -181,6 +191,10 @@ pub struct WorkerIdentity {
     pub world_size: usize,
     /// Processes on this machine.
     pub local_world_size: usize,
+    /// This machine's node rank (0 for a single machine).
+    pub node_rank: usize,
+    /// Number of nodes (1 for a single machine).
+    pub nnodes: usize,
     /// The rendezvous file (None for a single process).
     pub rendezvous: Option<PathBuf>,
     /// The TCP rendezvous store `HOST:PORT`, used instead of the file when set.
@@ -199,6 +213,8 @@ impl WorkerIdentity {
             local_rank: 0,
             world_size: 1,
             local_world_size: 1,
+            node_rank: 0,
+            nnodes: 1,
             rendezvous: None,
             store: None,
             run_id: None,
@@ -216,6 +232,8 @@ impl WorkerIdentity {
                 ENV_LOCAL_WORLD_SIZE.into(),
                 self.local_world_size.to_string(),
             ),
+            (ENV_NODE_RANK.into(), self.node_rank.to_string()),
+            (ENV_NNODES.into(), self.nnodes.to_string()),
             (
                 ENV_RENDEZVOUS_TIMEOUT.into(),
                 self.rendezvous_timeout_s.to_string(),

@@ -576,6 +576,94 @@ mod tests {
     }
 
     #[test]
+    fn several_nodes_resolve_their_endpoint_and_address() {
+        let m = |extra: &[&str]| parse(extra).resolve_in(&env(0)).map(|c| c.multi);
+        assert_eq!(
+            m(&["--node-rank", "0"]).unwrap(),
+            None,
+            "one node: no rendezvous"
+        );
+        let c = m(&[
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "1",
+            "--master-addr",
+            "10.0.0.1",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (c.endpoint.as_str(), c.port, c.node_rank),
+            ("10.0.0.1:29500", 29500, 1)
+        );
+        assert_eq!(
+            (c.rdzv_id.as_str(), c.local_addr.as_deref()),
+            ("none", None)
+        );
+        let c = m(&[
+            "--nnodes",
+            "3",
+            "--rdzv-endpoint",
+            "head:1234",
+            "--rdzv-id",
+            "j7",
+            "--local-addr",
+            "10.0.0.5",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (c.endpoint.as_str(), c.rdzv_id.as_str()),
+            ("head:1234", "j7")
+        );
+        assert_eq!(c.local_addr.as_deref(), Some("10.0.0.5"));
+        assert!(c
+            .fingerprint
+            .0
+            .iter()
+            .any(|(k, v)| k == "--model" && v == "LeNet"));
+        let mut e = env(0);
+        e.socket_ifname = Some("lo".into());
+        let c = parse(&["--nnodes", "2"])
+            .resolve_in(&e)
+            .unwrap()
+            .multi
+            .unwrap();
+        assert_eq!(c.local_addr.as_deref(), Some("127.0.0.1"));
+        e.socket_ifname = Some("nosuchif9".into());
+        let msg = parse(&["--nnodes", "2"])
+            .resolve_in(&e)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("MNIST_SOCKET_IFNAME") && msg.contains("nosuchif9"),
+            "{msg}"
+        );
+        let cases: &[(&[&str], &str)] = &[
+            (&["--nnodes", "0"], "--nnodes"),
+            (&["--nnodes", "2", "--node-rank", "2"], "--node-rank"),
+            (
+                &["--nnodes", "2", "--rdzv-endpoint", "nohostport"],
+                "--rdzv-endpoint",
+            ),
+            (
+                &["--nnodes", "2", "--rdzv-endpoint", "h:99999"],
+                "--rdzv-endpoint",
+            ),
+            (
+                &["--nnodes", "2", "--node-rank", "1", "--master-port", "0"],
+                "--master-port",
+            ),
+            (&["--nnodes", "2", "--evaluate", "m.pt"], "--evaluate"),
+        ];
+        for (argv, needle) in cases {
+            let e = parse(argv).resolve_in(&env(0)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{argv:?}: {e}");
+        }
+    }
+
+    #[test]
     fn worker_args_are_the_training_flags_given() {
         let c = parse(&["--epochs", "3", "--model", "MLP", "--nproc", "2"])
             .resolve_in(&env(0))

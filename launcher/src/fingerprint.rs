@@ -29,7 +29,6 @@ pub fn of(cfg: &TrainConfig, _nproc: usize) -> Result<Fingerprint, ArgsError> {
     put("--momentum", cfg.momentum.to_string());
     put("--weight-decay", cfg.weight_decay.to_string());
     put("--seed", cfg.seed.to_string());
-    put("--log-interval", cfg.log_interval.to_string());
     put("--resume", cfg.resume.to_string());
     put("--backend", format!("{:?}", cfg.backend).to_lowercase());
     put("--bucket-cap-mb", cfg.bucket_cap_mb.to_string());

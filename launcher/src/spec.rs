@@ -4,9 +4,9 @@
 
 use crate::args::LaunchConfig;
 use mnist_common::contract::{
-    WorkerIdentity, ENV_GPUS, ENV_LOCAL_RANK, ENV_LOCAL_WORLD_SIZE, ENV_OMP_NUM_THREADS, ENV_RANK,
-    ENV_RENDEZVOUS, ENV_RENDEZVOUS_ADDR, ENV_RENDEZVOUS_TIMEOUT, ENV_RUN_ID, ENV_STORE,
-    ENV_WORLD_SIZE,
+    WorkerIdentity, ENV_GPUS, ENV_LOCAL_RANK, ENV_LOCAL_WORLD_SIZE, ENV_NNODES, ENV_NODE_RANK,
+    ENV_OMP_NUM_THREADS, ENV_RANK, ENV_RENDEZVOUS, ENV_RENDEZVOUS_ADDR, ENV_RENDEZVOUS_TIMEOUT,
+    ENV_RUN_ID, ENV_STORE, ENV_WORLD_SIZE,
 };
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -29,11 +29,6 @@ const OWNED: &[&str] = &[
     ENV_NODE_RANK,
     ENV_NNODES,
 ];
-
-/// The node rank, torchrun's name (set for every worker).
-pub const ENV_NODE_RANK: &str = "GROUP_RANK";
-/// The number of nodes (set for every worker).
-pub const ENV_NNODES: &str = "MNIST_NNODES";
 
 /// Where this node's workers sit in the job.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,8 +125,6 @@ pub fn worker_specs(
         let list = g.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
         base.insert(ENV_GPUS.into(), list.into());
     }
-    base.insert(ENV_NODE_RANK.into(), layout.node_rank.to_string().into());
-    base.insert(ENV_NNODES.into(), layout.nnodes.to_string().into());
     if let Some(a) = &layout.advertised_addr {
         base.insert(ENV_RENDEZVOUS_ADDR.into(), a.into());
     }
@@ -142,6 +135,8 @@ pub fn worker_specs(
                 local_rank,
                 world_size: layout.world_size,
                 local_world_size: cfg.nproc,
+                node_rank: layout.node_rank,
+                nnodes: layout.nnodes,
                 rendezvous: rendezvous.map(Path::to_path_buf),
                 store: layout.store.clone(),
                 run_id: Some(run_id.to_string()),

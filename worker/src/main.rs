@@ -26,6 +26,12 @@ struct WorkerArgs {
     /// Number of processes on this machine (default: the world size).
     #[arg(long, env = contract::ENV_LOCAL_WORLD_SIZE)]
     local_world_size: Option<usize>,
+    /// Rank of this process's node (machine).
+    #[arg(long, env = contract::ENV_NODE_RANK, default_value_t = 0)]
+    node_rank: usize,
+    /// Number of nodes (machines) in the job.
+    #[arg(long, env = contract::ENV_NNODES, default_value_t = 1)]
+    nnodes: usize,
     /// Rendezvous file (needed with more than one process).
     #[arg(long, env = contract::ENV_RENDEZVOUS)]
     rendezvous: Option<PathBuf>,
@@ -61,6 +67,12 @@ fn identity(a: &WorkerArgs) -> anyhow::Result<WorkerIdentity> {
         );
     }
     anyhow::ensure!(
+        a.node_rank < a.nnodes.max(1),
+        "--node-rank {} (GROUP_RANK) is not below --nnodes {} (MNIST_NNODES)",
+        a.node_rank,
+        a.nnodes
+    );
+    anyhow::ensure!(
         a.rendezvous_timeout > 0.0,
         "--rendezvous-timeout must be positive"
     );
@@ -69,6 +81,8 @@ fn identity(a: &WorkerArgs) -> anyhow::Result<WorkerIdentity> {
         local_rank: a.local_rank.unwrap_or(a.rank),
         world_size: a.world_size,
         local_world_size: a.local_world_size.unwrap_or(a.world_size),
+        node_rank: a.node_rank,
+        nnodes: a.nnodes.max(1),
         rendezvous: a.rendezvous.clone(),
         store: a.store.clone(),
         run_id: a.run_id.clone(),

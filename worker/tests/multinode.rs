@@ -723,3 +723,24 @@ fn netns_unreachable_master_wrong_port_and_mismatch_are_named() {
         );
     }
 }
+
+#[test]
+fn two_jobs_with_different_master_ports_do_not_interfere() {
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 1280, 100);
+    let extra = args!["--epochs", 2, "--batch-size", 32, "--check-sync", 1];
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    // Both jobs start at once, with the same --rdzv-id, on the same machine.
+    let (ja, pa) = start_loopback(&a, &data, &[1, 1], &extra);
+    let (jb, pb) = start_loopback(&b, &data, &[1, 1], &extra);
+    assert_ne!(pa, pb);
+    for n in ja.into_iter().chain(jb) {
+        n.ok();
+    }
+    for dir in [&a, &b] {
+        let m = metrics(&dir.join("n0"));
+        assert_eq!((m.len(), m[0]["world_size"].as_u64()), (2, Some(2)));
+    }
+}
