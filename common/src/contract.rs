@@ -120,6 +120,17 @@ pub fn shm_data_name(run_id: &str, leader: usize, split: &str) -> String {
     format!("{}{leader}-{split}", shm_data_prefix(run_id))
 }
 
+/// `mnist-ddp-<run id>-node<k>`: the shared-memory segment of node `k` of a run spanning
+/// several nodes (its ranks reduce there before the node leaders' ring), in [`SHM_DIR`].
+pub fn shm_node_name_for(run_id: &str, node: usize) -> String {
+    format!("{}{node}", shm_node_prefix(run_id))
+}
+
+/// The start of every [`shm_node_name_for`] of a run.
+pub fn shm_node_prefix(run_id: &str) -> String {
+    format!("{}-node", shm_name_for(run_id))
+}
+
 /// The start of every [`shm_data_name`] of a run (a temporary file being written has a `.`
 /// before it).
 pub fn shm_data_prefix(run_id: &str) -> String {

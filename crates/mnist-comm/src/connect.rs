@@ -344,7 +344,7 @@ fn build_hier(mut g: Group, run_id: &str, opts: &CommOptions) -> Result<HierComm
     } else {
         Duration::ZERO
     };
-    let seg_name = shm_name_for(&format!("{run_id}-node{k}"));
+    let seg_name = mnist_common::contract::shm_node_name_for(run_id, k);
     let sub = |g: &Group, idx: usize, socks: Vec<Option<TcpStream>>| Group {
         rank: idx,
         world: members.len(),

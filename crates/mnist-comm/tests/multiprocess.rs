@@ -164,7 +164,7 @@ impl Group {
         let shm = Path::new("/dev/shm").join(mnist_comm::shm_name_for(&self.run_id));
         assert!(!shm.exists(), "{} left behind", shm.display());
         for k in 0..8 {
-            let name = mnist_comm::shm_name_for(&format!("{}-node{k}", self.run_id));
+            let name = mnist_common::contract::shm_node_name_for(&self.run_id, k);
             let node = Path::new("/dev/shm").join(name);
             assert!(!node.exists(), "{} left behind", node.display());
         }
@@ -343,6 +343,33 @@ fn hierarchical_lost_rank_is_named_everywhere() {
                 outs[0].stdout.contains("(127.0.0.1:"),
                 "address named:\n{}",
                 outs[0].stdout
+            );
+        }
+        g.assert_clean();
+    }
+}
+
+/// A hung non-leader (rank 1) is timed out by its leader, which tells the ring; a hung leader
+/// (rank 2) is timed out by its ring neighbour (naming its address) and by its own node's rank,
+/// which waits longer than the ring so that a leader can say why first.
+#[test]
+fn hierarchical_hung_rank_times_out_naming_it() {
+    for (victim, others) in [(1usize, [0usize, 2, 3]), (2, [0, 1, 3])] {
+        let g = Group::new(&format!("hier-hang-{victim}"));
+        let v = victim.to_string();
+        let outs = g.run_nodes(
+            &[0, 0, 1, 1],
+            "hang",
+            &["--victim", &v, "--timeout", "2"],
+            &others,
+        );
+        for r in others {
+            let o = &outs[r];
+            assert_eq!(o.code, Some(1), "rank {r}:\n{}\n{}", o.stdout, o.stderr);
+            assert!(
+                o.stdout.contains("timed out") && o.stdout.contains(&format!("[{victim}]")),
+                "rank {r} (victim {victim}):\n{}",
+                o.stdout
             );
         }
         g.assert_clean();

@@ -174,8 +174,8 @@ fn scenario(c: &mut dyn Communicator, a: &Args) -> Result<(), CommError> {
         }
         "hang" => {
             c.all_reduce_f32(&mut b, ReduceOp::Sum)?;
-            if r == 1 {
-                std::thread::sleep(Duration::from_secs(30));
+            if r == a.victim {
+                std::thread::sleep(Duration::from_secs(40));
             }
             c.all_reduce_f32(&mut b, ReduceOp::Sum)
         }
