@@ -15,9 +15,9 @@
 
 use crate::group::Group;
 use crate::reduce::DType;
-use crate::reduce::Elem;
+use crate::reduce::{as_bytes_mut, Elem};
 use crate::ring::Ring;
-use crate::shm::{OpDesc, Plain, ShmComm, OP_ALL_GATHER, OP_ALL_REDUCE, OP_BARRIER, OP_BROADCAST};
+use crate::shm::{OpDesc, ShmComm, OP_ALL_GATHER, OP_ALL_REDUCE, OP_BARRIER, OP_BROADCAST};
 use crate::{CommError, Communicator, ReduceOp};
 
 /// Communicator of a group spanning several nodes (see the module documentation).
@@ -37,14 +37,6 @@ pub struct HierComm {
     poisoned: Option<String>,
     /// Keeps the rendezvous connections open for the whole run.
     _group: Group,
-}
-
-/// `v` as bytes.
-fn as_bytes_mut<T: Plain>(v: &mut [T]) -> &mut [u8] {
-    // SAFETY: `Plain` types have no padding and every bit pattern is valid for them, so the
-    // same memory viewed as bytes (alignment 1, the same total size) is valid, and the
-    // exclusive borrow is carried over.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 /// Length-prefixed concatenation of `parts`.

@@ -45,10 +45,44 @@ pub(crate) trait Elem: crate::shm::Plain + Default + Send + 'static {
     fn add(acc: &mut [f32], src: &[Self]);
     /// `dst[i] = acc[i]` rounded once.
     fn store(dst: &mut [Self], acc: &[f32]);
-    /// Little-endian bytes of `src` appended to `out`.
-    fn to_le(src: &[Self], out: &mut Vec<u8>);
-    /// Fill `dst` from little-endian bytes (`bytes.len() == dst.len() * size`).
-    fn from_le(bytes: &[u8], dst: &mut [Self]);
+    /// Little-endian bytes of `src` appended to `out` (one copy on a little-endian machine).
+    fn to_le(src: &[Self], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(as_bytes(src));
+        if cfg!(target_endian = "big") {
+            for c in out[start..].chunks_exact_mut(std::mem::size_of::<Self>()) {
+                c.reverse();
+            }
+        }
+    }
+    /// Fill `dst` from little-endian bytes (`bytes.len() == dst.len() * size`; a shorter
+    /// `bytes` fills the front).
+    fn from_le(bytes: &[u8], dst: &mut [Self]) {
+        let d = as_bytes_mut(dst);
+        let n =
+            bytes.len().min(d.len()) / std::mem::size_of::<Self>() * std::mem::size_of::<Self>();
+        d[..n].copy_from_slice(&bytes[..n]);
+        if cfg!(target_endian = "big") {
+            for c in d[..n].chunks_exact_mut(std::mem::size_of::<Self>()) {
+                c.reverse();
+            }
+        }
+    }
+}
+
+/// The memory of `v` as bytes.
+pub(crate) fn as_bytes<T: crate::shm::Plain>(v: &[T]) -> &[u8] {
+    // SAFETY: `Plain` types have no padding, so all `size_of_val(v)` bytes are initialised;
+    // u8 has alignment 1 and the shared borrow is carried over.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// The memory of `v` as mutable bytes.
+pub(crate) fn as_bytes_mut<T: crate::shm::Plain>(v: &mut [T]) -> &mut [u8] {
+    // SAFETY: as in `as_bytes`; in addition every bit pattern is a valid `T` (`Plain`), so any
+    // bytes written through the view leave valid values, and the exclusive borrow is carried
+    // over.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 impl Elem for f32 {
@@ -63,14 +97,6 @@ impl Elem for f32 {
     }
     fn store(dst: &mut [f32], acc: &[f32]) {
         dst.copy_from_slice(acc);
-    }
-    fn to_le(src: &[f32], out: &mut Vec<u8>) {
-        out.extend(src.iter().flat_map(|v| v.to_le_bytes()));
-    }
-    fn from_le(bytes: &[u8], dst: &mut [f32]) {
-        for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
-            *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
     }
 }
 
@@ -89,14 +115,6 @@ macro_rules! half_elem {
             }
             fn store(dst: &mut [$t], acc: &[f32]) {
                 dst.convert_from_f32_slice(acc);
-            }
-            fn to_le(src: &[$t], out: &mut Vec<u8>) {
-                out.extend(src.iter().flat_map(|v| v.to_bits().to_le_bytes()));
-            }
-            fn from_le(bytes: &[u8], dst: &mut [$t]) {
-                for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *d = <$t>::from_bits(u16::from_le_bytes([c[0], c[1]]));
-                }
             }
         }
     };

@@ -28,7 +28,7 @@
 //! with the same cause, naming the failed rank and its address.
 
 use crate::liveness::socket_closed;
-use crate::reduce::{Elem, BLOCK};
+use crate::reduce::{as_bytes_mut, Elem, BLOCK};
 use crate::shm::OpDesc;
 use crate::CommError;
 use std::io::{Read, Write};
@@ -342,10 +342,16 @@ impl Ring {
         }
     }
 
-    /// Wait for the next frame from the predecessor and read it into `inbuf`; checks liveness
-    /// of both neighbours and the sender while waiting. Error frames become errors (and are
-    /// forwarded once).
-    fn recv_frame(&mut self, seq: u64, d: &OpDesc) -> Result<Head, CommError> {
+    /// Wait for the next frame from the predecessor and read its payload into `direct` when
+    /// that has exactly the payload's length (then `inbuf` is left empty), else into `inbuf`;
+    /// checks liveness of both neighbours and the sender while waiting. Error frames become
+    /// errors (and are forwarded once).
+    fn recv_frame(
+        &mut self,
+        seq: u64,
+        d: &OpDesc,
+        direct: Option<&mut [u8]>,
+    ) -> Result<Head, CommError> {
         let start = Instant::now();
         let limit = if self.prev_entered {
             2 * self.timeout + self.slack + Duration::from_secs(5)
@@ -386,7 +392,7 @@ impl Ring {
             }
         }
         let mut hb = [0u8; HEADER];
-        let read = self.recv.read_exact(&mut hb).and_then(|_| {
+        let head = self.recv.read_exact(&mut hb).and_then(|_| {
             let h = Head::decode(&hb).ok_or_else(|| std::io::Error::other("bad frame magic"))?;
             if h.len > MAX_FRAME {
                 return Err(std::io::Error::other(format!(
@@ -394,23 +400,17 @@ impl Ring {
                     h.len
                 )));
             }
-            self.inbuf.resize(h.len as usize, 0);
-            self.recv.read_exact(&mut self.inbuf)?;
             Ok(h)
         });
-        let h = match read {
+        let h = match head {
             Ok(h) => h,
-            Err(e) => {
-                let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    "closed its connection".to_string()
-                } else {
-                    format!("connection failed: {e}")
-                };
-                let err = self.peer_failed(d, self.prev(), what);
-                return Err(self.fail_out(&err));
-            }
+            Err(e) => return Err(self.lost_prev(d, e)),
         };
         if h.kind == KIND_ERR {
+            self.inbuf.resize(h.len as usize, 0);
+            if let Err(e) = self.recv.read_exact(&mut self.inbuf) {
+                return Err(self.lost_prev(d, e));
+            }
             return Err(self.error_frame(&h, d));
         }
         let same = h.seq == seq
@@ -436,7 +436,31 @@ impl Ring {
             return Err(self.fail_out(&err));
         }
         self.prev_entered = true;
+        let body = match direct {
+            Some(dst) if dst.len() as u64 == h.len => {
+                self.inbuf.clear();
+                self.recv.read_exact(dst)
+            }
+            _ => {
+                self.inbuf.resize(h.len as usize, 0);
+                self.recv.read_exact(&mut self.inbuf)
+            }
+        };
+        if let Err(e) = body {
+            return Err(self.lost_prev(d, e));
+        }
         Ok(h)
+    }
+
+    /// The predecessor's connection failed while reading from it.
+    fn lost_prev(&mut self, d: &OpDesc, e: std::io::Error) -> CommError {
+        let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "closed its connection".to_string()
+        } else {
+            format!("connection failed: {e}")
+        };
+        let err = self.peer_failed(d, self.prev(), what);
+        self.fail_out(&err)
     }
 
     /// Turn a received error frame into the error it reports, forwarding it once unless the
@@ -618,16 +642,21 @@ impl Ring {
             let reducing = t + 1 < n;
             let last_reduce = t + 2 == n;
             for (a, b) in chunks(s, e, per) {
-                self.recv_frame(seq, d)?;
+                // All-gather: on a little-endian machine the wire bytes are the values, read
+                // straight into place.
+                let direct = (!reducing && cfg!(target_endian = "little") && b > a)
+                    .then(|| as_bytes_mut(&mut buf[a..b]));
+                let placed = direct.is_some();
+                let h = self.recv_frame(seq, d, direct)?;
                 let wire = if reducing { 4 } else { esz };
-                if self.inbuf.len() != (b - a) * wire {
+                if h.len != ((b - a) * wire) as u64 {
                     let err = CommError::Mismatch {
                         rank: self.rank,
                         seq,
                         detail: format!(
                             "rank {} sent {} bytes for a chunk of {} elements",
                             self.members[self.prev()],
-                            self.inbuf.len(),
+                            h.len,
                             b - a
                         ),
                     };
@@ -665,7 +694,9 @@ impl Ring {
                         T::to_le(&buf[a..b], &mut f);
                     }
                 } else {
-                    T::from_le(&self.inbuf, &mut buf[a..b]);
+                    if !placed {
+                        T::from_le(&self.inbuf, &mut buf[a..b]);
+                    }
                     if more {
                         T::to_le(&buf[a..b], &mut f);
                     }
@@ -692,7 +723,7 @@ impl Ring {
         let forwards = self.next() != root;
         for (a, b) in chunks(0, buf.len(), CHUNK_BYTES) {
             if self.index != root {
-                self.recv_frame(seq, d)?;
+                self.recv_frame(seq, d, None)?;
                 if self.inbuf.len() != b - a {
                     let err = CommError::Mismatch {
                         rank: self.rank,
@@ -733,7 +764,7 @@ impl Ring {
             let mut f = self.frame_buffer();
             f.extend_from_slice(&out[mine]);
             self.queue(f, seq, d);
-            self.recv_frame(seq, d)?;
+            self.recv_frame(seq, d, None)?;
             let theirs = (i + n - t - 1) % n;
             out[theirs] = std::mem::take(&mut self.inbuf);
         }
