@@ -6,7 +6,10 @@
 //! [--sizes 4096,65536,...]`. `--nodes K` puts the ranks on K fake nodes of this host
 //! (contiguous, as even as possible), so `--transport auto` runs the hierarchical path: shared
 //! memory inside each node, the TCP ring between node leaders. `tcp` is the ring alone (every
-//! rank its own node), `star` the former star through rank 0.
+//! rank its own node), `star` the former star through rank 0. `--budget BYTES` (default 2 GiB)
+//! sets the payload timed per size. `--child RANK:RENDEZVOUS:RUN_ID` runs one rank only (the
+//! others started elsewhere, e.g. one per network namespace, `MNIST_RENDEZVOUS_ADDR` naming
+//! rank 0's address).
 //! Prints one line per size: `SIZE <bytes> <latency µs> <busbw GB/s> <iterations> <ring GB/s>`,
 //! where busbw = bytes / time · 2(n−1)/n as nccl-tests defines it (n ranks) and the ring
 //! figure is the same with n = the number of ring members (nodes; every rank with `tcp`): what
@@ -17,17 +20,23 @@ use mnist_common::contract::WorkerIdentity;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Iterations for a size: about 2 GiB of payload, between 20 and 20,000.
-fn iterations(bytes: usize) -> usize {
-    ((2usize << 30) / bytes.max(1)).clamp(20, 20_000)
+/// Iterations for a size: about `budget` bytes of payload (default 2 GiB), between 5 and
+/// 20,000.
+fn iterations(bytes: usize, budget: usize) -> usize {
+    (budget / bytes.max(1)).clamp(5, 20_000)
 }
 
-fn run(c: &mut dyn Communicator, sizes: &[usize], members: usize) -> Result<(), String> {
+fn run(
+    c: &mut dyn Communicator,
+    sizes: &[usize],
+    members: usize,
+    budget: usize,
+) -> Result<(), String> {
     let w = c.world_size() as f64;
     let m = members as f64;
     for &bytes in sizes {
         let mut buf = vec![1.0f32; bytes / 4];
-        let iters = iterations(bytes);
+        let iters = iterations(bytes, budget);
         for _ in 0..(iters / 10).max(3) {
             c.all_reduce_f32(&mut buf, ReduceOp::Sum)
                 .map_err(|e| e.to_string())?;
@@ -55,6 +64,7 @@ fn main() {
     let mut world = 2usize;
     let mut transport = "shm".to_string();
     let mut nodes = 1usize;
+    let mut budget = 2usize << 30;
     let mut sizes: Vec<usize> = vec![4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
     let mut id: Option<WorkerIdentity> = None;
     let args: Vec<String> = std::env::args().collect();
@@ -65,6 +75,7 @@ fn main() {
             "--world" => world = v.parse().unwrap_or(2),
             "--transport" => transport = v.clone(),
             "--nodes" => nodes = v.parse().unwrap_or(1),
+            "--budget" => budget = v.parse().unwrap_or(budget),
             "--sizes" => sizes = v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
             "--child" => {
                 // --child RANK:RENDEZVOUS:RUN_ID
@@ -105,6 +116,8 @@ fn main() {
                     &transport,
                     "--nodes",
                     &nodes.to_string(),
+                    "--budget",
+                    &budget.to_string(),
                     "--child",
                     &spec,
                 ])
@@ -150,7 +163,7 @@ fn main() {
                 Transport::Auto => nodes,
                 _ => world,
             };
-            run(c.as_mut(), &sizes, members)
+            run(c.as_mut(), &sizes, members, budget)
         });
     for mut k in kids {
         let _ = k.wait();
