@@ -110,6 +110,21 @@ pub fn shm_name_for(run_id: &str) -> String {
     format!("mnist-ddp-{clean}")
 }
 
+/// `mnist-ddp-<run id>-data<leader>-<split>`: the shared copy of a data split (`train` or
+/// `test`, raw bytes) that the ranks of one machine map instead of each holding its own, in
+/// [`SHM_DIR`]; `leader` is the global rank of the machine's local rank 0, which writes it.
+/// Removed once every rank mapped it; the launcher removes leftovers
+/// ([`shm_data_prefix`]).
+pub fn shm_data_name(run_id: &str, leader: usize, split: &str) -> String {
+    format!("{}{leader}-{split}", shm_data_prefix(run_id))
+}
+
+/// The start of every [`shm_data_name`] of a run (a temporary file being written has a `.`
+/// before it).
+pub fn shm_data_prefix(run_id: &str) -> String {
+    format!("{}-data", shm_name_for(run_id))
+}
+
 // ---- Exit codes ----
 
 /// Exit code of a process that succeeded.
@@ -254,6 +269,8 @@ mod tests {
         assert_eq!(FailureKind::Interrupted(2).exit_code(), 130);
         assert_eq!(FailureKind::from_exit_code(0), None);
         assert_eq!(shm_name_for("a/b c"), "mnist-ddp-a_b_c");
+        assert_eq!(shm_data_name("a/b", 4, "test"), "mnist-ddp-a_b-data4-test");
+        assert!(shm_data_name("r", 0, "train").starts_with(&shm_data_prefix("r")));
     }
 
     /// Every environment variable and file name written down here is also in the README (its

@@ -11,6 +11,7 @@ pub mod fingerprint;
 pub mod gpus;
 pub mod group;
 pub mod multinode;
+pub mod oom;
 pub mod output;
 pub mod signals;
 pub mod spec;
@@ -110,6 +111,8 @@ pub struct WorkerFailure {
     pub tail: Vec<String>,
     /// How the other workers ended.
     pub others: Vec<Exited>,
+    /// Why it was killed, when the launcher can tell ([`oom`]: the out-of-memory killer).
+    pub cause: Option<String>,
 }
 
 impl std::fmt::Display for WorkerFailure {
@@ -117,10 +120,14 @@ impl std::fmt::Display for WorkerFailure {
         let e = &self.first;
         write!(
             f,
-            "worker rank {} (pid {}) {} (first failure; log: {})",
+            "worker rank {} (pid {}) {}{} (first failure; log: {})",
             e.rank,
             e.pid,
             e.exit,
+            self.cause
+                .as_ref()
+                .map(|c| format!(", {c}"))
+                .unwrap_or_default(),
             self.log.display()
         )
     }
@@ -189,6 +196,27 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Removes, when dropped, every file in [`mnist_common::contract::SHM_DIR`] whose name
+/// (ignoring a leading `.`: a temporary file being written) starts with the prefix: the data
+/// set copies a run's workers share ([`mnist_common::contract::shm_data_prefix`]), left behind
+/// when a worker died before removing them.
+struct RemoveShmData(String);
+
+impl Drop for RemoveShmData {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(mnist_common::contract::SHM_DIR) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.trim_start_matches('.').starts_with(&self.0) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Run a launch: start `cfg.nproc` workers, log their output to `<log_dir>/rank<N>.log`
 /// (rank 0's also to this process's stdout/stderr), and supervise them until all succeed
 /// (`Ok`), one fails, or SIGINT/SIGTERM/SIGHUP arrives (`Err`; the others are stopped with
@@ -241,6 +269,7 @@ fn run_workers(
             }))
             .collect(),
     );
+    let _remove_data = RemoveShmData(mnist_common::contract::shm_data_prefix(run_id));
     let ranks = layout.first_rank..layout.first_rank + cfg.nproc;
     let logs = create_logs(&cfg.log_dir, ranks.clone())?;
     let cores = std::thread::available_parallelism()
@@ -258,6 +287,7 @@ fn run_workers(
 
     let signals = signals::install().map_err(LaunchError::Signals)?;
     let mut pumps = Pumps::new();
+    let oom_watch = oom::OomWatch::start();
     let mut group = group::ProcessGroup::new();
     for (spec, log) in specs.iter().zip(&logs) {
         let rank = spec.identity.rank;
@@ -310,6 +340,13 @@ fn run_workers(
                 }
             }
             let log = &logs[first.rank - layout.first_rank];
+            let sigkill = Exit::Signal {
+                signo: Signal::SIGKILL as i32,
+                core_dumped: false,
+            };
+            let cause = (first.exit == sigkill && !first.stopped)
+                .then(|| oom_watch.note())
+                .flatten();
             let others = group
                 .exits()
                 .into_iter()
@@ -320,6 +357,7 @@ fn run_workers(
                 tail: log.tail(),
                 first,
                 others,
+                cause,
             })))
         }
     }
@@ -414,4 +452,31 @@ fn log_config(
         std::env::var(mnist_common::contract::ENV_CUDA_VISIBLE_DEVICES).unwrap_or_else(|_| "(unset)".into()),
         cfg.grace_period.as_secs_f64()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftover_shared_data_of_the_run_is_removed_and_nothing_else() {
+        let run = format!("unit-{}", std::process::id());
+        let other = format!("unit-{}-x", std::process::id());
+        let shm = Path::new(mnist_common::contract::SHM_DIR);
+        let name = |run: &str, split| mnist_common::contract::shm_data_name(run, 0, split);
+        let ours = [
+            shm.join(name(&run, "train")),
+            shm.join(format!(".{}.abc123.tmp", name(&run, "test"))),
+        ];
+        let theirs = shm.join(name(&other, "train"));
+        for p in ours.iter().chain([&theirs]) {
+            std::fs::write(p, b"x").unwrap();
+        }
+        drop(RemoveShmData(mnist_common::contract::shm_data_prefix(&run)));
+        for p in &ours {
+            assert!(!p.exists(), "{} left behind", p.display());
+        }
+        assert!(theirs.exists(), "another run's file was removed");
+        std::fs::remove_file(&theirs).unwrap();
+    }
 }

@@ -467,3 +467,108 @@ fn a_worker_refusing_its_input_makes_the_launcher_exit_with_the_usage_code() {
         "{stderr}"
     );
 }
+
+/// A memory cgroup with a limit, for one test (cgroup v1's memory controller or cgroup v2);
+/// removed on drop once its processes are gone.
+struct MemCgroup {
+    dir: PathBuf,
+}
+
+impl MemCgroup {
+    /// `None` (with the reason) when no memory cgroup can be made here.
+    fn create(limit: u64) -> Result<MemCgroup, String> {
+        let name = format!("mnist-launch-test-{}", std::process::id());
+        let tries = [
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
+            ("/sys/fs/cgroup", "memory.max"),
+        ];
+        let mut why = Vec::new();
+        for (root, limit_file) in tries {
+            if !Path::new(root).join(limit_file).exists()
+                && !Path::new(root).join("cgroup.controllers").exists()
+            {
+                why.push(format!("{root}: no memory controller"));
+                continue;
+            }
+            let dir = Path::new(root).join(&name);
+            if let Err(e) = std::fs::create_dir(&dir) {
+                why.push(format!("{}: {e}", dir.display()));
+                continue;
+            }
+            let cg = MemCgroup { dir };
+            match std::fs::write(cg.dir.join(limit_file), limit.to_string()) {
+                Ok(()) => return Ok(cg),
+                Err(e) => why.push(format!("{}: {e}", cg.dir.join(limit_file).display())),
+            }
+        }
+        Err(why.join("; "))
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        // Killed processes leave the cgroup as they are reaped; give them time.
+        let deadline = Instant::now() + DEADLINE;
+        while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The OOM-kill count is machine-wide: the two tests that read it do not run side by side.
+static OOM_COUNTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn a_worker_killed_by_the_oom_killer_is_reported_as_such() {
+    const TEST: &str = "a_worker_killed_by_the_oom_killer_is_reported_as_such";
+    let _one_at_a_time = OOM_COUNTER.lock().unwrap_or_else(|p| p.into_inner());
+    if !mnist_testkit::root(TEST, "creates a memory cgroup") {
+        return;
+    }
+    let cgroup = match MemCgroup::create(64 << 20) {
+        Ok(c) => c,
+        Err(why) => {
+            mnist_testkit::skip(TEST, "memcg", &why);
+            return;
+        }
+    };
+    let case = Case::new();
+    let dir = cgroup.dir.display().to_string();
+    let env = [
+        ("FAKE_OOM_RANK", "1"),
+        ("FAKE_OOM_CGROUP", dir.as_str()),
+        ("FAKE_HANG", "1"),
+    ];
+    let out = output_within_deadline(case.spawn(2, &env));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors = error_lines(&out);
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("worker rank 1")
+            && errors[0].contains("killed by signal SIGKILL")
+            && errors[0].contains("out-of-memory killer"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("allocating until"), "{stderr}");
+    println!("{}", errors[0]);
+    assert_all_gone(&case.worker_pids());
+    drop(cgroup);
+}
+
+#[test]
+fn a_worker_killed_by_a_plain_sigkill_is_not_blamed_on_memory() {
+    let _one_at_a_time = OOM_COUNTER.lock().unwrap_or_else(|p| p.into_inner());
+    let case = Case::new();
+    let env = [
+        ("FAKE_SIGNAL_RANK", "1"),
+        ("FAKE_SIGNAL", "SIGKILL"),
+        ("FAKE_HANG", "1"),
+    ];
+    let out = output_within_deadline(case.spawn(2, &env));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors = error_lines(&out);
+    assert!(errors[0].contains("killed by signal SIGKILL"), "{stderr}");
+    assert!(!errors[0].contains("out-of-memory"), "{stderr}");
+}

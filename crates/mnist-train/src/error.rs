@@ -20,6 +20,9 @@ pub enum TrainError {
     /// A collective failed.
     #[error(transparent)]
     Comm(#[from] mnist_comm::CommError),
+    /// The data set shared by the ranks of a machine could not be written or mapped.
+    #[error(transparent)]
+    SharedData(#[from] crate::dataset::SharedError),
     /// NCCL failed or is unavailable.
     #[error(transparent)]
     Nccl(#[from] mnist_nccl::NcclError),
@@ -128,9 +131,10 @@ impl TrainError {
             TrainError::Comm(e) => e.kind(),
             TrainError::Nccl(e) => e.kind(),
             TrainError::Interrupted { signal } => FailureKind::Interrupted(*signal),
-            TrainError::Torch { .. } | TrainError::OutOfSync { .. } | TrainError::Internal(_) => {
-                FailureKind::OwnFault
-            }
+            TrainError::Torch { .. }
+            | TrainError::OutOfSync { .. }
+            | TrainError::Internal(_)
+            | TrainError::SharedData(_) => FailureKind::OwnFault,
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct Session {
     pub log: RunLog,
     /// CPU threads this process may use (`--threads`, `OMP_NUM_THREADS`, or cores / processes).
     pub threads: usize,
+    /// Who this worker is (ranks, run id).
+    pub identity: WorkerIdentity,
     progress: bool,
 }
 
@@ -156,6 +158,7 @@ impl Session {
             comm,
             log,
             threads,
+            identity: identity.clone(),
             progress,
         })
     }

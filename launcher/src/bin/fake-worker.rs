@@ -10,6 +10,10 @@
 //! - `FAKE_SIGNAL_RANK=r` + `FAKE_SIGNAL=SIGSEGV`: rank r kills itself with that signal.
 //!   Both wait until every rank wrote its pid file (with FAKE_PID_DIR; that is the ordering
 //!   the tests rely on), then FAKE_DELAY_MS (default 0).
+//! - `FAKE_OOM_RANK=r` + `FAKE_OOM_CGROUP=dir`: rank r moves itself into the memory cgroup
+//!   `dir` (its `cgroup.procs`; the test set a small limit) and allocates until the kernel's
+//!   out-of-memory killer stops it (it gives up with code 99 after 4 GiB, and never allocates
+//!   outside the cgroup).
 //! - `FAKE_HANG=1`: the other ranks sleep forever.
 //! - `FAKE_SLEEP_MS=n`: sleep n ms before exiting 0.
 
@@ -104,6 +108,26 @@ fn main() {
         let _ = std::io::stdout().flush();
         let _ = raise(sig);
         std::thread::sleep(Duration::from_secs(5));
+        std::process::exit(99);
+    }
+    if num::<usize>("FAKE_OOM_RANK") == Some(rank) {
+        wait_for_pid_files(world);
+        let Some(cgroup) = var("FAKE_OOM_CGROUP") else {
+            eprintln!("rank {rank}: FAKE_OOM_RANK needs FAKE_OOM_CGROUP");
+            std::process::exit(98);
+        };
+        let procs = std::path::Path::new(&cgroup).join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+            eprintln!("rank {rank}: cannot join {}: {e}", procs.display());
+            std::process::exit(98);
+        }
+        println!("rank {rank}: allocating until the out-of-memory killer stops me");
+        let _ = std::io::stdout().flush();
+        let mut hog: Vec<Vec<u8>> = Vec::new();
+        while hog.len() < 256 {
+            // Non-zero, so every page is written (and charged), not mapped from the zero page.
+            hog.push(vec![1u8; 16 << 20]);
+        }
         std::process::exit(99);
     }
     if var("FAKE_HANG").is_some() {
