@@ -30,8 +30,9 @@ pub const ENV_NODE_RANK: &str = "GROUP_RANK";
 /// over the network even on one host (tests put ranks on such "fake nodes").
 pub const ENV_NNODES: &str = "MNIST_NNODES";
 /// Which transport the CPU collectives use: `auto` (shared memory inside a node, a TCP ring
-/// between nodes), `shm` (one node only) or `tcp` (every rank its own node: the pure ring,
-/// for tests and benchmarks of the inter-node path).
+/// between nodes), `shm` (one node only), `tcp` (every rank its own node: the pure ring, for
+/// tests and benchmarks of the inter-node path) or `star` (the former star through rank 0,
+/// kept for benchmarks).
 pub const ENV_COMM_TRANSPORT: &str = "MNIST_COMM_TRANSPORT";
 /// Path of the rendezvous file.
 pub const ENV_RENDEZVOUS: &str = "MNIST_RENDEZVOUS";
@@ -117,6 +118,17 @@ pub fn shm_name_for(run_id: &str) -> String {
 /// ([`shm_data_prefix`]).
 pub fn shm_data_name(run_id: &str, leader: usize, split: &str) -> String {
     format!("{}{leader}-{split}", shm_data_prefix(run_id))
+}
+
+/// `mnist-ddp-<run id>-node<k>`: the shared-memory segment of node `k` of a run spanning
+/// several nodes (its ranks reduce there before the node leaders' ring), in [`SHM_DIR`].
+pub fn shm_node_name_for(run_id: &str, node: usize) -> String {
+    format!("{}{node}", shm_node_prefix(run_id))
+}
+
+/// The start of every [`shm_node_name_for`] of a run.
+pub fn shm_node_prefix(run_id: &str) -> String {
+    format!("{}-node", shm_name_for(run_id))
 }
 
 /// The start of every [`shm_data_name`] of a run (a temporary file being written has a `.`

@@ -201,8 +201,9 @@ impl Drop for RemoveOnDrop {
 
 /// Removes, when dropped, every file in [`mnist_common::contract::SHM_DIR`] whose name
 /// (ignoring a leading `.`: a temporary file being written) starts with the prefix: the data
-/// set copies a run's workers share ([`mnist_common::contract::shm_data_prefix`]), left behind
-/// when a worker died before removing them.
+/// set copies a run's workers share ([`mnist_common::contract::shm_data_prefix`]) or its
+/// per-node segments ([`mnist_common::contract::shm_node_prefix`]), left behind when a worker
+/// died before removing them.
 struct RemoveShmData(String);
 
 impl Drop for RemoveShmData {
@@ -273,6 +274,7 @@ fn run_workers(
             .collect(),
     );
     let _remove_data = RemoveShmData(mnist_common::contract::shm_data_prefix(run_id));
+    let _remove_node_segments = RemoveShmData(mnist_common::contract::shm_node_prefix(run_id));
     let ranks = layout.first_rank..layout.first_rank + cfg.nproc;
     let logs = create_logs(&cfg.log_dir, ranks.clone())?;
     let cores = std::thread::available_parallelism()

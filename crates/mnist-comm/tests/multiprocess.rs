@@ -58,6 +58,17 @@ impl Group {
     }
 
     fn spawn(&self, rank: usize, world: usize, scenario: &str, extra: &[&str]) -> (Child, Instant) {
+        self.spawn_with(rank, world, scenario, extra, &[])
+    }
+
+    fn spawn_with(
+        &self,
+        rank: usize,
+        world: usize,
+        scenario: &str,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> (Child, Instant) {
         let child = Command::new(env!("CARGO_BIN_EXE_comm-peer"))
             .args([
                 "--rank",
@@ -73,6 +84,7 @@ impl Group {
             ])
             .args(["--scenario", scenario, "--out", self.dir.to_str().unwrap()])
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -112,6 +124,37 @@ impl Group {
         self.wait(kids, need)
     }
 
+    /// Run with ranks on fake nodes: `nodes[r]` is rank r's node rank (contiguous, as the
+    /// launcher assigns them), passed as the launcher does (GROUP_RANK, MNIST_NNODES,
+    /// LOCAL_WORLD_SIZE are read by comm-peer's flags).
+    fn run_nodes(
+        &self,
+        nodes: &[usize],
+        scenario: &str,
+        extra: &[&str],
+        need: &[usize],
+    ) -> Vec<Out> {
+        let world = nodes.len();
+        let nnodes = nodes.iter().max().unwrap() + 1;
+        let kids = (0..world)
+            .map(|r| {
+                let local = nodes.iter().filter(|&&k| k == nodes[r]).count();
+                let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+                args.extend([
+                    "--node-rank".into(),
+                    nodes[r].to_string(),
+                    "--nnodes".into(),
+                    nnodes.to_string(),
+                    "--local-world-size".into(),
+                    local.to_string(),
+                ]);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                self.spawn(r, world, scenario, &args)
+            })
+            .collect();
+        self.wait(kids, need)
+    }
+
     fn assert_clean(&self) {
         assert!(
             !self.rdv.exists(),
@@ -120,6 +163,11 @@ impl Group {
         );
         let shm = Path::new("/dev/shm").join(mnist_comm::shm_name_for(&self.run_id));
         assert!(!shm.exists(), "{} left behind", shm.display());
+        for k in 0..8 {
+            let name = mnist_common::contract::shm_node_name_for(&self.run_id, k);
+            let node = Path::new("/dev/shm").join(name);
+            assert!(!node.exists(), "{} left behind", node.display());
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -134,13 +182,21 @@ fn check_close(got: f32, exp: f64, scale: f64, rel: f64, what: &str) {
 }
 
 fn check_all(world: usize, transport: &str) {
+    check_all_on(&vec![0; world], transport);
+}
+
+/// The "all" scenario on ranks placed on fake nodes `nodes`, checked against the oracle.
+fn check_all_on(nodes: &[usize], transport: &str) {
+    let world = nodes.len();
+    let hier = nodes.iter().any(|&k| k != 0);
     let g = Group::new(&format!("all-{transport}-{world}"));
-    let outs = g.run(
-        world,
-        "all",
-        &["--transport", transport],
-        &(0..world).collect::<Vec<_>>(),
-    );
+    let need = (0..world).collect::<Vec<_>>();
+    let args = ["--transport", transport];
+    let outs = if hier {
+        g.run_nodes(nodes, "all", &args, &need)
+    } else {
+        g.run(world, "all", &args, &need)
+    };
     for (r, o) in outs.iter().enumerate() {
         assert_eq!(
             o.code,
@@ -197,10 +253,14 @@ fn check_all(world: usize, transport: &str) {
             let exp: f64 = inputs.iter().map(|v| v[k] as f64).sum::<f64>() / div;
             let abs: f64 = inputs.iter().map(|v| (v[k] as f64).abs()).sum::<f64>() / div;
             let what = format!("case {i} ({dt}, avg={avg}, n={n}) element {k}");
+            // With several nodes each node's partial sum is rounded to the element type once
+            // before the ring adds them: half-precision errors scale with the inputs' sizes,
+            // not only the result's.
+            let half_scale = if hier { abs } else { exp.abs() };
             match dt {
                 "f32" => check_close(*gv, exp, abs, 1e-6, &what),
-                "f16" => check_close(*gv, exp, exp.abs().max(6e-5), 1.0 / 1024.0, &what),
-                _ => check_close(*gv, exp, exp.abs().max(1e-30), 1.0 / 128.0, &what),
+                "f16" => check_close(*gv, exp, half_scale.max(6e-5), 1.0 / 1024.0, &what),
+                _ => check_close(*gv, exp, half_scale.max(1e-30), 1.0 / 128.0, &what),
             }
         }
         cases += 1;
@@ -240,6 +300,80 @@ fn shm_two_ranks_match_the_oracle() {
 #[test]
 fn shm_three_ranks_match_the_oracle() {
     check_all(3, "auto");
+}
+
+/// Hierarchical: shared memory inside each fake node, the TCP ring between leaders; uneven
+/// nodes, 2-3 nodes, 3-6 ranks. Same oracle as the single-node runs.
+#[test]
+fn hierarchical_layouts_match_the_oracle() {
+    for nodes in [&[0, 0, 1, 1][..], &[0, 1, 1], &[0, 0, 0, 1, 2, 2]] {
+        check_all_on(nodes, "auto");
+    }
+}
+
+/// The ring alone between 2..8 single-rank nodes (what `--transport tcp` forces).
+#[test]
+fn ring_of_up_to_eight_nodes_matches_the_oracle() {
+    for world in [5, 8] {
+        check_all(world, "tcp");
+    }
+}
+
+/// A killed non-leader (rank 1 on node 0) and a killed leader (rank 2, leader of node 1) are
+/// detected by liveness, not the timeout, and named on every other rank; the ranks across
+/// the ring also get the leader's address.
+#[test]
+fn hierarchical_lost_rank_is_named_everywhere() {
+    for (victim, others) in [(1usize, [0usize, 2, 3]), (2, [0, 1, 3])] {
+        let g = Group::new(&format!("hier-die-{victim}"));
+        let v = victim.to_string();
+        let outs = g.run_nodes(&[0, 0, 1, 1], "die", &["--victim", &v], &others);
+        for r in others {
+            let o = &outs[r];
+            assert_eq!(o.code, Some(1), "rank {r}:\n{}\n{}", o.stdout, o.stderr);
+            assert!(
+                o.stdout.contains(&format!("peer rank {victim}"))
+                    && !o.stdout.contains("timed out"),
+                "rank {r} (victim {victim}):\n{}",
+                o.stdout
+            );
+        }
+        if victim == 2 {
+            assert!(
+                outs[0].stdout.contains("(127.0.0.1:"),
+                "address named:\n{}",
+                outs[0].stdout
+            );
+        }
+        g.assert_clean();
+    }
+}
+
+/// A hung non-leader (rank 1) is timed out by its leader, which tells the ring; a hung leader
+/// (rank 2) is timed out by its ring neighbour (naming its address) and by its own node's rank,
+/// which waits longer than the ring so that a leader can say why first.
+#[test]
+fn hierarchical_hung_rank_times_out_naming_it() {
+    for (victim, others) in [(1usize, [0usize, 2, 3]), (2, [0, 1, 3])] {
+        let g = Group::new(&format!("hier-hang-{victim}"));
+        let v = victim.to_string();
+        let outs = g.run_nodes(
+            &[0, 0, 1, 1],
+            "hang",
+            &["--victim", &v, "--timeout", "2"],
+            &others,
+        );
+        for r in others {
+            let o = &outs[r];
+            assert_eq!(o.code, Some(1), "rank {r}:\n{}\n{}", o.stdout, o.stderr);
+            assert!(
+                o.stdout.contains("timed out") && o.stdout.contains(&format!("[{victim}]")),
+                "rank {r} (victim {victim}):\n{}",
+                o.stdout
+            );
+        }
+        g.assert_clean();
+    }
 }
 
 #[test]

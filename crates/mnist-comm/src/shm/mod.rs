@@ -68,10 +68,10 @@ fn yield_for() -> Duration {
 /// How often a waiting rank checks that its peers are alive.
 const LIVENESS_EVERY: Duration = Duration::from_millis(100);
 
-const OP_ALL_REDUCE: u64 = 1;
-const OP_BROADCAST: u64 = 2;
-const OP_ALL_GATHER: u64 = 3;
-const OP_BARRIER: u64 = 4;
+pub(crate) const OP_ALL_REDUCE: u64 = 1;
+pub(crate) const OP_BROADCAST: u64 = 2;
+pub(crate) const OP_ALL_GATHER: u64 = 3;
+pub(crate) const OP_BARRIER: u64 = 4;
 
 /// What a collective is, as written in its header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +118,8 @@ pub struct ShmComm {
     epoch: u64,
     sent: u64,
     poisoned: Option<String>,
+    /// Global rank of each member (a node's segment serves only that node's ranks).
+    names: Vec<usize>,
 }
 
 /// Element range of segment `r` of a chunk of `len` elements, aligned to 16 elements.
@@ -130,6 +132,7 @@ fn segment_range(len: usize, r: usize, world: usize) -> (usize, usize) {
 impl ShmComm {
     /// Wrap a mapped segment; `group` supplies pids and liveness sockets.
     pub(crate) fn new(group: Group, seg: Segment, timeout: Duration) -> ShmComm {
+        let world = group.world;
         ShmComm {
             rank: group.rank,
             world: group.world,
@@ -141,7 +144,20 @@ impl ShmComm {
             epoch: 0,
             sent: 0,
             poisoned: None,
+            names: (0..world).collect(),
         }
+    }
+
+    /// Name the members by these global ranks in errors (member i is rank `names[i]`).
+    pub(crate) fn with_names(mut self, names: Vec<usize>) -> ShmComm {
+        assert_eq!(names.len(), self.world, "one global rank per member");
+        self.names = names;
+        self
+    }
+
+    /// This member's global rank.
+    fn me(&self) -> usize {
+        self.names[self.rank]
     }
 
     /// Rank 0 unlinks the segment file once everyone mapped it.
@@ -160,9 +176,9 @@ impl ShmComm {
         }
         let peer = flag as usize - 1;
         Err(CommError::PeerFailed {
-            rank: self.rank,
+            rank: self.me(),
             op: d.describe(),
-            peer,
+            peer: self.names.get(peer).copied().unwrap_or(peer),
             what: format!("aborted: {}", self.seg.read_abort_msg(peer)),
         })
     }
@@ -183,9 +199,9 @@ impl ShmComm {
             let sock_dead = sock.and_then(|s| s.as_ref()).is_some_and(socket_closed);
             if !pid_alive(pid) || sock_dead {
                 return Err(CommError::PeerFailed {
-                    rank: self.rank,
+                    rank: self.me(),
                     op: d.describe(),
-                    peer: r,
+                    peer: self.names[r],
                     what: format!("(pid {pid}) exited or closed its connection"),
                 });
             }
@@ -241,9 +257,10 @@ impl ShmComm {
             if now.duration_since(start) >= self.timeout {
                 let missing = (0..self.world)
                     .filter(|&r| self.seg.epoch(r).load(Ordering::Acquire) < target)
+                    .map(|r| self.names[r])
                     .collect();
                 return Err(CommError::Timeout {
-                    rank: self.rank,
+                    rank: self.me(),
                     op: d.describe(),
                     seconds: now.duration_since(start).as_secs_f64(),
                     missing,
@@ -256,7 +273,7 @@ impl ShmComm {
     fn begin(&mut self, d: &OpDesc) -> Result<(), CommError> {
         if let Some(first) = &self.poisoned {
             return Err(CommError::Poisoned {
-                rank: self.rank,
+                rank: self.me(),
                 first: first.clone(),
             });
         }
@@ -300,12 +317,12 @@ impl ShmComm {
         let detail = (0..self.world)
             .map(|r| {
                 let (s, h) = read(r);
-                format!("rank {r}: #{s} {}", h.describe())
+                format!("rank {}: #{s} {}", self.names[r], h.describe())
             })
             .collect::<Vec<_>>()
             .join("; ");
         Err(CommError::Mismatch {
-            rank: self.rank,
+            rank: self.me(),
             seq: self.seq,
             detail,
         })
@@ -333,7 +350,54 @@ impl ShmComm {
             extra: u64::from(op == ReduceOp::Average),
         };
         self.begin(&d)?;
-        let r = self.all_reduce_inner(buf, op, &d);
+        let r = self.all_reduce_inner(buf, op, &d, false);
+        self.finish(r)
+    }
+
+    /// The sum of every member's `buf` into member 0's `buf` (the others' are left partly
+    /// summed); `d` is the caller's collective, compared between the members.
+    pub(crate) fn reduce_sum_to_first<T: Elem>(
+        &mut self,
+        buf: &mut [T],
+        d: &OpDesc,
+    ) -> Result<(), CommError> {
+        self.begin(d)?;
+        let r = self.all_reduce_inner(buf, ReduceOp::Sum, d, true);
+        self.finish(r)
+    }
+
+    /// Member `root`'s bytes into every member's `buf`, under the caller's collective `d`.
+    pub(crate) fn broadcast_as(
+        &mut self,
+        buf: &mut [u8],
+        root: usize,
+        d: &OpDesc,
+    ) -> Result<(), CommError> {
+        self.begin(d)?;
+        let r = self.broadcast_inner(buf, root, d);
+        self.finish(r)
+    }
+
+    /// Every member's bytes, under the caller's collective `d` (an all-gather: sizes may
+    /// differ).
+    pub(crate) fn all_gather_as(
+        &mut self,
+        send: &[u8],
+        d: &OpDesc,
+    ) -> Result<Vec<Vec<u8>>, CommError> {
+        let d = OpDesc {
+            count: send.len() as u64,
+            ..*d
+        };
+        self.begin(&d)?;
+        let r = self.all_gather_inner(send, &d);
+        self.finish(r)
+    }
+
+    /// A barrier under the caller's collective `d`.
+    pub(crate) fn barrier_as(&mut self, d: &OpDesc) -> Result<(), CommError> {
+        self.begin(d)?;
+        let r = self.barrier_wait(d).and_then(|_| self.check_headers(d));
         self.finish(r)
     }
 
@@ -342,6 +406,7 @@ impl ShmComm {
         buf: &mut [T],
         op: ReduceOp,
         d: &OpDesc,
+        only_first: bool,
     ) -> Result<(), CommError> {
         let chunk = chunk_bytes() / std::mem::size_of::<T>();
         let (w, me) = (self.world, self.rank);
@@ -387,7 +452,8 @@ impl ShmComm {
                 unsafe { self.seg.write_slot(p, me, s, &buf[off + s..off + e]) };
             }
             self.barrier_wait(d)?;
-            for r in (0..w).filter(|&r| r != me) {
+            let readers = if only_first && me != 0 { 0 } else { w };
+            for r in (0..readers).filter(|&r| r != me) {
                 let (rs, re) = segment_range(len, r, w);
                 // SAFETY: rank r wrote its result segment before the barrier; until the next
                 // phase's barrier every rank only reads it.
@@ -497,7 +563,7 @@ impl Communicator for ShmComm {
         };
         if root >= self.world {
             return Err(CommError::InvalidArgument {
-                rank: self.rank,
+                rank: self.me(),
                 op: d.describe(),
                 detail: format!("root {root} is not below world size {}", self.world),
             });
