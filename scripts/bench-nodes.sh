@@ -45,7 +45,8 @@ shape() {
     done
 }
 
-# ours NAME DATA EXTRA...: both nodes, 1 process each; prints the last epoch's metrics.
+# ours NAME DATA EXTRA...: both nodes, 1 process each; prints the last epoch's metrics with
+# epoch_seconds and images_per_second replaced by their medians over the epochs after the first.
 ours() {
     local name=$1 data=$2
     shift 2
@@ -57,7 +58,15 @@ ours() {
         pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p" || { cat "$TMP/$name"-n*.out >&2; exit 1; }; done
-    tail -n 1 "$TMP/$name/n0/metrics.jsonl"
+    "$MNIST_PYTHON" - "$TMP/$name/n0/metrics.jsonl" <<'PY'
+import json, statistics, sys
+m = [json.loads(l) for l in open(sys.argv[1])]
+timed = m[1:] or m
+last = dict(m[-1])
+for k in ("epoch_seconds", "images_per_second"):
+    last[k] = statistics.median(e[k] for e in timed)
+print(json.dumps(last))
+PY
 }
 
 field() { $MNIST_PYTHON -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }

@@ -1,8 +1,11 @@
 //! `mnist-launch` as a library: start one `mnist-worker` per rank, pump their output into
-//! per-rank logs, supervise them as a group and report the first failure (see [`run`]).
+//! per-rank logs, supervise them as a group and report the first failure (see [`run`]). With
+//! `--nnodes` above 1 the nodes first meet through node 0's TCP rendezvous ([`multinode`],
+//! `mnist-rdzv`), and another node's failure or loss stops this node's workers.
 //!
 //! Exit codes of the binary (`mnist_common::contract`): 0 all workers succeeded; 1 a worker
-//! failed (or the launch could not start); 2 bad command-line usage, or the first worker to
+//! failed (or the launch could not start, the nodes could not meet, another node failed or
+//! was lost); 2 bad command-line usage, or the first worker to
 //! fail refused its input (flags, data or model files); 128 + signal number when the launcher
 //! was stopped by SIGINT (130), SIGTERM (143) or SIGHUP (129).
 

@@ -78,7 +78,12 @@ impl StatusLine {
                     let said = first
                         .as_ref()
                         .and_then(|l| l.tail().last().cloned())
-                        .map(|l| format!("; rank {}: {l}", ranks.start))
+                        // Without the log's time-stamp prefix ("MM/DD HH:MM:SS AM | ").
+                        .map(|l| match l.split_once(" | ") {
+                            Some((_, rest)) => rest.to_string(),
+                            None => l,
+                        })
+                        .map(|l| format!("; last: {l}"))
                         .unwrap_or_default();
                     eprintln!(
                         "mnist-launch: node {node_rank}: ranks {}-{} of {world} running {:.0} s{link}{said}",

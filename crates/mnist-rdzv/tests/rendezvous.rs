@@ -7,9 +7,11 @@ use mnist_rdzv::{
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+/// Pings every 200 ms, lost after 5 s of silence: as generous as the product's default, so a
+/// test thread starved on a loaded machine is not taken for a lost node.
 const HB: Heartbeat = Heartbeat {
-    interval: Duration::from_millis(100),
-    timeout: Duration::from_millis(1500),
+    interval: Duration::from_millis(200),
+    timeout: Duration::from_secs(5),
 };
 
 fn fp(comp: &str) -> Fingerprint {
