@@ -39,8 +39,9 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Payload bytes per frame of a pipelined collective.
-pub(crate) const CHUNK_BYTES: usize = 256 << 10;
+/// Payload bytes per frame of a pipelined collective (1 MiB measured faster than 256 KiB for
+/// 1-4 MB buffers on loopback and keeps a 1 Gbit/s link as busy).
+pub(crate) const CHUNK_BYTES: usize = 1 << 20;
 
 const MAGIC: u32 = 0x4d44_5052;
 const KIND_DATA: u32 = 1;
