@@ -364,8 +364,7 @@ impl Ring {
                 self.note(ev);
             }
             if let Some(e) = self.write_error.take() {
-                let err = self.peer_failed(d, self.next(), format!("did not take data: {e}"));
-                return Err(self.fail_out(&err));
+                return Err(self.successor_lost(d, format!("did not take data: {e}")));
             }
             let mut fd = libc::pollfd {
                 fd: self.recv.as_raw_fd(),
@@ -378,8 +377,7 @@ impl Ring {
                 break;
             }
             if socket_closed(&self.send_probe) {
-                let err = self.peer_failed(d, self.next(), "closed its connection".into());
-                return Err(self.fail_out(&err));
+                return Err(self.successor_lost(d, "closed its connection".into()));
             }
             let waited = start.elapsed();
             if waited >= limit {
@@ -600,10 +598,44 @@ impl Ring {
             self.flush(self.timeout + self.slack)
         };
         if let Some(e) = pending {
-            let err = self.peer_failed(d, self.next(), format!("did not take data: {e}"));
-            return Err(self.fail_out(&err));
+            return Err(self.successor_lost(d, format!("did not take data: {e}")));
         }
         Ok(())
+    }
+
+    /// The successor's connection failed. A successor that stopped because of an error of its
+    /// own sent that error around the ring, so wait briefly (2 s) for it from the predecessor
+    /// and report it rather than the broken connection; else report the successor, with
+    /// `what` happened. Called only between frames (the incoming stream is at a frame start).
+    fn successor_lost(&mut self, d: &OpDesc, what: String) -> CommError {
+        let until = Instant::now() + Duration::from_secs(2);
+        while !self.failed && Instant::now() < until {
+            let mut fd = libc::pollfd {
+                fd: self.recv.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            if unsafe { libc::poll(&mut fd, 1, 100) } <= 0 {
+                continue;
+            }
+            let mut hb = [0u8; HEADER];
+            if self.recv.read_exact(&mut hb).is_err() {
+                break;
+            }
+            let Some(h) = Head::decode(&hb).filter(|h| h.len <= MAX_FRAME) else {
+                break;
+            };
+            self.inbuf.resize(h.len as usize, 0);
+            if self.recv.read_exact(&mut self.inbuf).is_err() {
+                break;
+            }
+            if h.kind == KIND_ERR {
+                return self.error_frame(&h, d);
+            }
+        }
+        let err = self.peer_failed(d, self.next(), what);
+        self.fail_out(&err)
     }
 
     /// All-reduce `buf` (the sum over the members); with `divide` the sum is divided by it
