@@ -655,7 +655,6 @@ impl Ring {
         let esz = std::mem::size_of::<T>();
         let steps = 2 * (n - 1);
         let mut acc = vec![0f32; BLOCK];
-        let mut mine = vec![0f32; BLOCK];
         // Step 0: our own segment, widened, can leave at once.
         let (s0, e0) = segment(buf.len(), n, send_seg(i, n, 0));
         for (a, b) in chunks(s0, e0, per) {
@@ -707,11 +706,7 @@ impl Ring {
                     while at < b {
                         let m = (b - at).min(BLOCK);
                         f32::from_le(&self.inbuf[(at - a) * 4..(at - a + m) * 4], &mut acc[..m]);
-                        T::load(&mut mine[..m], &buf[at..at + m]);
-                        acc[..m]
-                            .iter_mut()
-                            .zip(&mine[..m])
-                            .for_each(|(x, y)| *x += *y);
+                        T::add(&mut acc[..m], &buf[at..at + m]);
                         if last_reduce {
                             if let Some(w) = divide {
                                 let w = w as f32;
