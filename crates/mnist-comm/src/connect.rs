@@ -86,7 +86,11 @@ fn reject_all(g: &mut Group, reason: &str) {
 /// [`mnist_common::rendezvous`]) or, when `identity.store` is set, in the TCP rendezvous
 /// store of node 0's launcher, waits for every rank's hello, removes the file, and tells
 /// everyone which transport to use; with shared memory it creates the segment and unlinks it
-/// once every rank has mapped it, so nothing is left behind.
+/// once every rank has mapped it, so nothing is left behind. Every hello carries the rank's
+/// node rank and data address; when the ranks form several nodes the welcome carries the node
+/// of every rank and every data address, and the group builds a [`HierComm`]: each node's
+/// leader connects to the next leader (the ring), accepts its predecessor and its node's
+/// ranks, and creates the node's segment, unlinked once its ranks mapped it.
 pub fn connect(
     identity: &WorkerIdentity,
     opts: CommOptions,

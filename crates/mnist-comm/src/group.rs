@@ -1,6 +1,8 @@
 //! Joining the group: rank 0 listens and publishes the rendezvous file, every other rank
-//! reads it, connects and says hello; rank 0 answers with the table of hosts and pids and the
-//! transport. The connections to rank 0 stay open as liveness channels.
+//! reads it, connects and says hello (with its node rank and the address of the data listener
+//! it bound on the IP it reaches rank 0 from); rank 0 answers with the table of hosts, pids,
+//! nodes and data addresses and the transport. The connections to rank 0 stay open as
+//! liveness channels.
 
 use crate::CommError;
 use mnist_common::rendezvous::{ReadOutcome, RendezvousRecord, FORMAT_VERSION};

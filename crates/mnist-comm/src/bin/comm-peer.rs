@@ -4,7 +4,8 @@
 //! Usage: `comm-peer --rank R --world-size W --rendezvous FILE --run-id ID --scenario NAME
 //! [--transport auto|shm|tcp|star] [--node-rank K --nnodes N --local-world-size L] [--timeout S] [--rendezvous-timeout S] [--out DIR]`.
 //! Scenarios: `all` (all-reduce cases written to DIR, broadcast, all-gather), `mismatch`,
-//! `die`, `hang`, `abort`. Prints `ERROR: ...` and exits 1 on a collective failure.
+//! `die`, `hang` (rank `--victim`, default 1, exits or sleeps after the first all-reduce),
+//! `abort`. Prints `ERROR: ...` and exits 1 on a collective failure.
 
 use half::{bf16, f16};
 use mnist_comm::{connect, CommError, CommOptions, Communicator, ReduceOp, Transport};
