@@ -16,9 +16,10 @@
 //! ```
 //!
 //! Segments travel in chunks of [`CHUNK_BYTES`]; chunk `c` of step `t + 1` leaves as soon as
-//! chunk `c` of step `t` has arrived, so a large buffer streams through the ring. Sending is
-//! done by a thread that owns the outgoing connection, so every member sends and receives at
-//! the same time (full duplex). Every frame carries the collective's header (sequence, op,
+//! chunk `c` of step `t` has arrived, so a large buffer streams through the ring. A frame is
+//! written at once as far as the socket takes it without waiting; the rest, and everything
+//! after it, goes to a sender thread, so every member sends and receives at the same time (full
+//! duplex) and small collectives cost no thread hand-offs. Every frame carries the collective's header (sequence, op,
 //! dtype, count, extra), checked against the receiver's own before its payload is used; every
 //! step sends at least one frame, so a mismatch is always seen.
 //!
@@ -52,10 +53,6 @@ const ERR_TIMEOUT: u64 = 2;
 const ERR_PEER: u64 = 3;
 /// Bytes of a frame header.
 pub(crate) const HEADER: usize = 56;
-/// Frames up to this size are written by the calling thread when the sender thread is idle
-/// (they fit in the socket buffers, so the write cannot wait for the peer): a small collective
-/// costs no thread hand-offs.
-const DIRECT_MAX: usize = 16 << 10;
 /// Longest frame accepted.
 const MAX_FRAME: u64 = 1 << 36;
 
@@ -189,8 +186,9 @@ pub(crate) struct Ring {
     /// Extra wait before blaming the predecessor when it may itself be waiting on its node.
     slack: Duration,
     recv: TcpStream,
-    /// A second handle on the outgoing connection: small frames are written on it directly
-    /// while the sender thread is idle, and it shows the successor closing the connection.
+    /// A second handle on the outgoing connection: while the sender thread is idle, frames are
+    /// written on it directly as far as the socket takes them without waiting (the rest goes
+    /// to the thread), and it shows the successor closing the connection.
     send_probe: TcpStream,
     jobs: Option<Sender<Job>>,
     events: Receiver<Event>,
@@ -312,14 +310,49 @@ impl Ring {
         while let Ok(ev) = self.events.try_recv() {
             self.note(ev);
         }
-        if self.outstanding == 0 && bytes.len() <= DIRECT_MAX {
-            if self.write_error.is_none() {
-                if let Err(e) = self.send_probe.write_all(&bytes) {
-                    self.write_error = Some(e);
+        if self.outstanding == 0 && self.write_error.is_none() {
+            // The sender thread is idle: write what the socket takes now without waiting, and
+            // hand only the rest (if any) to the thread.
+            let mut sent = 0;
+            while sent < bytes.len() {
+                // SAFETY: send on our own connected socket from a live buffer of
+                // `bytes.len() - sent` readable bytes; MSG_DONTWAIT never blocks.
+                let n = unsafe {
+                    libc::send(
+                        self.send_probe.as_raw_fd(),
+                        bytes[sent..].as_ptr().cast(),
+                        bytes.len() - sent,
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n > 0 {
+                    sent += n as usize;
+                    continue;
+                }
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => continue,
+                    std::io::ErrorKind::WouldBlock => break,
+                    _ => {
+                        self.write_error = Some(e);
+                        sent = bytes.len();
+                    }
                 }
             }
-            self.spare.push(bytes);
-            return;
+            if sent == bytes.len() {
+                self.spare.push(bytes);
+                return;
+            }
+            if sent > 0 {
+                // The rest of a frame already begun must go out even after a cancel, or the
+                // stream would lose its framing.
+                bytes.drain(..sent);
+                if let Some(j) = &self.jobs {
+                    self.outstanding += 1;
+                    let _ = j.send(Job::Frame { data: false, bytes });
+                }
+                return;
+            }
         }
         if let Some(j) = &self.jobs {
             self.outstanding += 1;
