@@ -95,7 +95,7 @@ lenet)
         gloo_s=$(echo "$res" | sed 's/.*epoch_seconds=\([0-9.]*\).*/\1/')
         ratios+=("$("$MNIST_PYTHON" -c "print(f'{$gloo_s / $ours_s:.2f}')")")
     done
-    echo "speed-up (gloo epoch / ours) per pair: ${ratios[*]}; median $("$MNIST_PYTHON" -c "import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))" "${ratios[@]}")"
+    echo "speed-up (gloo epoch / ours) per pair: ${ratios[*]}; median $("$MNIST_PYTHON" -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}x')" "${ratios[@]}")"
     ;;
 compression)
     N=${2:-6400}
