@@ -3,11 +3,12 @@
 # each a network namespace with its own eth0 (10.77.0.1 and .2) on a bridge in a third
 # namespace; everything is removed on exit. Uses the release build.
 #
-#   scripts/bench-nodes.sh lenet [EPOCHS]
+#   scripts/bench-nodes.sh lenet [EPOCHS] [REPEAT]
 #       LeNet, 2 nodes x 1 process, --threads 1: mnist-ddp vs PyTorch DDP over gloo
 #       (scripts/ref/torch_ddp_nodes.py, one process per namespace). Both run EPOCHS epochs
 #       (default 2: 1 warm-up + timed ones, cosine schedule over all of them); prints the
-#       median timed epoch time, images/s and test accuracy of each.
+#       median timed epoch time, images/s and test accuracy of each, REPEAT pairs (default 1)
+#       back to back, and the median speed-up over the pairs (a shared machine's load drifts).
 #   scripts/bench-nodes.sh compression [TRAIN_IMAGES] [RATE]
 #       MLP (2 MB of gradients per step), 2 nodes x 1 process, each node's eth0 shaped to RATE
 #       (default 100mbit, tc tbf): epoch time and gradient bytes per step for --compression
@@ -74,18 +75,27 @@ field() { $MNIST_PYTHON -c "import json,sys; print(json.loads(sys.argv[1])[sys.a
 case "$MODE" in
 lenet)
     EPOCHS=${2:-2}
-    echo "LeNet, 2 namespace nodes x 1 process, --threads 1, $EPOCHS epochs (1 warm-up); machine shared with other jobs"
-    m=$(ours lenet data/mnist --model LeNet --epochs "$EPOCHS")
-    echo "mnist-ddp: epoch_seconds=$(field "$m" epoch_seconds) images_per_second=$(field "$m" images_per_second) test_top1=$(field "$m" test_top1)"
-    pids=()
-    for i in 0 1; do
-        GLOO_SOCKET_IFNAME=eth0 ip netns exec "$P-n$i" env GLOO_SOCKET_IFNAME=eth0 "$MNIST_PYTHON" \
-            scripts/ref/torch_ddp_nodes.py --rank "$i" --world 2 --master-addr 10.77.0.1 --master-port 29600 \
-            --data data/mnist --threads 1 --warmup 1 --epochs $((EPOCHS - 1)) --model LeNet >"$TMP/gloo-n$i.out" 2>&1 &
-        pids+=($!)
+    REPEAT=${3:-1}
+    echo "LeNet, 2 namespace nodes x 1 process, --threads 1, $EPOCHS epochs (1 warm-up), $REPEAT pair(s) run back to back; machine shared with other jobs"
+    ratios=()
+    for r in $(seq "$REPEAT"); do
+        m=$(ours "lenet$r" data/mnist --model LeNet --epochs "$EPOCHS")
+        ours_s=$(field "$m" epoch_seconds)
+        echo "mnist-ddp: epoch_seconds=$ours_s images_per_second=$(field "$m" images_per_second) test_top1=$(field "$m" test_top1)"
+        pids=()
+        for i in 0 1; do
+            ip netns exec "$P-n$i" env GLOO_SOCKET_IFNAME=eth0 "$MNIST_PYTHON" \
+                scripts/ref/torch_ddp_nodes.py --rank "$i" --world 2 --master-addr 10.77.0.1 --master-port $((29600 + r)) \
+                --data data/mnist --threads 1 --warmup 1 --epochs $((EPOCHS - 1)) --model LeNet >"$TMP/gloo-n$i.out" 2>&1 &
+            pids+=($!)
+        done
+        for p in "${pids[@]}"; do wait "$p" || { cat "$TMP"/gloo-n*.out >&2; exit 1; }; done
+        res=$(grep RESULT "$TMP/gloo-n0.out")
+        echo "torch DDP gloo: $res"
+        gloo_s=$(echo "$res" | sed 's/.*epoch_seconds=\([0-9.]*\).*/\1/')
+        ratios+=("$("$MNIST_PYTHON" -c "print(f'{$gloo_s / $ours_s:.2f}')")")
     done
-    for p in "${pids[@]}"; do wait "$p" || { cat "$TMP"/gloo-n*.out >&2; exit 1; }; done
-    echo "torch DDP gloo: $(grep RESULT "$TMP/gloo-n0.out")"
+    echo "speed-up (gloo epoch / ours) per pair: ${ratios[*]}; median $("$MNIST_PYTHON" -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}x')" "${ratios[@]}")"
     ;;
 compression)
     N=${2:-6400}
@@ -114,7 +124,7 @@ PY
     done
     ;;
 *)
-    echo "usage: scripts/bench-nodes.sh lenet [EPOCHS] | compression [TRAIN_IMAGES] [RATE]" >&2
+    echo "usage: scripts/bench-nodes.sh lenet [EPOCHS] [REPEAT] | compression [TRAIN_IMAGES] [RATE]" >&2
     exit 2
     ;;
 esac

@@ -744,3 +744,34 @@ fn two_jobs_with_different_master_ports_do_not_interfere() {
         assert_eq!((m.len(), m[0]["world_size"].as_u64()), (2, Some(2)));
     }
 }
+
+#[test]
+fn a_node_of_another_job_is_refused_and_a_late_node_is_told() {
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 640, 100);
+    // A long job (it is stopped when the test ends), so the late node surely finds it running.
+    let mut a = train(&data, &tmp.path().join("n"), args!["--epochs", 500]);
+    a.extend(args!["--rendezvous-timeout", 30]);
+    let mut n0 = Node::start(loopback(0, 2, 0, 1, &a), "node 0");
+    let port = n0.served_port();
+    let mut other = loopback(1, 2, port, 1, &a);
+    other.args(["--rdzv-id", "another-job"]);
+    let e = Node::start(other, "node 1 of another job").wait();
+    assert_ne!(e.code, Some(0));
+    assert!(
+        e.stderr.contains("belongs to another job") && e.stderr.contains("\"another-job\""),
+        "{}",
+        e.stderr
+    );
+    // The job itself is unaffected: its own node 1 joins and it trains.
+    let n1 = Node::start(loopback(1, 2, port, 1, &a), "node 1");
+    n1.wait_line("the job has 2 nodes");
+    let late = Node::start(loopback(1, 2, port, 1, &a), "a late node 1").wait();
+    assert!(late.stderr.contains("came too late"), "{}", late.stderr);
+    assert!(
+        n0.child.try_wait().unwrap().is_none(),
+        "the job stopped:\n{}",
+        n0.stderr()
+    );
+    drop((n0, n1));
+}
