@@ -20,11 +20,28 @@ pub const ENV_LOCAL_RANK: &str = "LOCAL_RANK";
 pub const ENV_WORLD_SIZE: &str = "WORLD_SIZE";
 /// Number of processes on this machine.
 pub const ENV_LOCAL_WORLD_SIZE: &str = "LOCAL_WORLD_SIZE";
+/// Rank of this process's node (machine) in the job (torchrun's name; default 0). The ranks
+/// of one node are contiguous global ranks; its lowest (local rank 0) is the node's leader.
+pub const ENV_NODE_RANK: &str = "GROUP_RANK";
 
 // ---- Environment: our launcher's contract ----
 
+/// Number of nodes (machines) in the job (default 1). Ranks with different node ranks talk
+/// over the network even on one host (tests put ranks on such "fake nodes").
+pub const ENV_NNODES: &str = "MNIST_NNODES";
+/// Which transport the CPU collectives use: `auto` (shared memory inside a node, a TCP ring
+/// between nodes), `shm` (one node only), `tcp` (every rank its own node: the pure ring, for
+/// tests and benchmarks of the inter-node path) or `star` (the former star through rank 0,
+/// kept for benchmarks).
+pub const ENV_COMM_TRANSPORT: &str = "MNIST_COMM_TRANSPORT";
 /// Path of the rendezvous file.
 pub const ENV_RENDEZVOUS: &str = "MNIST_RENDEZVOUS";
+/// `HOST:PORT` of the TCP rendezvous store (node 0's launcher, jobs spanning several
+/// machines): rank 0 publishes its group address there instead of in a file.
+pub const ENV_STORE: &str = "MNIST_STORE";
+/// A network interface name: the launcher advertises that interface's IPv4 address to the
+/// other nodes (default: the local address of its connection to the master).
+pub const ENV_SOCKET_IFNAME: &str = "MNIST_SOCKET_IFNAME";
 /// Identifier of this run; a rendezvous file with another id is stale.
 pub const ENV_RUN_ID: &str = "MNIST_RUN_ID";
 /// Seconds a worker waits at the rendezvous for its peers.
@@ -94,6 +111,32 @@ pub fn shm_name_for(run_id: &str) -> String {
     format!("mnist-ddp-{clean}")
 }
 
+/// `mnist-ddp-<run id>-data<leader>-<split>`: the shared copy of a data split (`train` or
+/// `test`, raw bytes) that the ranks of one machine map instead of each holding its own, in
+/// [`SHM_DIR`]; `leader` is the global rank of the machine's local rank 0, which writes it.
+/// Removed once every rank mapped it; the launcher removes leftovers
+/// ([`shm_data_prefix`]).
+pub fn shm_data_name(run_id: &str, leader: usize, split: &str) -> String {
+    format!("{}{leader}-{split}", shm_data_prefix(run_id))
+}
+
+/// `mnist-ddp-<run id>-node<k>`: the shared-memory segment of node `k` of a run spanning
+/// several nodes (its ranks reduce there before the node leaders' ring), in [`SHM_DIR`].
+pub fn shm_node_name_for(run_id: &str, node: usize) -> String {
+    format!("{}{node}", shm_node_prefix(run_id))
+}
+
+/// The start of every [`shm_node_name_for`] of a run.
+pub fn shm_node_prefix(run_id: &str) -> String {
+    format!("{}-node", shm_name_for(run_id))
+}
+
+/// The start of every [`shm_data_name`] of a run (a temporary file being written has a `.`
+/// before it).
+pub fn shm_data_prefix(run_id: &str) -> String {
+    format!("{}-data", shm_name_for(run_id))
+}
+
 // ---- Exit codes ----
 
 /// Exit code of a process that succeeded.
@@ -160,8 +203,14 @@ pub struct WorkerIdentity {
     pub world_size: usize,
     /// Processes on this machine.
     pub local_world_size: usize,
+    /// This machine's node rank (0 for a single machine).
+    pub node_rank: usize,
+    /// Number of nodes (1 for a single machine).
+    pub nnodes: usize,
     /// The rendezvous file (None for a single process).
     pub rendezvous: Option<PathBuf>,
+    /// The TCP rendezvous store `HOST:PORT`, used instead of the file when set.
+    pub store: Option<String>,
     /// The run id (None for a single process).
     pub run_id: Option<String>,
     /// Seconds to wait for peers at the rendezvous.
@@ -176,7 +225,10 @@ impl WorkerIdentity {
             local_rank: 0,
             world_size: 1,
             local_world_size: 1,
+            node_rank: 0,
+            nnodes: 1,
             rendezvous: None,
+            store: None,
             run_id: None,
             rendezvous_timeout_s: 60.0,
         }
@@ -192,6 +244,8 @@ impl WorkerIdentity {
                 ENV_LOCAL_WORLD_SIZE.into(),
                 self.local_world_size.to_string(),
             ),
+            (ENV_NODE_RANK.into(), self.node_rank.to_string()),
+            (ENV_NNODES.into(), self.nnodes.to_string()),
             (
                 ENV_RENDEZVOUS_TIMEOUT.into(),
                 self.rendezvous_timeout_s.to_string(),
@@ -199,6 +253,9 @@ impl WorkerIdentity {
         ];
         if let Some(r) = &self.rendezvous {
             v.push((ENV_RENDEZVOUS.into(), r.display().to_string()));
+        }
+        if let Some(s) = &self.store {
+            v.push((ENV_STORE.into(), s.clone()));
         }
         if let Some(r) = &self.run_id {
             v.push((ENV_RUN_ID.into(), r.clone()));
@@ -224,5 +281,29 @@ mod tests {
         assert_eq!(FailureKind::Interrupted(2).exit_code(), 130);
         assert_eq!(FailureKind::from_exit_code(0), None);
         assert_eq!(shm_name_for("a/b c"), "mnist-ddp-a_b_c");
+        assert_eq!(shm_data_name("a/b", 4, "test"), "mnist-ddp-a_b-data4-test");
+        assert!(shm_data_name("r", 0, "train").starts_with(&shm_data_prefix("r")));
+    }
+
+    /// Every environment variable and file name written down here is also in the README (its
+    /// contract section), so neither can grow without the other.
+    #[test]
+    fn the_readme_names_every_variable_and_file() {
+        let readme = include_str!("../../README.md");
+        let consts: Vec<&str> = include_str!("contract.rs")
+            .lines()
+            .filter(|l| l.starts_with("pub const ") && l.contains(": &str = \""))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert!(consts.len() >= 15, "parsed only {consts:?}");
+        for c in [ENV_RANK, ENV_GPUS, MODEL_FILE, SHM_DIR] {
+            assert!(consts.contains(&c), "{c} not parsed from {consts:?}");
+        }
+        let missing: Vec<&&str> = consts.iter().filter(|c| !readme.contains(**c)).collect();
+        assert!(missing.is_empty(), "not in README.md: {missing:?}");
+        for code in [EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PEER_FAILED] {
+            assert!(readme.contains(&format!("| {code} |")), "exit code {code}");
+        }
+        assert!(readme.contains(&format!("| {EXIT_SIGNAL_BASE} + signal |")));
     }
 }

@@ -2,6 +2,7 @@
 //! configuration the training code takes, the launcher ↔ worker contract, the rendezvous
 //! file format, and the reference's log-line format.
 
+pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod contract;

@@ -2,7 +2,8 @@
 //!
 //! Layout on disk: the 8-byte magic [`MAGIC`], the format version as a little-endian `u32`,
 //! then the [`RendezvousRecord`] serialized with bincode. Rank 0 writes a temporary file next to
-//! the target and renames it over the target, so a reader sees either no file or a whole one.
+//! the target and renames it over the target ([`crate::atomic_file`]), so a reader sees either
+//! no file or a whole one.
 //! A file with another run id or another format version is *stale* (left over by an earlier
 //! run or another program version): readers ignore it and keep waiting.
 
@@ -114,35 +115,19 @@ impl RendezvousRecord {
         ReadOutcome::Ready(rec)
     }
 
-    /// Write the record to `path` atomically (temporary file in the same directory, then
-    /// rename).
+    /// Write the record to `path` atomically ([`crate::atomic_file`]: temporary file in the
+    /// same directory, fsync, rename, fsync of the directory).
     pub fn publish(&self, path: &Path) -> Result<(), RendezvousError> {
         let bytes = self.encode().map_err(|detail| RendezvousError::Encode {
             path: path.to_path_buf(),
             detail,
         })?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-        let io = |op: &'static str, source| RendezvousError::Io {
-            path: path.to_path_buf(),
-            op,
-            source,
-        };
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io("write temporary file", e));
-        }
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io("rename into place", e)
+        crate::atomic_file::write_atomic(path, |f| f.write_all(&bytes)).map_err(|e| {
+            RendezvousError::Io {
+                path: path.to_path_buf(),
+                op: e.action,
+                source: e.source,
+            }
         })
     }
 

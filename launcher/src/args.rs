@@ -27,7 +27,32 @@ pub struct LaunchArgs {
     /// GPUs to use, e.g. 0,2: rank r uses the r-th entry (passed to workers as MNIST_GPUS).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub gpus: Option<Vec<usize>>,
-    /// Seconds each worker waits at the rendezvous for its peers.
+    /// Number of machines (nodes) in the job; each runs one mnist-launch.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub nnodes: usize,
+    /// This machine's rank among the nodes, 0 … nnodes-1 (node 0 serves the rendezvous;
+    /// global ranks follow node-rank order).
+    #[arg(long, default_value_t = 0, value_name = "R")]
+    pub node_rank: usize,
+    /// Node 0's address (host name or IP) where the rendezvous is served.
+    #[arg(long, default_value = "127.0.0.1", value_name = "HOST")]
+    pub master_addr: String,
+    /// Port of the rendezvous on node 0 (0 on node 0: any free port, printed at start).
+    #[arg(long, default_value_t = 29500, value_name = "PORT")]
+    pub master_port: u16,
+    /// The rendezvous as HOST:PORT (torchrun's spelling; overrides --master-addr/--master-port).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub rdzv_endpoint: Option<String>,
+    /// Job id every node must give alike; a node with another id is refused.
+    #[arg(long, default_value = "none", value_name = "ID")]
+    pub rdzv_id: String,
+    /// Address this node advertises to the other nodes [default: the IPv4 address of the
+    /// interface named by MNIST_SOCKET_IFNAME, else the local address of this node's
+    /// connection to node 0].
+    #[arg(long, value_name = "ADDR")]
+    pub local_addr: Option<String>,
+    /// Seconds each worker waits at the rendezvous for its peers (and each node for the
+    /// other nodes).
     #[arg(
         long,
         default_value_t = 60.0,
@@ -71,6 +96,27 @@ pub struct LaunchConfig {
     pub grace_period: Duration,
     /// Adjustments made while resolving, worth one line on stderr each.
     pub notes: Vec<String>,
+    /// With `--nnodes` above 1: this node's part in the job.
+    pub multi: Option<MultiNode>,
+}
+
+/// A job spanning several machines, as this node sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultiNode {
+    /// Number of nodes.
+    pub nnodes: usize,
+    /// This node's rank.
+    pub node_rank: usize,
+    /// The rendezvous, `HOST:PORT`.
+    pub endpoint: String,
+    /// Its port (node 0 listens on it).
+    pub port: u16,
+    /// The job id (`--rdzv-id`).
+    pub rdzv_id: String,
+    /// The address to advertise (`--local-addr` or `MNIST_SOCKET_IFNAME`'s), if given.
+    pub local_addr: Option<String>,
+    /// What must agree between nodes.
+    pub fingerprint: mnist_rdzv::Fingerprint,
 }
 
 /// Facts about the machine that resolution depends on, given explicitly so tests can vary them.
@@ -84,6 +130,8 @@ pub struct Environment {
     /// `always` for the workers, whose own output is a pipe, and rank 0's progress bar is
     /// passed through live.
     pub console_is_terminal: bool,
+    /// `MNIST_SOCKET_IFNAME`, when set.
+    pub socket_ifname: Option<String>,
 }
 
 impl Environment {
@@ -93,6 +141,9 @@ impl Environment {
             visible_gpus: crate::gpus::visible_gpu_count(),
             current_exe: std::env::current_exe().ok(),
             console_is_terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            socket_ifname: std::env::var(mnist_common::contract::ENV_SOCKET_IFNAME)
+                .ok()
+                .filter(|s| !s.is_empty()),
         }
     }
 }
@@ -155,6 +206,28 @@ pub enum ArgsError {
         /// What is wrong with it.
         problem: String,
     },
+    /// `--nnodes 0`, or a `--node-rank` not below `--nnodes`.
+    #[error("invalid value {value} for {flag}: expected {expected}")]
+    Nodes {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: String,
+        /// What would be accepted.
+        expected: String,
+    },
+    /// `MNIST_SOCKET_IFNAME` names an unusable interface.
+    #[error(transparent)]
+    Interface(#[from] mnist_rdzv::RdzvError),
+    /// The data files cannot be read for the fingerprint.
+    #[error("cannot read {path:?} (--data) to compare it with the other nodes")]
+    DataFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// No `--worker-bin` and this executable's folder is unknown.
     #[error("cannot find {WORKER_PROGRAM} next to this executable (its path is unknown); pass --worker-bin or set MNIST_WORKER_BIN")]
     NoCurrentExe,
@@ -195,7 +268,7 @@ impl LaunchArgs {
 
     /// Validate against the machine described by `env`.
     pub fn resolve_in(&self, env: &Environment) -> Result<LaunchConfig, ArgsError> {
-        self.train.resolve()?;
+        let train = self.train.resolve()?;
         let mut notes = Vec::new();
         let mut gpus = self.gpus.clone();
         if let Some(g) = &gpus {
@@ -260,6 +333,7 @@ impl LaunchArgs {
                 .join(WORKER_PROGRAM),
         };
         check_executable(&worker_bin)?;
+        let multi = self.multi_node(&train, env, nproc)?;
         Ok(LaunchConfig {
             nproc,
             gpus,
@@ -277,7 +351,87 @@ impl LaunchArgs {
             rendezvous_timeout_s,
             grace_period,
             notes,
+            multi,
         })
+    }
+
+    /// `Some` with `--nnodes` above 1: the rendezvous endpoint, the advertised address and the
+    /// fingerprint.
+    fn multi_node(
+        &self,
+        train: &mnist_common::TrainConfig,
+        env: &Environment,
+        nproc: usize,
+    ) -> Result<Option<MultiNode>, ArgsError> {
+        if self.nnodes == 0 {
+            return Err(ArgsError::Nodes {
+                flag: "--nnodes",
+                value: "0".into(),
+                expected: "an integer ≥ 1".into(),
+            });
+        }
+        if self.node_rank >= self.nnodes {
+            return Err(ArgsError::Nodes {
+                flag: "--node-rank",
+                value: self.node_rank.to_string(),
+                expected: format!("0 … {} (below --nnodes {})", self.nnodes - 1, self.nnodes),
+            });
+        }
+        if self.nnodes == 1 {
+            return Ok(None);
+        }
+        if self.train.evaluate.is_some() {
+            return Err(ArgsError::Nodes {
+                flag: "--nnodes",
+                value: self.nnodes.to_string(),
+                expected: "1 with --evaluate (evaluation runs one process on one machine)".into(),
+            });
+        }
+        let (host, port) = match &self.rdzv_endpoint {
+            Some(ep) => {
+                let bad = || ArgsError::Nodes {
+                    flag: "--rdzv-endpoint",
+                    value: ep.clone(),
+                    expected: "HOST:PORT, e.g. 10.0.0.1:29500".into(),
+                };
+                let (h, p) = ep.rsplit_once(':').ok_or_else(bad)?;
+                let p: u16 = p.parse().map_err(|_| bad())?;
+                if h.is_empty() {
+                    return Err(bad());
+                }
+                (
+                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                    p,
+                )
+            }
+            None => (self.master_addr.clone(), self.master_port),
+        };
+        if port == 0 && self.node_rank != 0 {
+            return Err(ArgsError::Nodes {
+                flag: "--master-port",
+                value: "0".into(),
+                expected: "node 0's actual port on the other nodes (0 = any free port works on node 0 only)".into(),
+            });
+        }
+        let local_addr = match (&self.local_addr, &env.socket_ifname) {
+            (Some(a), _) => Some(a.clone()),
+            (None, Some(ifname)) => Some(mnist_rdzv::net::interface_ipv4(ifname)?.to_string()),
+            (None, None) => None,
+        };
+        let endpoint = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(Some(MultiNode {
+            nnodes: self.nnodes,
+            node_rank: self.node_rank,
+            endpoint,
+            port,
+            rdzv_id: self.rdzv_id.clone(),
+            local_addr,
+            fingerprint: crate::fingerprint::of(train, nproc)?,
+        }))
     }
 }
 
@@ -308,6 +462,7 @@ mod tests {
             visible_gpus: gpus,
             current_exe: Some(PathBuf::from("/bin/sh")),
             console_is_terminal: false,
+            socket_ifname: None,
         }
     }
 
@@ -402,6 +557,7 @@ mod tests {
             visible_gpus: 0,
             current_exe: Some("/nonexistent/dir/mnist-launch".into()),
             console_is_terminal: false,
+            socket_ifname: None,
         };
         let msg = a.resolve_in(&e).unwrap_err().to_string();
         assert!(
@@ -417,6 +573,94 @@ mod tests {
             msg.contains("not executable") && msg.contains("--worker-bin"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn several_nodes_resolve_their_endpoint_and_address() {
+        let m = |extra: &[&str]| parse(extra).resolve_in(&env(0)).map(|c| c.multi);
+        assert_eq!(
+            m(&["--node-rank", "0"]).unwrap(),
+            None,
+            "one node: no rendezvous"
+        );
+        let c = m(&[
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "1",
+            "--master-addr",
+            "10.0.0.1",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (c.endpoint.as_str(), c.port, c.node_rank),
+            ("10.0.0.1:29500", 29500, 1)
+        );
+        assert_eq!(
+            (c.rdzv_id.as_str(), c.local_addr.as_deref()),
+            ("none", None)
+        );
+        let c = m(&[
+            "--nnodes",
+            "3",
+            "--rdzv-endpoint",
+            "head:1234",
+            "--rdzv-id",
+            "j7",
+            "--local-addr",
+            "10.0.0.5",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (c.endpoint.as_str(), c.rdzv_id.as_str()),
+            ("head:1234", "j7")
+        );
+        assert_eq!(c.local_addr.as_deref(), Some("10.0.0.5"));
+        assert!(c
+            .fingerprint
+            .0
+            .iter()
+            .any(|(k, v)| k == "--model" && v == "LeNet"));
+        let mut e = env(0);
+        e.socket_ifname = Some("lo".into());
+        let c = parse(&["--nnodes", "2"])
+            .resolve_in(&e)
+            .unwrap()
+            .multi
+            .unwrap();
+        assert_eq!(c.local_addr.as_deref(), Some("127.0.0.1"));
+        e.socket_ifname = Some("nosuchif9".into());
+        let msg = parse(&["--nnodes", "2"])
+            .resolve_in(&e)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("MNIST_SOCKET_IFNAME") && msg.contains("nosuchif9"),
+            "{msg}"
+        );
+        let cases: &[(&[&str], &str)] = &[
+            (&["--nnodes", "0"], "--nnodes"),
+            (&["--nnodes", "2", "--node-rank", "2"], "--node-rank"),
+            (
+                &["--nnodes", "2", "--rdzv-endpoint", "nohostport"],
+                "--rdzv-endpoint",
+            ),
+            (
+                &["--nnodes", "2", "--rdzv-endpoint", "h:99999"],
+                "--rdzv-endpoint",
+            ),
+            (
+                &["--nnodes", "2", "--node-rank", "1", "--master-port", "0"],
+                "--master-port",
+            ),
+            (&["--nnodes", "2", "--evaluate", "m.pt"], "--evaluate"),
+        ];
+        for (argv, needle) in cases {
+            let e = parse(argv).resolve_in(&env(0)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{argv:?}: {e}");
+        }
     }
 
     #[test]

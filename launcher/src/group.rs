@@ -30,6 +30,10 @@ const POLL: Duration = Duration::from_millis(20);
 /// When the first failure is only "a peer failed", how long to look for the peer's own exit.
 const ROOT_CAUSE_WINDOW: Duration = Duration::from_millis(300);
 
+/// The most time given to workers between SIGTERM and SIGKILL when another node failed or was
+/// lost (with a 5 s heartbeat timeout, the node stops within 10 s of the loss).
+pub const ABORT_GRACE: Duration = Duration::from_secs(2);
+
 /// How a worker ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -113,6 +117,9 @@ pub enum Outcome {
     Failed(Exited),
     /// The launcher received this signal; the workers were stopped.
     Interrupted(Signal),
+    /// The job was aborted from outside (another node failed or was lost); the workers were
+    /// stopped. The reason names the node.
+    Aborted(String),
 }
 
 struct Member {
@@ -219,13 +226,25 @@ impl ProcessGroup {
 
     /// Watch the workers until all succeed, one fails, or `signals` reports a stop signal;
     /// in the latter cases stop the rest (see [`ProcessGroup::stop`]). A second signal during
-    /// the grace period skips to SIGKILL.
-    pub fn supervise(&mut self, grace: Duration, signals: &SignalGuard) -> Outcome {
+    /// the grace period skips to SIGKILL. `abort` is asked on every look: `Some(reason)` stops
+    /// every worker ([`Outcome::Aborted`]; another node failed or was lost).
+    pub fn supervise(
+        &mut self,
+        grace: Duration,
+        signals: &SignalGuard,
+        abort: &dyn Fn() -> Option<String>,
+    ) -> Outcome {
         loop {
             if let Some(sig) = signals.received() {
                 let seen = signals.count();
                 self.stop(grace, &|| signals.count() > seen);
                 return Outcome::Interrupted(sig);
+            }
+            if let Some(reason) = abort() {
+                let seen = signals.count();
+                // Workers blocked on a vanished peer cannot finish a step: do not wait long.
+                self.stop(grace.min(ABORT_GRACE), &|| signals.count() > seen);
+                return Outcome::Aborted(reason);
             }
             let mut failures: Vec<Exited> = self
                 .reap()

@@ -1,17 +1,24 @@
 //! `mnist-launch` as a library: start one `mnist-worker` per rank, pump their output into
-//! per-rank logs, supervise them as a group and report the first failure (see [`run`]).
+//! per-rank logs, supervise them as a group and report the first failure (see [`run`]). With
+//! `--nnodes` above 1 the nodes first meet through node 0's TCP rendezvous ([`multinode`],
+//! `mnist-rdzv`), and another node's failure or loss stops this node's workers.
 //!
 //! Exit codes of the binary (`mnist_common::contract`): 0 all workers succeeded; 1 a worker
-//! failed (or the launch could not start); 2 bad command-line usage, or the first worker to
+//! failed (or the launch could not start, the nodes could not meet, another node failed or
+//! was lost); 2 bad command-line usage, or the first worker to
 //! fail refused its input (flags, data or model files); 128 + signal number when the launcher
 //! was stopped by SIGINT (130), SIGTERM (143) or SIGHUP (129).
 
 pub mod args;
+pub mod fingerprint;
 pub mod gpus;
 pub mod group;
+pub mod multinode;
+pub mod oom;
 pub mod output;
 pub mod signals;
 pub mod spec;
+pub mod status;
 
 pub use args::{ArgsError, LaunchArgs, LaunchConfig};
 pub use group::{Exit, Exited, Outcome};
@@ -64,6 +71,25 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    /// The rendezvous between the nodes failed (unreachable, refused, a mismatch, a timeout).
+    #[error("node {node}")]
+    Rendezvous {
+        /// This node's rank.
+        node: usize,
+        /// What went wrong.
+        #[source]
+        source: mnist_rdzv::RdzvError,
+    },
+    /// Another node failed or was lost; this node's workers were stopped.
+    #[error("node {node}: stopped {workers} worker(s): {reason}")]
+    Aborted {
+        /// This node's rank.
+        node: usize,
+        /// Number of workers.
+        workers: usize,
+        /// Which node failed or was lost, and how.
+        reason: String,
+    },
     /// A worker failed; the others were stopped.
     #[error("{0}")]
     WorkerFailed(Box<WorkerFailure>),
@@ -88,6 +114,8 @@ pub struct WorkerFailure {
     pub tail: Vec<String>,
     /// How the other workers ended.
     pub others: Vec<Exited>,
+    /// Why it was killed, when the launcher can tell ([`oom`]: the out-of-memory killer).
+    pub cause: Option<String>,
 }
 
 impl std::fmt::Display for WorkerFailure {
@@ -95,10 +123,14 @@ impl std::fmt::Display for WorkerFailure {
         let e = &self.first;
         write!(
             f,
-            "worker rank {} (pid {}) {} (first failure; log: {})",
+            "worker rank {} (pid {}) {}{} (first failure; log: {})",
             e.rank,
             e.pid,
             e.exit,
+            self.cause
+                .as_ref()
+                .map(|c| format!(", {c}"))
+                .unwrap_or_default(),
             self.log.display()
         )
     }
@@ -124,6 +156,9 @@ impl LaunchError {
     /// Lines to print after the one-line error: the failed worker's log tail and how the
     /// other workers ended.
     pub fn details(&self) -> Vec<String> {
+        if let LaunchError::Rendezvous { source, .. } = self {
+            return source.hint().into_iter().collect();
+        }
         let LaunchError::WorkerFailed(f) = self else {
             return Vec::new();
         };
@@ -164,6 +199,28 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Removes, when dropped, every file in [`mnist_common::contract::SHM_DIR`] whose name
+/// (ignoring a leading `.`: a temporary file being written) starts with the prefix: the data
+/// set copies a run's workers share ([`mnist_common::contract::shm_data_prefix`]) or its
+/// per-node segments ([`mnist_common::contract::shm_node_prefix`]), left behind when a worker
+/// died before removing them.
+struct RemoveShmData(String);
+
+impl Drop for RemoveShmData {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(mnist_common::contract::SHM_DIR) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.trim_start_matches('.').starts_with(&self.0) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Run a launch: start `cfg.nproc` workers, log their output to `<log_dir>/rank<N>.log`
 /// (rank 0's also to this process's stdout/stderr), and supervise them until all succeed
 /// (`Ok`), one fails, or SIGINT/SIGTERM/SIGHUP arrives (`Err`; the others are stopped with
@@ -173,33 +230,69 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
     for note in &cfg.notes {
         eprintln!("mnist-launch: note: {note}");
     }
-    let run_id = spec::new_run_id();
-    let rendezvous = (cfg.nproc > 1).then(|| spec::rendezvous_path(&run_id));
+    // Several machines: meet the other nodes first (node 0 serves the rendezvous).
+    let node = match &cfg.multi {
+        Some(m) => Some(
+            multinode::start(cfg, m).map_err(|source| LaunchError::Rendezvous {
+                node: m.node_rank,
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let (run_id, layout) = match &node {
+        Some(n) => (n.session.plan.run_id.clone(), n.layout()),
+        None => (spec::new_run_id(), spec::Layout::single(cfg.nproc)),
+    };
+    let result = run_workers(cfg, &run_id, &layout, node.as_ref());
+    if let Some(n) = &node {
+        let detail = match &result {
+            Ok(()) => String::new(),
+            Err(e) => mnist_common::error_line(e),
+        };
+        n.finish(result.is_ok(), &detail);
+    }
+    result
+}
+
+/// Start this node's workers and supervise them (see [`run`]).
+fn run_workers(
+    cfg: &LaunchConfig,
+    run_id: &str,
+    layout: &spec::Layout,
+    node: Option<&multinode::Node>,
+) -> Result<(), LaunchError> {
+    let rendezvous = (node.is_none() && cfg.nproc > 1).then(|| spec::rendezvous_path(run_id));
     let _remove_rendezvous = RemoveOnDrop(
         rendezvous
             .iter()
             .cloned()
-            .chain((cfg.nproc > 1).then(|| {
+            .chain((layout.world_size > 1).then(|| {
                 Path::new(mnist_common::rendezvous::SHM_DIR)
-                    .join(mnist_common::rendezvous::shm_name_for(&run_id))
+                    .join(mnist_common::rendezvous::shm_name_for(run_id))
             }))
             .collect(),
     );
-    let logs = create_logs(&cfg.log_dir, cfg.nproc)?;
+    let _remove_data = RemoveShmData(mnist_common::contract::shm_data_prefix(run_id));
+    let _remove_node_segments = RemoveShmData(mnist_common::contract::shm_node_prefix(run_id));
+    let ranks = layout.first_rank..layout.first_rank + cfg.nproc;
+    let logs = create_logs(&cfg.log_dir, ranks.clone())?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let specs = spec::worker_specs(
         cfg,
-        &run_id,
+        run_id,
         rendezvous.as_deref(),
+        layout,
         std::env::vars_os(),
         cores,
     );
-    log_config(cfg, &run_id, rendezvous.as_deref(), &specs);
+    log_config(cfg, run_id, rendezvous.as_deref(), &specs, node);
 
     let signals = signals::install().map_err(LaunchError::Signals)?;
     let mut pumps = Pumps::new();
+    let oom_watch = oom::OomWatch::start();
     let mut group = group::ProcessGroup::new();
     for (spec, log) in specs.iter().zip(&logs) {
         let rank = spec.identity.rank;
@@ -216,18 +309,49 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
             .attach(err, Stream::Stderr, log.clone())
             .map_err(spawn_err)?;
     }
-    let outcome = group.supervise(cfg.grace_period, &signals);
+    // Nodes without global rank 0 show a short status line instead of silence.
+    let _status = node
+        .filter(|_| layout.first_rank > 0)
+        .map(|n| status::StatusLine::start(n, ranks.clone(), logs.first().cloned()));
+    let abort = || node.and_then(|n| n.session.abort_reason());
+    let outcome = group.supervise(cfg.grace_period, &signals, &abort);
     if !pumps.finish(DRAIN_TIMEOUT) {
         eprintln!("mnist-launch: warning: a worker's output pipe stayed open after it exited (a child process of it?); not waiting for it");
     }
+    let node_rank = layout.node_rank;
     match outcome {
         Outcome::Success => Ok(()),
         Outcome::Interrupted(signal) => Err(LaunchError::Interrupted {
             signal,
             workers: cfg.nproc,
         }),
+        Outcome::Aborted(reason) => Err(LaunchError::Aborted {
+            node: node_rank,
+            workers: cfg.nproc,
+            reason,
+        }),
         Outcome::Failed(first) => {
-            let log = &logs[first.rank];
+            // A worker that only saw its peer vanish: when another node failed or was lost,
+            // that node is the cause; its news may trail the workers' own detection briefly.
+            if let (Some(n), Exit::Code(code)) = (node, &first.exit) {
+                if *code == mnist_common::contract::EXIT_PEER_FAILED {
+                    if let Some(reason) = wait_for_abort(n) {
+                        return Err(LaunchError::Aborted {
+                            node: node_rank,
+                            workers: cfg.nproc,
+                            reason,
+                        });
+                    }
+                }
+            }
+            let log = &logs[first.rank - layout.first_rank];
+            let sigkill = Exit::Signal {
+                signo: Signal::SIGKILL as i32,
+                core_dumped: false,
+            };
+            let cause = (first.exit == sigkill && !first.stopped)
+                .then(|| oom_watch.note())
+                .flatten();
             let others = group
                 .exits()
                 .into_iter()
@@ -238,17 +362,38 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
                 tail: log.tail(),
                 first,
                 others,
+                cause,
             })))
         }
     }
 }
 
-fn create_logs(dir: &Path, nproc: usize) -> Result<Vec<Arc<RankLog>>, LaunchError> {
+/// The abort reason of the session, waiting up to the heartbeat timeout (plus a margin) for it.
+fn wait_for_abort(n: &multinode::Node) -> Option<String> {
+    let deadline = std::time::Instant::now()
+        + mnist_rdzv::Heartbeat::default().timeout
+        + Duration::from_secs(1);
+    loop {
+        if let Some(r) = n.session.abort_reason() {
+            return Some(r);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `rank<N>.log` for each of this node's global `ranks`; global rank 0's is echoed.
+fn create_logs(
+    dir: &Path,
+    ranks: std::ops::Range<usize>,
+) -> Result<Vec<Arc<RankLog>>, LaunchError> {
     std::fs::create_dir_all(dir).map_err(|source| LaunchError::LogDir {
         path: dir.to_path_buf(),
         source,
     })?;
-    (0..nproc)
+    ranks
         .map(|rank| {
             RankLog::create(dir, rank, rank == 0)
                 .map(Arc::new)
@@ -266,12 +411,30 @@ fn log_config(
     run_id: &str,
     rendezvous: Option<&Path>,
     specs: &[spec::WorkerSpec],
+    node: Option<&multinode::Node>,
 ) {
-    let rdzv = rendezvous.map_or("none (single process)".to_string(), |p| {
-        p.display().to_string()
-    });
+    let rdzv = match (node, rendezvous) {
+        (Some(n), _) => format!("TCP store at {}", n.multi.endpoint),
+        (None, Some(p)) => p.display().to_string(),
+        (None, None) => "none (single process)".to_string(),
+    };
+    if let Some(n) = node {
+        eprintln!(
+            "mnist-launch: node {}: the job has {}; this node advertises {}",
+            n.multi.node_rank,
+            n.describe(),
+            n.session.addr
+        );
+    }
+    let ranks = match (specs.first(), specs.last()) {
+        (Some(a), Some(b)) if specs.len() > 1 => {
+            format!("ranks {}-{}", a.identity.rank, b.identity.rank)
+        }
+        (Some(a), _) => format!("rank {}", a.identity.rank),
+        _ => String::new(),
+    };
     eprintln!(
-        "mnist-launch: starting {} worker(s) of {}; run id {run_id}; rendezvous {rdzv}; logs {}",
+        "mnist-launch: starting {} worker(s) ({ranks}) of {}; run id {run_id}; rendezvous {rdzv}; logs {}",
         cfg.nproc,
         cfg.worker_bin.display(),
         rank_log_path(&cfg.log_dir, 0)
@@ -294,4 +457,31 @@ fn log_config(
         std::env::var(mnist_common::contract::ENV_CUDA_VISIBLE_DEVICES).unwrap_or_else(|_| "(unset)".into()),
         cfg.grace_period.as_secs_f64()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftover_shared_data_of_the_run_is_removed_and_nothing_else() {
+        let run = format!("unit-{}", std::process::id());
+        let other = format!("unit-{}-x", std::process::id());
+        let shm = Path::new(mnist_common::contract::SHM_DIR);
+        let name = |run: &str, split| mnist_common::contract::shm_data_name(run, 0, split);
+        let ours = [
+            shm.join(name(&run, "train")),
+            shm.join(format!(".{}.abc123.tmp", name(&run, "test"))),
+        ];
+        let theirs = shm.join(name(&other, "train"));
+        for p in ours.iter().chain([&theirs]) {
+            std::fs::write(p, b"x").unwrap();
+        }
+        drop(RemoveShmData(mnist_common::contract::shm_data_prefix(&run)));
+        for p in &ours {
+            assert!(!p.exists(), "{} left behind", p.display());
+        }
+        assert!(theirs.exists(), "another run's file was removed");
+        std::fs::remove_file(&theirs).unwrap();
+    }
 }

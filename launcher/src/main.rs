@@ -20,7 +20,8 @@ fn main() -> ExitCode {
             for line in details {
                 eprintln!("mnist-launch: {line}");
             }
-            ExitCode::from(u8::try_from(code).unwrap_or(1))
+            let fallback = mnist_common::contract::EXIT_FAILURE as u8;
+            ExitCode::from(u8::try_from(code).unwrap_or(fallback))
         }
     }
 }

@@ -4,8 +4,9 @@
 
 use crate::args::LaunchConfig;
 use mnist_common::contract::{
-    WorkerIdentity, ENV_GPUS, ENV_LOCAL_RANK, ENV_LOCAL_WORLD_SIZE, ENV_OMP_NUM_THREADS, ENV_RANK,
-    ENV_RENDEZVOUS, ENV_RENDEZVOUS_TIMEOUT, ENV_RUN_ID, ENV_WORLD_SIZE,
+    WorkerIdentity, ENV_GPUS, ENV_LOCAL_RANK, ENV_LOCAL_WORLD_SIZE, ENV_NNODES, ENV_NODE_RANK,
+    ENV_OMP_NUM_THREADS, ENV_RANK, ENV_RENDEZVOUS, ENV_RENDEZVOUS_ADDR, ENV_RENDEZVOUS_TIMEOUT,
+    ENV_RUN_ID, ENV_STORE, ENV_WORLD_SIZE,
 };
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -24,7 +25,42 @@ const OWNED: &[&str] = &[
     ENV_RUN_ID,
     ENV_RENDEZVOUS_TIMEOUT,
     ENV_GPUS,
+    ENV_STORE,
+    ENV_NODE_RANK,
+    ENV_NNODES,
 ];
+
+/// Where this node's workers sit in the job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layout {
+    /// Global rank of this node's first worker.
+    pub first_rank: usize,
+    /// Workers in the whole job.
+    pub world_size: usize,
+    /// This node's rank.
+    pub node_rank: usize,
+    /// Number of nodes.
+    pub nnodes: usize,
+    /// The TCP rendezvous store `HOST:PORT` (several nodes).
+    pub store: Option<String>,
+    /// The address this node advertises (several nodes): rank 0 advertises its group socket
+    /// there (`MNIST_RENDEZVOUS_ADDR`).
+    pub advertised_addr: Option<String>,
+}
+
+impl Layout {
+    /// One machine with `nproc` workers.
+    pub fn single(nproc: usize) -> Self {
+        Layout {
+            first_rank: 0,
+            world_size: nproc,
+            node_rank: 0,
+            nnodes: 1,
+            store: None,
+            advertised_addr: None,
+        }
+    }
+}
 
 /// One worker's command.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,11 +105,13 @@ pub fn omp_threads(cores: usize, nproc: usize) -> usize {
 
 /// The commands for all ranks. `parent_env` is the launcher's environment (inherited except
 /// for the contract's variables); `OMP_NUM_THREADS` is set to [`omp_threads`] unless it is
-/// already there; `rendezvous` is `None` for a single worker.
+/// already there; `rendezvous` is `None` for a single worker (and for several nodes, which meet
+/// through `layout.store`).
 pub fn worker_specs(
     cfg: &LaunchConfig,
     run_id: &str,
     rendezvous: Option<&Path>,
+    layout: &Layout,
     parent_env: impl IntoIterator<Item = (OsString, OsString)>,
     cores: usize,
 ) -> Vec<WorkerSpec> {
@@ -87,14 +125,20 @@ pub fn worker_specs(
         let list = g.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
         base.insert(ENV_GPUS.into(), list.into());
     }
+    if let Some(a) = &layout.advertised_addr {
+        base.insert(ENV_RENDEZVOUS_ADDR.into(), a.into());
+    }
     (0..cfg.nproc)
-        .map(|rank| {
+        .map(|local_rank| {
             let identity = WorkerIdentity {
-                rank,
-                local_rank: rank,
-                world_size: cfg.nproc,
+                rank: layout.first_rank + local_rank,
+                local_rank,
+                world_size: layout.world_size,
                 local_world_size: cfg.nproc,
+                node_rank: layout.node_rank,
+                nnodes: layout.nnodes,
                 rendezvous: rendezvous.map(Path::to_path_buf),
+                store: layout.store.clone(),
                 run_id: Some(run_id.to_string()),
                 rendezvous_timeout_s: cfg.rendezvous_timeout_s,
             };
@@ -131,6 +175,7 @@ mod tests {
             rendezvous_timeout_s: 30.0,
             grace_period: Duration::from_secs(1),
             notes: vec![],
+            multi: None,
         }
     }
 
@@ -151,7 +196,14 @@ mod tests {
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         let rdzv = rendezvous_path("abc");
-        let specs = worker_specs(&cfg(2, Some(vec![1, 0])), "abc", Some(&rdzv), parent, 8);
+        let specs = worker_specs(
+            &cfg(2, Some(vec![1, 0])),
+            "abc",
+            Some(&rdzv),
+            &Layout::single(2),
+            parent,
+            8,
+        );
         assert_eq!(specs.len(), 2);
         let s = &specs[1];
         assert_eq!(get(s, "RANK"), Some("1"));
@@ -171,10 +223,36 @@ mod tests {
     fn single_worker_has_no_rendezvous_and_user_omp_wins() {
         let parent = [("OMP_NUM_THREADS", "3"), ("MNIST_RENDEZVOUS", "/stale")]
             .map(|(k, v)| (OsString::from(k), OsString::from(v)));
-        let specs = worker_specs(&cfg(1, None), "x", None, parent, 8);
+        let specs = worker_specs(&cfg(1, None), "x", None, &Layout::single(1), parent, 8);
         assert_eq!(get(&specs[0], "OMP_NUM_THREADS"), Some("3"));
         assert_eq!(get(&specs[0], "MNIST_RENDEZVOUS"), None);
         assert_eq!(get(&specs[0], "MNIST_GPUS"), None);
+    }
+
+    #[test]
+    fn second_node_ranks_store_and_address() {
+        let parent = [("GROUP_RANK", "7"), ("MNIST_RENDEZVOUS_ADDR", "9.9.9.9")]
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let layout = Layout {
+            first_rank: 3,
+            world_size: 5,
+            node_rank: 1,
+            nnodes: 2,
+            store: Some("10.0.0.1:29500".into()),
+            advertised_addr: Some("10.0.0.2".into()),
+        };
+        let specs = worker_specs(&cfg(2, None), "r", None, &layout, parent, 8);
+        let s = &specs[1];
+        assert_eq!(get(s, "RANK"), Some("4"));
+        assert_eq!(get(s, "LOCAL_RANK"), Some("1"));
+        assert_eq!(get(s, "WORLD_SIZE"), Some("5"));
+        assert_eq!(get(s, "LOCAL_WORLD_SIZE"), Some("2"));
+        assert_eq!(get(s, "GROUP_RANK"), Some("1"));
+        assert_eq!(get(s, "MNIST_NNODES"), Some("2"));
+        assert_eq!(get(s, "MNIST_STORE"), Some("10.0.0.1:29500"));
+        assert_eq!(get(s, "MNIST_RENDEZVOUS_ADDR"), Some("10.0.0.2"));
+        assert_eq!(get(s, "MNIST_RENDEZVOUS"), None);
+        assert_eq!(s.identity.rank, 4);
     }
 
     #[test]

@@ -26,9 +26,18 @@ struct WorkerArgs {
     /// Number of processes on this machine (default: the world size).
     #[arg(long, env = contract::ENV_LOCAL_WORLD_SIZE)]
     local_world_size: Option<usize>,
+    /// Rank of this process's node (machine).
+    #[arg(long, env = contract::ENV_NODE_RANK, default_value_t = 0)]
+    node_rank: usize,
+    /// Number of nodes (machines) in the job.
+    #[arg(long, env = contract::ENV_NNODES, default_value_t = 1)]
+    nnodes: usize,
     /// Rendezvous file (needed with more than one process).
     #[arg(long, env = contract::ENV_RENDEZVOUS)]
     rendezvous: Option<PathBuf>,
+    /// TCP rendezvous store HOST:PORT (jobs spanning several machines; replaces the file).
+    #[arg(long, env = contract::ENV_STORE, value_name = "HOST:PORT")]
+    store: Option<String>,
     /// Run id shared by the job's processes.
     #[arg(long, env = contract::ENV_RUN_ID)]
     run_id: Option<String>,
@@ -47,8 +56,8 @@ fn identity(a: &WorkerArgs) -> anyhow::Result<WorkerIdentity> {
     );
     if a.world_size > 1 {
         anyhow::ensure!(
-            a.rendezvous.is_some(),
-            "--world-size {} needs --rendezvous FILE (or MNIST_RENDEZVOUS)",
+            a.rendezvous.is_some() || a.store.is_some(),
+            "--world-size {} needs --rendezvous FILE (or MNIST_RENDEZVOUS) or --store HOST:PORT (MNIST_STORE)",
             a.world_size
         );
         anyhow::ensure!(
@@ -58,6 +67,12 @@ fn identity(a: &WorkerArgs) -> anyhow::Result<WorkerIdentity> {
         );
     }
     anyhow::ensure!(
+        a.node_rank < a.nnodes.max(1),
+        "--node-rank {} (GROUP_RANK) is not below --nnodes {} (MNIST_NNODES)",
+        a.node_rank,
+        a.nnodes
+    );
+    anyhow::ensure!(
         a.rendezvous_timeout > 0.0,
         "--rendezvous-timeout must be positive"
     );
@@ -66,7 +81,10 @@ fn identity(a: &WorkerArgs) -> anyhow::Result<WorkerIdentity> {
         local_rank: a.local_rank.unwrap_or(a.rank),
         world_size: a.world_size,
         local_world_size: a.local_world_size.unwrap_or(a.world_size),
+        node_rank: a.node_rank,
+        nnodes: a.nnodes.max(1),
         rendezvous: a.rendezvous.clone(),
+        store: a.store.clone(),
         run_id: a.run_id.clone(),
         rendezvous_timeout_s: a.rendezvous_timeout,
     })

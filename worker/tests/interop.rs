@@ -21,7 +21,7 @@ fn rust_logits(data: &Path, model: &Path) -> Vec<f32> {
     mnist_train::state::load_into(&mut m, model).unwrap();
     let split = mnist_data::load_split(data, mnist_data::Split::Test).unwrap();
     let ds = mnist_train::dataset::TensorDataset::new(&split, Device::Cpu).unwrap();
-    let logits = tch::no_grad(|| m.forward(&ds.images.narrow(0, 0, N as i64)));
+    let logits = tch::no_grad(|| m.forward(&ds.batch(0, N).0));
     assert_eq!(logits.size(), [N as i64, 10]);
     let flat = logits.to_kind(Kind::Float).contiguous().view([-1]);
     Vec::<f32>::try_from(&flat).unwrap()

@@ -20,13 +20,24 @@ pub(crate) enum Msg {
         run_id: String,
         host: String,
         pid: u32,
+        /// Its node rank (`GROUP_RANK`).
+        node: u64,
+        /// `IP:PORT` of its data listener.
+        data_addr: String,
     },
-    /// Rank 0 accepts: everyone's host and pid, and the shared-memory segment to map if any.
+    /// Rank 0 accepts: everyone's host and pid, the shared-memory segment to map if the whole
+    /// group is one node, the node index of every rank and every rank's data address.
     Welcome {
         hosts: Vec<String>,
         pids: Vec<u32>,
         shm: Option<String>,
+        nodes: Vec<u64>,
+        addrs: Vec<String>,
     },
+    /// The first message on a data connection: who connects.
+    Data { rank: u64, run_id: String },
+    /// A node leader tells its node's ranks to map the node's segment.
+    MapSegment { name: String },
     /// Rank 0 refuses or gave up.
     Reject { reason: String },
     /// A rank mapped the segment (or says why it could not).
@@ -47,6 +58,14 @@ pub(crate) struct Group {
     pub socks: Vec<Option<TcpStream>>,
     /// Rank 0's payload.
     pub payload: Vec<u8>,
+    /// Node rank each rank reported (rank 0: all; others: empty).
+    pub node_keys: Vec<u64>,
+    /// Node index of each rank (after the welcome; `0..nodes`, numbered by lowest rank).
+    pub nodes: Vec<usize>,
+    /// Data address of each rank (`IP:PORT` of its data listener).
+    pub addrs: Vec<String>,
+    /// This rank's data listener.
+    pub listener: Option<TcpListener>,
 }
 
 fn rdv_err(rank: usize, detail: String) -> CommError {
@@ -125,17 +144,54 @@ fn advertised_ip(all_local: bool, host: &str) -> String {
         .unwrap_or_else(|| "127.0.0.1".into())
 }
 
+/// Where rank 0 publishes its address and the others find it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Meeting<'a> {
+    /// A rendezvous file (one machine, or a shared filesystem).
+    File(&'a Path),
+    /// The TCP rendezvous store at `HOST:PORT` (node 0's launcher).
+    Store(&'a str),
+}
+
+impl std::fmt::Display for Meeting<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Meeting::File(p) => write!(f, "rendezvous file {}", p.display()),
+            Meeting::Store(ep) => write!(f, "rendezvous store at {ep}"),
+        }
+    }
+}
+
+/// The store key rank 0 publishes its [`RendezvousRecord`] under.
+const GROUP_KEY: &str = "group";
+
 /// Parameters of a join.
 pub(crate) struct JoinSpec<'a> {
     pub rank: usize,
+    pub node_rank: usize,
     pub world: usize,
     pub all_local_hint: bool,
-    pub path: &'a Path,
+    pub meeting: Meeting<'a>,
     pub run_id: &'a str,
     pub deadline: Instant,
     pub timeout: Duration,
     pub shm_plan: Option<String>,
     pub payload: Vec<u8>,
+}
+
+/// Bind a data listener on `ip`, port chosen by the OS; returns it and its `IP:PORT`.
+fn data_listener(rank: usize, ip: std::net::IpAddr) -> Result<(TcpListener, String), CommError> {
+    let l = TcpListener::bind((ip, 0)).map_err(|source| CommError::Io {
+        rank,
+        op: format!("bind the data listener on {ip}"),
+        source,
+    })?;
+    let a = l.local_addr().map_err(|source| CommError::Io {
+        rank,
+        op: "data listener address".into(),
+        source,
+    })?;
+    Ok((l, a.to_string()))
 }
 
 /// Removes the rendezvous file when rank 0 leaves the join, however it leaves.
@@ -168,19 +224,39 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
             source,
         })?
         .port();
+    let ip = advertised_ip(spec.all_local_hint, &host);
+    let ip_addr: std::net::IpAddr = ip.parse().map_err(|e| {
+        rdv_err(
+            r,
+            format!("advertised address {ip:?} is not an IP address: {e}"),
+        )
+    })?;
+    let (data, data_addr) = data_listener(r, ip_addr)?;
     let rec = RendezvousRecord {
         format_version: FORMAT_VERSION,
         run_id: spec.run_id.to_string(),
         world_size: spec.world as u64,
         host: host.clone(),
-        addr: format!("{}:{port}", advertised_ip(spec.all_local_hint, &host)),
+        addr: format!("{ip}:{port}"),
         pid: std::process::id(),
         shm_name: spec.shm_plan.clone(),
         payload: spec.payload.clone(),
     };
-    rec.publish(spec.path)
-        .map_err(|e| rdv_err(r, e.to_string()))?;
-    let _guard = FileGuard(spec.path.to_path_buf());
+    let _guard = match spec.meeting {
+        Meeting::File(path) => {
+            rec.publish(path).map_err(|e| rdv_err(r, e.to_string()))?;
+            Some(FileGuard(path.to_path_buf()))
+        }
+        Meeting::Store(ep) => {
+            let bytes = rec
+                .encode()
+                .map_err(|e| rdv_err(r, format!("cannot encode the rendezvous record: {e}")))?;
+            mnist_rdzv::StoreClient::connect(ep, spec.run_id, spec.deadline)
+                .and_then(|mut c| c.set(GROUP_KEY, &bytes))
+                .map_err(|e| rdv_err(r, e.to_string()))?;
+            None
+        }
+    };
     listener
         .set_nonblocking(true)
         .map_err(|source| CommError::Io {
@@ -191,8 +267,12 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
     let mut socks: Vec<Option<TcpStream>> = (0..spec.world).map(|_| None).collect();
     let mut hosts = vec![String::new(); spec.world];
     let mut pids = vec![0u32; spec.world];
+    let mut node_keys = vec![0u64; spec.world];
+    let mut addrs = vec![String::new(); spec.world];
     hosts[0] = host;
     pids[0] = std::process::id();
+    node_keys[0] = spec.node_rank as u64;
+    addrs[0] = data_addr;
     let mut joined = 1;
     let fail = |socks: &mut Vec<Option<TcpStream>>, reason: String| {
         for s in socks.iter_mut().flatten() {
@@ -214,9 +294,9 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
                     let missing: Vec<usize> =
                         (1..spec.world).filter(|&i| socks[i].is_none()).collect();
                     let reason = format!(
-                        "rank(s) {missing:?} did not join within {:.0} s (rendezvous file {})",
+                        "rank(s) {missing:?} did not join within {:.0} s ({})",
                         spec.timeout.as_secs_f64(),
-                        spec.path.display()
+                        spec.meeting
                     );
                     return Err(fail(&mut socks, reason));
                 }
@@ -243,6 +323,8 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
             run_id,
             host,
             pid,
+            node,
+            data_addr,
         } = hello
         else {
             continue;
@@ -283,6 +365,8 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
         }
         hosts[rank] = host;
         pids[rank] = pid;
+        node_keys[rank] = node;
+        addrs[rank] = data_addr;
         socks[rank] = Some(s);
         joined += 1;
     }
@@ -293,23 +377,24 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
         pids,
         socks,
         payload: spec.payload.clone(),
+        node_keys,
+        nodes: Vec::new(),
+        addrs,
+        listener: Some(data),
     })
 }
 
-/// Other ranks: wait for the file, connect, say hello. Returns the group (hosts and pids are
-/// filled in by [`await_welcome`]).
-pub(crate) fn guest_join(spec: &JoinSpec) -> Result<(Group, TcpStream), CommError> {
+/// Wait for rank 0's record in the rendezvous file.
+fn read_file_record(spec: &JoinSpec, path: &Path) -> Result<RendezvousRecord, CommError> {
     let r = spec.rank;
     let mut warned_stale = false;
-    let rec = loop {
-        match RendezvousRecord::read(spec.path, spec.run_id)
-            .map_err(|e| rdv_err(r, e.to_string()))?
-        {
-            ReadOutcome::Ready(rec) => break rec,
+    loop {
+        match RendezvousRecord::read(path, spec.run_id).map_err(|e| rdv_err(r, e.to_string()))? {
+            ReadOutcome::Ready(rec) => return Ok(rec),
             ReadOutcome::Stale(why) if !warned_stale => {
                 eprintln!(
                     "[mnist-comm] rank {r}: ignoring stale rendezvous file {}: {why}; waiting for this run's",
-                    spec.path.display()
+                    path.display()
                 );
                 warned_stale = true;
             }
@@ -320,17 +405,58 @@ pub(crate) fn guest_join(spec: &JoinSpec) -> Result<(Group, TcpStream), CommErro
                 r,
                 format!(
                     "rank 0 never published the rendezvous file {} within {:.0} s",
-                    spec.path.display(),
+                    path.display(),
                     spec.timeout.as_secs_f64()
                 ),
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Wait for rank 0's record in the TCP rendezvous store at `ep`.
+fn read_store_record(spec: &JoinSpec, ep: &str) -> Result<RendezvousRecord, CommError> {
+    let r = spec.rank;
+    let mut c = mnist_rdzv::StoreClient::connect(ep, spec.run_id, spec.deadline)
+        .map_err(|e| rdv_err(r, e.to_string()))?;
+    let wait = spec.deadline.saturating_duration_since(Instant::now());
+    let bytes = c
+        .get(GROUP_KEY, wait)
+        .map_err(|e| rdv_err(r, e.to_string()))?
+        .ok_or_else(|| {
+            rdv_err(
+                r,
+                format!(
+                    "rank 0 never published its address in the rendezvous store at {ep} within {:.0} s",
+                    spec.timeout.as_secs_f64()
+                ),
+            )
+        })?;
+    match RendezvousRecord::judge(&bytes, spec.run_id) {
+        ReadOutcome::Ready(rec) => Ok(rec),
+        ReadOutcome::Stale(why) => Err(rdv_err(
+            r,
+            format!("unusable record in the rendezvous store at {ep}: {why}"),
+        )),
+        ReadOutcome::Missing => Err(rdv_err(
+            r,
+            format!("no record in the rendezvous store at {ep}"),
+        )),
+    }
+}
+
+/// Other ranks: wait for the file, connect, say hello. Returns the group (hosts and pids are
+/// filled in by [`await_welcome`]).
+pub(crate) fn guest_join(spec: &JoinSpec) -> Result<(Group, TcpStream), CommError> {
+    let r = spec.rank;
+    let rec = match spec.meeting {
+        Meeting::File(path) => read_file_record(spec, path)?,
+        Meeting::Store(ep) => read_store_record(spec, ep)?,
     };
     let addr: SocketAddr = rec.addr.parse().map_err(|e| {
         rdv_err(
             r,
-            format!("bad address {:?} in {}: {e}", rec.addr, spec.path.display()),
+            format!("bad address {:?} in the {}: {e}", rec.addr, spec.meeting),
         )
     })?;
     let mut s = loop {
@@ -346,12 +472,22 @@ pub(crate) fn guest_join(spec: &JoinSpec) -> Result<(Group, TcpStream), CommErro
         }
     };
     let _ = s.set_nodelay(true);
+    // The data listener goes on the address this rank reaches rank 0 from: the one the other
+    // nodes can reach it on, too.
+    let local_ip = s.local_addr().map_err(|source| CommError::Io {
+        rank: r,
+        op: "local address of the connection to rank 0".into(),
+        source,
+    })?;
+    let (data, data_addr) = data_listener(r, local_ip.ip())?;
     let hello = Msg::Hello {
         rank: r as u64,
         world_size: spec.world as u64,
         run_id: spec.run_id.to_string(),
         host: hostname(),
         pid: std::process::id(),
+        node: spec.node_rank as u64,
+        data_addr,
     };
     send_msg(r, &mut s, &hello)?;
     let group = Group {
@@ -361,6 +497,10 @@ pub(crate) fn guest_join(spec: &JoinSpec) -> Result<(Group, TcpStream), CommErro
         pids: Vec::new(),
         socks: Vec::new(),
         payload: rec.payload,
+        node_keys: Vec::new(),
+        nodes: Vec::new(),
+        addrs: Vec::new(),
+        listener: Some(data),
     };
     Ok((group, s))
 }
@@ -373,9 +513,17 @@ pub(crate) fn await_welcome(
 ) -> Result<Option<String>, CommError> {
     let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
     match recv_msg(g.rank, &mut s, wait, "rank 0")? {
-        Msg::Welcome { hosts, pids, shm } if hosts.len() == g.world && pids.len() == g.world => {
+        Msg::Welcome {
+            hosts,
+            pids,
+            shm,
+            nodes,
+            addrs,
+        } if [hosts.len(), pids.len(), nodes.len(), addrs.len()] == [g.world; 4] => {
             g.hosts = hosts;
             g.pids = pids;
+            g.nodes = nodes.into_iter().map(|n| n as usize).collect();
+            g.addrs = addrs;
             g.socks = vec![Some(s)];
             Ok(shm)
         }
@@ -393,6 +541,8 @@ pub(crate) fn send_welcome(g: &mut Group, shm: Option<String>) -> Result<(), Com
         hosts: g.hosts.clone(),
         pids: g.pids.clone(),
         shm,
+        nodes: g.nodes.iter().map(|&n| n as u64).collect(),
+        addrs: g.addrs.clone(),
     };
     for s in g.socks.iter_mut().flatten() {
         send_msg(g.rank, s, &m)?;

@@ -4,18 +4,23 @@
 //! the training loop (no global singleton). A backend that can also work on buffers in GPU
 //! memory (NCCL, in `mnist-nccl`) says so through [`Communicator::device`], so the training
 //! loop holds one communicator whatever the backend. [`Solo`] is the trivial world of one process;
-//! [`connect`] joins a multi-process group through the rendezvous file and returns the
-//! shared-memory backend ([`ShmComm`], all ranks on one host) or the TCP one ([`TcpComm`]).
+//! [`connect`] joins a multi-process group through the rendezvous file (or the TCP rendezvous
+//! store) and returns the shared-memory backend ([`ShmComm`], all ranks on one node) or the
+//! hierarchical one ([`HierComm`]: shared memory inside each node, a bandwidth-optimal TCP ring
+//! between node leaders). [`TcpComm`], the former star through rank 0, stays for benchmarks.
 
 mod connect;
 mod group;
+mod hier;
 mod liveness;
 mod reduce;
+mod ring;
 mod shm;
 mod solo;
 mod tcp;
 
 pub use connect::{connect, CommOptions, Transport};
+pub use hier::HierComm;
 pub use shm::{shm_name_for, ShmComm};
 pub use solo::Solo;
 pub use tcp::TcpComm;

@@ -34,8 +34,9 @@ impl DType {
     }
 }
 
-/// An element an all-reduce can sum.
-pub(crate) trait Elem: Copy + Default + Send + 'static {
+/// An element an all-reduce can sum (a plain number, so it can also travel through shared
+/// memory).
+pub(crate) trait Elem: crate::shm::Plain + Default + Send + 'static {
     /// Its type code.
     const DTYPE: DType;
     /// `acc[i] = src[i]` widened to f32.
@@ -107,28 +108,61 @@ half_elem!(bf16, DType::Bf16);
 /// (every rank that reduces the same data gets bit-identical results). `srcs` all have
 /// `dst.len()` elements; `world` divides for [`ReduceOp::Average`].
 pub(crate) fn reduce_into<T: Elem>(dst: &mut [T], srcs: &[&[T]], op: ReduceOp, world: usize) {
+    assert!(
+        srcs.iter().all(|s| s.len() == dst.len()),
+        "reduce_into: sources and destination differ in length"
+    );
+    let ptrs: Vec<*const T> = srcs.iter().map(|s| s.as_ptr()).collect();
+    // SAFETY: every source is a live slice of `dst.len()` elements (asserted), `dst` a live
+    // exclusive one, so they cannot overlap and nothing else writes them during the call.
+    unsafe { reduce_raw(dst.as_mut_ptr(), &ptrs, dst.len(), op, world) }
+}
+
+/// [`reduce_into`] over raw pointers, for sources in shared memory that other processes write
+/// at other times (no slice of them may exist). Each block of every source is first copied
+/// into a local buffer, the result is copied out block by block.
+///
+/// # Safety
+/// Each of `srcs` points to `len` aligned elements valid for reads and `dst` to `len` aligned
+/// elements valid for writes, and nothing else writes any of them during the call. `dst` may
+/// be one of the `srcs` (every block is read in full before it is written) but must not
+/// otherwise overlap them.
+pub(crate) unsafe fn reduce_raw<T: Elem>(
+    dst: *mut T,
+    srcs: &[*const T],
+    len: usize,
+    op: ReduceOp,
+    world: usize,
+) {
     let mut acc = [0f32; BLOCK];
+    let mut tmp = [T::default(); BLOCK];
     let inv = world as f32;
     let mut start = 0;
-    while start < dst.len() {
-        let end = (start + BLOCK).min(dst.len());
-        let a = &mut acc[..end - start];
-        match srcs.split_first() {
-            Some((first, rest)) => {
-                T::load(a, &first[start..end]);
-                for s in rest {
-                    T::add(a, &s[start..end]);
-                }
+    while start < len {
+        let n = (len - start).min(BLOCK);
+        let (a, t) = (&mut acc[..n], &mut tmp[..n]);
+        for (i, src) in srcs.iter().enumerate() {
+            // SAFETY: `src` has `len` readable elements and `start + n <= len` (contract); `t`
+            // is local, so they cannot overlap.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(start), t.as_mut_ptr(), n) };
+            if i == 0 {
+                T::load(a, t);
+            } else {
+                T::add(a, t);
             }
-            None => a.fill(0.0),
+        }
+        if srcs.is_empty() {
+            a.fill(0.0);
         }
         if op == ReduceOp::Average {
             for v in a.iter_mut() {
                 *v /= inv;
             }
         }
-        T::store(&mut dst[start..end], a);
-        start = end;
+        T::store(t, a);
+        // SAFETY: `dst` has `len` writable elements (contract); `t` is local.
+        unsafe { std::ptr::copy_nonoverlapping(t.as_ptr(), dst.add(start), n) };
+        start += n;
     }
 }
 

@@ -4,16 +4,16 @@
 //! For each missing file, each mirror is tried in turn: the body is streamed into a hidden
 //! temporary file in the target folder, hashed (after decompression), and renamed into place
 //! only when the hash matches. A failed attempt removes its temporary file, so an interrupted
-//! or corrupted download never leaves anything behind.
+//! or corrupted download never leaves anything behind. The temporary file and the rename are
+//! the workspace's one atomic writer, [`mnist_common::atomic_file`] (fsync of file and folder).
 
 use crate::error::DataError;
 use crate::mnist::find_file;
 use flate2::read::MultiGzDecoder;
+use mnist_common::atomic_file::AtomicFile;
 use sha2::{Digest, Sha256};
-use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// SHA-256 of the decompressed content of the four MNIST files, by standard name.
@@ -119,41 +119,6 @@ pub fn mirror_url(base: &str, name: &str) -> String {
     format!("{base}{sep}{name}.gz")
 }
 
-/// A file that is deleted on drop unless [`TempFile::persist`] renamed it.
-struct TempFile {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TempFile {
-    fn create(dir: &Path, name: &str) -> std::io::Result<(Self, File)> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(".{name}.gz.{}.{n}.part", std::process::id()));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok((TempFile { path, armed: true }, file))
-    }
-
-    fn persist(mut self, to: &Path) -> std::io::Result<()> {
-        std::fs::rename(&self.path, to)?;
-        self.armed = false;
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if self.armed {
-            // Best effort: the file may never have been written.
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 /// Fetches one URL into `dir`, verifies it, and returns its final path; the error is the
 /// reason this mirror failed, for the caller to prefix with the URL.
 fn fetch_verified(
@@ -167,23 +132,30 @@ fn fetch_verified(
         ureq::Error::Status(code, resp) => format!("HTTP {code} {}", resp.status_text()),
         ureq::Error::Transport(t) => format!("request failed: {t}"),
     })?;
-    let (temp, mut file) = TempFile::create(dir, name)
-        .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
-    let written = std::io::copy(&mut response.into_reader().take(MAX_BODY + 1), &mut file)
+    let mut temp = AtomicFile::new_in(dir, name).map_err(|e| {
+        format!(
+            "cannot create a temporary file in {}: {}",
+            dir.display(),
+            e.source
+        )
+    })?;
+    let temp_path = temp.path().to_path_buf();
+    let file = temp.file();
+    let written = std::io::copy(&mut response.into_reader().take(MAX_BODY + 1), file)
         .map_err(|e| format!("download interrupted: {e}"))?;
     if written > MAX_BODY {
         return Err(format!("body larger than {MAX_BODY} bytes, refused"));
     }
     file.seek(SeekFrom::Start(0))
-        .map_err(|e| format!("cannot re-read {}: {e}", temp.path.display()))?;
+        .map_err(|e| format!("cannot re-read {}: {e}", temp_path.display()))?;
     let mut reader = BufReader::new(file);
     let mut head = [0u8; 2];
     let n = reader
         .read(&mut head)
-        .map_err(|e| format!("cannot re-read {}: {e}", temp.path.display()))?;
+        .map_err(|e| format!("cannot re-read {}: {e}", temp_path.display()))?;
     reader
         .seek(SeekFrom::Start(0))
-        .map_err(|e| format!("cannot re-read {}: {e}", temp.path.display()))?;
+        .map_err(|e| format!("cannot re-read {}: {e}", temp_path.display()))?;
     // A server may have sent it with Content-Encoding: gzip, which ureq already undid; then the
     // body is the raw IDX file and is saved without `.gz`.
     let gzipped = n == 2 && head == [0x1f, 0x8b];
@@ -193,7 +165,7 @@ fn fetch_verified(
             .map_err(|e| format!("downloaded data is not valid gzip ({written} bytes): {e}"))?;
     } else {
         std::io::copy(&mut reader, &mut hasher)
-            .map_err(|e| format!("cannot re-read {}: {e}", temp.path.display()))?;
+            .map_err(|e| format!("cannot re-read {}: {e}", temp_path.display()))?;
     }
     let actual = hex::encode(hasher.finalize());
     if !actual.eq_ignore_ascii_case(expected) {
@@ -206,7 +178,7 @@ fn fetch_verified(
     } else {
         name.to_string()
     });
-    temp.persist(&target)
-        .map_err(|e| format!("cannot rename into {}: {e}", target.display()))?;
+    temp.commit(&target)
+        .map_err(|e| mnist_common::error_line(&e))?;
     Ok(target)
 }

@@ -76,7 +76,11 @@ pub fn conv1_columns(x: &Tensor) -> Tensor {
         (Kind::Float, Device::Cpu),
     );
     {
-        let src = slice::<f32>(&x);
+        // SAFETY: `x` is only read here. Its storage may be shared with the caller's tensor;
+        // a write to it from another thread during this call would race with any libtorch
+        // kernel reading the input just as well (tch's `Tensor` is `Send` and can be shallow-
+        // cloned), so callers already must not do that; nothing in this crate does.
+        let src = unsafe { slice::<f32>(&x) };
         // SAFETY: `cols` was just created here, is contiguous and not shared.
         let dst = unsafe { slice_mut::<f32>(&mut cols) };
         let plane = OUT1 * OUT1;
@@ -117,7 +121,8 @@ pub fn first_max_indices(x: &Tensor, h: usize, w: usize) -> Tensor {
         (Kind::Int64, Device::Cpu),
     );
     {
-        let src = slice::<f32>(x);
+        // SAFETY: `x` is only read, as in `conv1_columns`.
+        let src = unsafe { slice::<f32>(x) };
         // SAFETY: `idx` was just created here, is contiguous and not shared.
         let dst = unsafe { slice_mut::<i64>(&mut idx) };
         for (p, out) in dst.chunks_exact_mut(oh * ow).enumerate() {
@@ -152,27 +157,33 @@ fn checked_len<T: Element>(t: &Tensor) -> usize {
     t.numel()
 }
 
-/// The elements of a contiguous CPU tensor of `T`s.
-fn slice<T: Element>(t: &Tensor) -> &[T] {
+/// The elements of a contiguous CPU tensor of `T`s (checked).
+///
+/// # Safety
+/// `t`'s storage may be shared with other tensors (views, shallow clones); nothing may write
+/// to it, through any of them or from another thread, while the slice lives.
+unsafe fn slice<T: Element>(t: &Tensor) -> &[T] {
     let len = checked_len::<T>(t);
     if len == 0 {
         return &[];
     }
-    // SAFETY: the tensor is a contiguous CPU tensor of `len` `T`s, alive for the borrow;
-    // nothing writes to it while the slice exists (callers pass detached inputs).
+    // SAFETY: the tensor is a contiguous CPU tensor of `len` `T`s (checked), so its data
+    // pointer is valid and aligned for `len` reads while `t` is borrowed; no writes happen
+    // meanwhile (this function's contract).
     unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, len) }
 }
 
-/// The elements of a contiguous CPU tensor of `T`s, writable.
+/// The elements of a contiguous CPU tensor of `T`s (checked), writable.
 ///
 /// # Safety
-/// No other tensor sharing this storage may be used while the slice lives.
+/// Nothing else may read or write `t`'s storage (through another tensor sharing it, or from
+/// another thread) while the slice lives.
 unsafe fn slice_mut<T: Element>(t: &mut Tensor) -> &mut [T] {
     let len = checked_len::<T>(t);
     if len == 0 {
         return &mut [];
     }
-    // SAFETY: as above; exclusivity is the caller's promise.
+    // SAFETY: as in `slice`, for reads and writes; exclusivity is the caller's promise.
     unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, len) }
 }
 

@@ -43,12 +43,19 @@ impl NcclGroup {
     }
 
     fn wrap(&self, op: &str, e: NcclError) -> CommError {
-        CommError::Device {
-            rank: self.host.rank(),
-            op: op.to_string(),
-            peer_lost: e.kind() == FailureKind::PeerFailed,
-            source: Box::new(e),
-        }
+        device_error(self.host.rank(), op, e)
+    }
+}
+
+/// An NCCL failure as the communicator's error: a lost peer (`ncclRemoteError`,
+/// `ncclSystemError`, our own timeout) stays a peer failure, so the worker exits with
+/// [`mnist_common::contract::EXIT_PEER_FAILED`] for NCCL as for the CPU backends.
+pub fn device_error(rank: usize, op: &str, e: NcclError) -> CommError {
+    CommError::Device {
+        rank,
+        op: op.to_string(),
+        peer_lost: e.kind() == FailureKind::PeerFailed,
+        source: Box::new(e),
     }
 }
 
@@ -125,5 +132,46 @@ impl Communicator for NcclGroup {
     }
     fn device(&mut self) -> Option<&mut dyn DeviceCollectives> {
         Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mnist_common::contract::{EXIT_FAILURE, EXIT_PEER_FAILED};
+
+    fn nccl(code: i32) -> NcclError {
+        NcclError::Nccl {
+            rank: 0,
+            op: "all_reduce",
+            bytes: 64,
+            code,
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn a_lost_peer_is_a_peer_failure_and_exits_3() {
+        let lost = [
+            nccl(6), // ncclRemoteError: the peer process exited or the network failed
+            nccl(2), // ncclSystemError
+            NcclError::Timeout {
+                rank: 0,
+                op: "broadcast",
+                seconds: 30.0,
+            },
+        ];
+        for e in lost {
+            let what = e.to_string();
+            let c = device_error(0, "all_reduce", e);
+            assert_eq!(c.kind(), FailureKind::PeerFailed, "{what}");
+            assert_eq!(c.kind().exit_code(), EXIT_PEER_FAILED, "{what}");
+        }
+        for e in [nccl(3), NcclError::InvalidArgument("root 5".into())] {
+            let what = e.to_string();
+            let c = device_error(0, "all_reduce", e);
+            assert_eq!(c.kind(), FailureKind::OwnFault, "{what}");
+            assert_eq!(c.kind().exit_code(), EXIT_FAILURE, "{what}");
+        }
     }
 }

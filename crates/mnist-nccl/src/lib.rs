@@ -30,7 +30,7 @@
 mod error;
 mod group;
 pub use error::NcclError;
-pub use group::NcclGroup;
+pub use group::{device_error, NcclGroup};
 
 #[cfg(feature = "nccl")]
 mod comm;

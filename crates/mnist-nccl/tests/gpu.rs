@@ -76,6 +76,8 @@ fn world_of_one_all_reduce_and_broadcast_are_the_identity() {
     assert_eq!(got, b);
     // SAFETY: count 0 touches nothing.
     unsafe { comm.all_reduce_in_place(0, 0, NcclDType::F32, NcclOp::Sum) }.expect("empty");
+    // SAFETY: root 1 is outside a world of one, so the call is refused before the (bogus)
+    // pointer is handed to NCCL; that refusal is what this checks.
     let bad = unsafe { comm.broadcast_in_place(8, 1, NcclDType::F32, 1) };
     assert!(matches!(bad, Err(NcclError::InvalidArgument(_))), "{bad:?}");
     println!("world of one: f32/f16/bf16 all-reduce and broadcast ok");

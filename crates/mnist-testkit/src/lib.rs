@@ -11,6 +11,8 @@
 //!
 //! Keys: `python`, `data`, `gpu`, `root`, and a program's name for [`program`].
 
+pub mod netns;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

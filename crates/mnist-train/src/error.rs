@@ -20,6 +20,9 @@ pub enum TrainError {
     /// A collective failed.
     #[error(transparent)]
     Comm(#[from] mnist_comm::CommError),
+    /// The data set shared by the ranks of a machine could not be written or mapped.
+    #[error(transparent)]
+    SharedData(#[from] crate::dataset::SharedError),
     /// NCCL failed or is unavailable.
     #[error(transparent)]
     Nccl(#[from] mnist_nccl::NcclError),
@@ -128,9 +131,50 @@ impl TrainError {
             TrainError::Comm(e) => e.kind(),
             TrainError::Nccl(e) => e.kind(),
             TrainError::Interrupted { signal } => FailureKind::Interrupted(*signal),
-            TrainError::Torch { .. } | TrainError::OutOfSync { .. } | TrainError::Internal(_) => {
-                FailureKind::OwnFault
-            }
+            TrainError::Torch { .. }
+            | TrainError::OutOfSync { .. }
+            | TrainError::Internal(_)
+            | TrainError::SharedData(_) => FailureKind::OwnFault,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mnist_common::contract::EXIT_PEER_FAILED;
+
+    #[test]
+    fn a_lost_peer_exits_3_on_every_backend() {
+        let nccl = mnist_nccl::device_error(
+            1,
+            "all_reduce",
+            mnist_nccl::NcclError::Nccl {
+                rank: 1,
+                op: "all_reduce",
+                bytes: 4,
+                code: 6,
+                message: "remote process exited or there was a network error".into(),
+            },
+        );
+        let cpu = mnist_comm::CommError::PeerFailed {
+            rank: 1,
+            op: "all_reduce(4 x f32, sum)".into(),
+            peer: 0,
+            what: "(pid 7) exited or closed its connection".into(),
+        };
+        let timeout = mnist_nccl::NcclError::Timeout {
+            rank: 1,
+            op: "broadcast",
+            seconds: 30.0,
+        };
+        for e in [
+            TrainError::from(nccl),
+            TrainError::from(cpu),
+            TrainError::from(timeout),
+        ] {
+            assert_eq!(e.kind(), FailureKind::PeerFailed, "{e}");
+            assert_eq!(e.kind().exit_code(), EXIT_PEER_FAILED, "{e}");
         }
     }
 }

@@ -58,7 +58,7 @@ pub fn evaluate(
     let (rank, world) = (comm.rank(), comm.world_size());
     let lo = data.len * rank / world;
     let hi = data.len * (rank + 1) / world;
-    let device = data.images.device();
+    let device = data.device();
     let sums = tch::no_grad(|| {
         let mut loss = Tensor::zeros([], (Kind::Double, device));
         let mut c1 = Tensor::zeros([], (Kind::Int64, device));
@@ -66,8 +66,7 @@ pub fn evaluate(
         let mut start = lo;
         while start < hi {
             let n = batch.min(hi - start);
-            let x = data.images.narrow(0, start as i64, n as i64);
-            let y = data.labels.narrow(0, start as i64, n as i64);
+            let (x, y) = data.batch(start, n);
             let logits = model.forward(&x);
             let l = logits.log_softmax(-1, Kind::Float).g_nll_loss::<Tensor>(
                 &y,

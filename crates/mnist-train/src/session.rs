@@ -23,6 +23,8 @@ pub struct Session {
     pub log: RunLog,
     /// CPU threads this process may use (`--threads`, `OMP_NUM_THREADS`, or cores / processes).
     pub threads: usize,
+    /// Who this worker is (ranks, run id).
+    pub identity: WorkerIdentity,
     progress: bool,
 }
 
@@ -100,6 +102,16 @@ impl Session {
         } else {
             None
         };
+        let transport = match std::env::var(mnist_common::contract::ENV_COMM_TRANSPORT) {
+            Ok(v) if !v.is_empty() => {
+                mnist_comm::Transport::parse(&v).ok_or(mnist_common::ConfigError {
+                    flag: mnist_common::contract::ENV_COMM_TRANSPORT,
+                    value: v,
+                    expected: "auto, shm, tcp or star",
+                })?
+            }
+            _ => mnist_comm::Transport::Auto,
+        };
         let (mut comm, payload): (Box<dyn Communicator>, Vec<u8>) = if identity.world_size == 1 {
             (Box::new(Solo), nccl_id.clone().unwrap_or_default())
         } else {
@@ -108,7 +120,7 @@ impl Session {
                 mnist_comm::CommOptions {
                     timeout: Duration::from_secs_f64(cfg.timeout_s),
                     rendezvous_timeout: Duration::from_secs_f64(identity.rendezvous_timeout_s),
-                    transport: mnist_comm::Transport::Auto,
+                    transport,
                     rank0_payload: nccl_id,
                 },
             )?
@@ -156,6 +168,7 @@ impl Session {
             comm,
             log,
             threads,
+            identity: identity.clone(),
             progress,
         })
     }

@@ -37,13 +37,26 @@ pub fn run_session(cfg: &TrainConfig, s: &mut Session) -> Result<(), TrainError>
     t.finish(s)
 }
 
+/// Load `splits` for this rank: one copy per machine, shared by its CPU ranks
+/// ([`crate::dataset::load_splits`]).
 fn load_data(
     cfg: &TrainConfig,
     s: &mut Session,
-    split: Split,
-) -> Result<TensorDataset, TrainError> {
-    let data = mnist_data::load_split(&cfg.data, split)?;
-    TensorDataset::new(&data, s.device)
+    splits: &[Split],
+) -> Result<Vec<TensorDataset>, TrainError> {
+    let mut notes = Vec::new();
+    let sets = crate::dataset::load_splits(
+        &cfg.data,
+        splits,
+        s.device,
+        &s.identity,
+        s.comm.as_mut(),
+        &mut |n| notes.push(n),
+    )?;
+    for n in notes {
+        eprintln!("{n}");
+    }
+    Ok(sets)
 }
 
 fn evaluate_file(
@@ -53,7 +66,9 @@ fn evaluate_file(
 ) -> Result<(), TrainError> {
     let mut model = Model::new(cfg.model, s.device);
     state::load_into(&mut model, file)?;
-    let test = load_data(cfg, s, Split::Test)?;
+    let test = load_data(cfg, s, &[Split::Test])?
+        .pop()
+        .expect("one split asked, one returned");
     let r = guarded("evaluation", || {
         evaluate(&model, &test, cfg.test_batch_size, s.comm.as_mut())
     })??;
@@ -127,8 +142,20 @@ impl<'c> Trainer<'c> {
     /// and set up the gradient reducer and the CPU threads.
     pub fn new(cfg: &'c TrainConfig, s: &mut Session) -> Result<Trainer<'c>, TrainError> {
         let (rank, world) = (s.comm.rank(), s.comm.world_size());
-        let train_set = load_data(cfg, s, Split::Train)?;
-        let test_set = load_data(cfg, s, Split::Test)?;
+        let [train_set, test_set]: [TensorDataset; 2] =
+            load_data(cfg, s, &[Split::Train, Split::Test])?
+                .try_into()
+                .expect("two splits asked, two returned");
+        s.log.info(&format!(
+            "Data: {} training and {} test images as bytes, normalised per batch; {}",
+            train_set.len,
+            test_set.len,
+            if train_set.is_shared() {
+                "one copy in shared memory for the ranks of this machine"
+            } else {
+                "this process's own copy"
+            }
+        ));
 
         tch::manual_seed(cfg.seed as i64);
         let mut model = Model::new(cfg.model, s.device);
@@ -287,6 +314,14 @@ impl<'c> Trainer<'c> {
                     }
                     None => s.log.info(&msg),
                 }
+            } else if b % cfg.log_interval == 0 {
+                // The other ranks note their progress in their own rank<N>.log (a node without
+                // rank 0 shows it in its launcher's status line).
+                s.log.info(&format!(
+                    "rank {rank}: epoch {} step {}/{batches}",
+                    epoch + 1,
+                    b + 1
+                ));
             }
             if let Some(pb) = &bar {
                 pb.inc(1);

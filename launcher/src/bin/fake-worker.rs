@@ -2,13 +2,18 @@
 //! takes its rank from the environment (RANK, WORLD_SIZE), prints `rank R of W …`, and then
 //! behaves as the FAKE_* environment variables say:
 //!
-//! - `FAKE_PID_DIR=dir`: write its pid to `dir/rank<R>.pid` first.
+//! - `FAKE_PID_DIR=dir`: write its pid to `dir/rank<R>.pid` (atomically) once it has printed
+//!   its greetings, so a pid file means "up, signal dispositions set, greeting in the log".
 //! - `FAKE_IGNORE_TERM=1`: ignore SIGTERM (so only SIGKILL stops it).
 //! - `FAKE_SPAM=N`: write N lines to stdout and N to stderr as fast as it can.
 //! - `FAKE_EXIT_RANK=r` + `FAKE_EXIT_CODE=c`: rank r exits with code c.
 //! - `FAKE_SIGNAL_RANK=r` + `FAKE_SIGNAL=SIGSEGV`: rank r kills itself with that signal.
-//!   Both wait until every rank wrote its pid file (with FAKE_PID_DIR), then FAKE_DELAY_MS
-//!   (default 200).
+//!   Both wait until every rank wrote its pid file (with FAKE_PID_DIR; that is the ordering
+//!   the tests rely on), then FAKE_DELAY_MS (default 0).
+//! - `FAKE_OOM_RANK=r` + `FAKE_OOM_CGROUP=dir`: rank r moves itself into the memory cgroup
+//!   `dir` (its `cgroup.procs`; the test set a small limit) and allocates until the kernel's
+//!   out-of-memory killer stops it (it gives up with code 99 after 4 GiB, and never allocates
+//!   outside the cgroup).
 //! - `FAKE_HANG=1`: the other ranks sleep forever.
 //! - `FAKE_SLEEP_MS=n`: sleep n ms before exiting 0.
 
@@ -30,7 +35,8 @@ fn wait_for_pid_files(world: usize) {
     let Some(dir) = var("FAKE_PID_DIR") else {
         return;
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Generous: starting every rank can take a while on a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline
         && !(0..world).all(|r| {
             std::path::Path::new(&dir)
@@ -49,12 +55,6 @@ fn main() {
         // SAFETY: SIG_IGN installs no handler code.
         unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.expect("ignore SIGTERM");
     }
-    if let Some(dir) = var("FAKE_PID_DIR") {
-        let dir = std::path::Path::new(&dir);
-        let tmp = dir.join(format!("rank{rank}.pid.tmp"));
-        std::fs::write(&tmp, std::process::id().to_string()).expect("write pid file");
-        std::fs::rename(&tmp, dir.join(format!("rank{rank}.pid"))).expect("rename pid file");
-    }
     let env = |k: &str| var(k).unwrap_or_default();
     println!(
         "rank {rank} of {world} pid={} rendezvous={} run_id={} omp={} gpus={} args={}",
@@ -66,6 +66,14 @@ fn main() {
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
     eprintln!("rank {rank}: hello on stderr");
+    if let Some(dir) = var("FAKE_PID_DIR") {
+        let dir = std::path::Path::new(&dir);
+        let pid = std::process::id().to_string();
+        mnist_common::atomic_file::write_atomic(&dir.join(format!("rank{rank}.pid")), |f| {
+            std::io::Write::write_all(f, pid.as_bytes())
+        })
+        .expect("write pid file");
+    }
     if let Some(n) = num::<usize>("FAKE_SPAM") {
         let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
         for i in 0..n {
@@ -73,7 +81,7 @@ fn main() {
             let _ = writeln!(err, "rank {rank} stderr line {i}");
         }
     }
-    let delay = Duration::from_millis(num("FAKE_DELAY_MS").unwrap_or(200));
+    let delay = Duration::from_millis(num("FAKE_DELAY_MS").unwrap_or(0));
     if num::<usize>("FAKE_EXIT_RANK") == Some(rank) {
         wait_for_pid_files(world);
         std::thread::sleep(delay);
@@ -100,6 +108,26 @@ fn main() {
         let _ = std::io::stdout().flush();
         let _ = raise(sig);
         std::thread::sleep(Duration::from_secs(5));
+        std::process::exit(99);
+    }
+    if num::<usize>("FAKE_OOM_RANK") == Some(rank) {
+        wait_for_pid_files(world);
+        let Some(cgroup) = var("FAKE_OOM_CGROUP") else {
+            eprintln!("rank {rank}: FAKE_OOM_RANK needs FAKE_OOM_CGROUP");
+            std::process::exit(98);
+        };
+        let procs = std::path::Path::new(&cgroup).join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+            eprintln!("rank {rank}: cannot join {}: {e}", procs.display());
+            std::process::exit(98);
+        }
+        println!("rank {rank}: allocating until the out-of-memory killer stops me");
+        let _ = std::io::stdout().flush();
+        let mut hog: Vec<Vec<u8>> = Vec::new();
+        while hog.len() < 256 {
+            // Non-zero, so every page is written (and charged), not mapped from the zero page.
+            hog.push(vec![1u8; 16 << 20]);
+        }
         std::process::exit(99);
     }
     if var("FAKE_HANG").is_some() {

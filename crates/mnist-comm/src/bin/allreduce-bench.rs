@@ -2,9 +2,15 @@
 //! children) and times `all_reduce_f32` for a list of sizes. `scripts/bench-allreduce.sh`
 //! runs it next to PyTorch gloo.
 //!
-//! Usage: `allreduce-bench [--world N] [--transport auto|shm|tcp] [--sizes 4096,65536,...]`.
-//! Prints one line per size: `SIZE <bytes> <latency µs> <busbw GB/s> <iterations>`, where
-//! busbw = bytes / time · 2(n−1)/n as nccl-tests defines it.
+//! Usage: `allreduce-bench [--world N] [--nodes K] [--transport auto|shm|tcp|star]
+//! [--sizes 4096,65536,...]`. `--nodes K` puts the ranks on K fake nodes of this host
+//! (contiguous, as even as possible), so `--transport auto` runs the hierarchical path: shared
+//! memory inside each node, the TCP ring between node leaders. `tcp` is the ring alone (every
+//! rank its own node), `star` the former star through rank 0.
+//! Prints one line per size: `SIZE <bytes> <latency µs> <busbw GB/s> <iterations> <ring GB/s>`,
+//! where busbw = bytes / time · 2(n−1)/n as nccl-tests defines it (n ranks) and the ring
+//! figure is the same with n = the number of ring members (nodes; every rank with `tcp`): what
+//! each leader's link carries per second.
 
 use mnist_comm::{connect, CommOptions, Communicator, ReduceOp, Transport};
 use mnist_common::contract::WorkerIdentity;
@@ -16,8 +22,9 @@ fn iterations(bytes: usize) -> usize {
     ((2usize << 30) / bytes.max(1)).clamp(20, 20_000)
 }
 
-fn run(c: &mut dyn Communicator, sizes: &[usize]) -> Result<(), String> {
+fn run(c: &mut dyn Communicator, sizes: &[usize], members: usize) -> Result<(), String> {
     let w = c.world_size() as f64;
+    let m = members as f64;
     for &bytes in sizes {
         let mut buf = vec![1.0f32; bytes / 4];
         let iters = iterations(bytes);
@@ -33,8 +40,12 @@ fn run(c: &mut dyn Communicator, sizes: &[usize]) -> Result<(), String> {
         }
         let secs = t.elapsed().as_secs_f64() / iters as f64;
         let busbw = bytes as f64 / secs * 2.0 * (w - 1.0) / w / 1e9;
+        let ringbw = bytes as f64 / secs * 2.0 * (m - 1.0).max(1.0) / m / 1e9;
         if c.rank() == 0 {
-            println!("SIZE {bytes} {:.2} {busbw:.3} {iters}", secs * 1e6);
+            println!(
+                "SIZE {bytes} {:.2} {busbw:.3} {iters} {ringbw:.3}",
+                secs * 1e6
+            );
         }
     }
     Ok(())
@@ -43,6 +54,7 @@ fn run(c: &mut dyn Communicator, sizes: &[usize]) -> Result<(), String> {
 fn main() {
     let mut world = 2usize;
     let mut transport = "shm".to_string();
+    let mut nodes = 1usize;
     let mut sizes: Vec<usize> = vec![4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
     let mut id: Option<WorkerIdentity> = None;
     let args: Vec<String> = std::env::args().collect();
@@ -52,6 +64,7 @@ fn main() {
         match args[i].as_str() {
             "--world" => world = v.parse().unwrap_or(2),
             "--transport" => transport = v.clone(),
+            "--nodes" => nodes = v.parse().unwrap_or(1),
             "--sizes" => sizes = v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
             "--child" => {
                 // --child RANK:RENDEZVOUS:RUN_ID
@@ -70,11 +83,14 @@ fn main() {
         }
         i += 2;
     }
-    let t = match transport.as_str() {
-        "tcp" => Transport::Tcp,
-        "auto" => Transport::Auto,
-        _ => Transport::Shm,
+    let Some(t) = Transport::parse(&transport) else {
+        eprintln!("allreduce-bench: --transport {transport:?}: expected auto, shm, tcp or star");
+        std::process::exit(2);
     };
+    if nodes == 0 || nodes > world {
+        eprintln!("allreduce-bench: --nodes {nodes}: expected 1 to --world ({world})");
+        std::process::exit(2);
+    }
     let mut kids = Vec::new();
     let mut id = id.unwrap_or_else(|| {
         let run_id = format!("bench-{}", std::process::id());
@@ -87,6 +103,8 @@ fn main() {
                     &world.to_string(),
                     "--transport",
                     &transport,
+                    "--nodes",
+                    &nodes.to_string(),
                     "--child",
                     &spec,
                 ])
@@ -114,7 +132,10 @@ fn main() {
         ident
     });
     id.world_size = world;
-    id.local_world_size = world;
+    let node_of = |r: usize| r * nodes / world;
+    id.node_rank = node_of(id.rank);
+    id.nnodes = nodes;
+    id.local_world_size = (0..world).filter(|&r| node_of(r) == id.node_rank).count();
     let opts = CommOptions {
         timeout: Duration::from_secs(60),
         rendezvous_timeout: Duration::from_secs(30),
@@ -123,7 +144,14 @@ fn main() {
     };
     let result = connect(&id, opts)
         .map_err(|e| e.to_string())
-        .and_then(|(mut c, _)| run(c.as_mut(), &sizes));
+        .and_then(|(mut c, _)| {
+            let members = match t {
+                Transport::Tcp => world,
+                Transport::Auto => nodes,
+                _ => world,
+            };
+            run(c.as_mut(), &sizes, members)
+        });
     for mut k in kids {
         let _ = k.wait();
     }

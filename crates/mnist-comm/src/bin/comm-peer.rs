@@ -2,7 +2,7 @@
 //! drive real multi-process groups (see `tests/multiprocess.rs`).
 //!
 //! Usage: `comm-peer --rank R --world-size W --rendezvous FILE --run-id ID --scenario NAME
-//! [--transport auto|shm|tcp] [--timeout S] [--rendezvous-timeout S] [--out DIR]`.
+//! [--transport auto|shm|tcp|star] [--node-rank K --nnodes N --local-world-size L] [--timeout S] [--rendezvous-timeout S] [--out DIR]`.
 //! Scenarios: `all` (all-reduce cases written to DIR, broadcast, all-gather), `mismatch`,
 //! `die`, `hang`, `abort`. Prints `ERROR: ...` and exits 1 on a collective failure.
 
@@ -33,6 +33,8 @@ struct Args {
     transport: Transport,
     timeout: f64,
     out: Option<PathBuf>,
+    /// The rank that dies, hangs or aborts in those scenarios.
+    victim: usize,
 }
 
 fn parse() -> Result<Args, String> {
@@ -40,6 +42,7 @@ fn parse() -> Result<Args, String> {
     let (mut scenario, mut transport, mut timeout, mut out) =
         (String::from("all"), Transport::Auto, 30.0, None);
     let mut local = None;
+    let mut victim = 1;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -50,17 +53,16 @@ fn parse() -> Result<Args, String> {
             "--local-world-size" => local = Some(num(&v)? as usize),
             "--rendezvous" => id.rendezvous = Some(v.into()),
             "--run-id" => id.run_id = Some(v),
+            "--node-rank" => id.node_rank = num(&v)? as usize,
+            "--nnodes" => id.nnodes = num(&v)? as usize,
             "--rendezvous-timeout" => id.rendezvous_timeout_s = num(&v)?,
             "--timeout" => timeout = num(&v)?,
             "--scenario" => scenario = v,
+            "--victim" => victim = num(&v)? as usize,
             "--out" => out = Some(v.into()),
             "--transport" => {
-                transport = match v.as_str() {
-                    "auto" => Transport::Auto,
-                    "shm" => Transport::Shm,
-                    "tcp" => Transport::Tcp,
-                    _ => return Err(format!("--transport {v:?}: expected auto, shm or tcp")),
-                }
+                transport = Transport::parse(&v)
+                    .ok_or_else(|| format!("--transport {v:?}: expected auto, shm, tcp or star"))?
             }
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -72,6 +74,7 @@ fn parse() -> Result<Args, String> {
         transport,
         timeout,
         out,
+        victim,
     })
 }
 
@@ -164,15 +167,15 @@ fn scenario(c: &mut dyn Communicator, a: &Args) -> Result<(), CommError> {
         }
         "die" => {
             c.all_reduce_f32(&mut b, ReduceOp::Sum)?;
-            if r == 1 {
+            if r == a.victim {
                 std::process::exit(9);
             }
             c.all_reduce_f32(&mut b, ReduceOp::Sum)
         }
         "hang" => {
             c.all_reduce_f32(&mut b, ReduceOp::Sum)?;
-            if r == 1 {
-                std::thread::sleep(Duration::from_secs(30));
+            if r == a.victim {
+                std::thread::sleep(Duration::from_secs(40));
             }
             c.all_reduce_f32(&mut b, ReduceOp::Sum)
         }

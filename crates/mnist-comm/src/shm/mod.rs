@@ -27,11 +27,11 @@
 mod segment;
 
 pub use segment::shm_name_for;
-pub(crate) use segment::Segment;
+pub(crate) use segment::{Plain, Segment};
 
 use crate::group::Group;
 use crate::liveness::{pid_alive, socket_closed};
-use crate::reduce::{reduce_into, DType, Elem};
+use crate::reduce::{reduce_raw, DType, Elem};
 use crate::{CommError, Communicator, ReduceOp};
 use segment::{chunk_bytes, futex_wait, futex_wake_all, Field, MAX_WORLD, SLOT_BYTES};
 use std::sync::atomic::Ordering;
@@ -68,10 +68,10 @@ fn yield_for() -> Duration {
 /// How often a waiting rank checks that its peers are alive.
 const LIVENESS_EVERY: Duration = Duration::from_millis(100);
 
-const OP_ALL_REDUCE: u64 = 1;
-const OP_BROADCAST: u64 = 2;
-const OP_ALL_GATHER: u64 = 3;
-const OP_BARRIER: u64 = 4;
+pub(crate) const OP_ALL_REDUCE: u64 = 1;
+pub(crate) const OP_BROADCAST: u64 = 2;
+pub(crate) const OP_ALL_GATHER: u64 = 3;
+pub(crate) const OP_BARRIER: u64 = 4;
 
 /// What a collective is, as written in its header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +118,8 @@ pub struct ShmComm {
     epoch: u64,
     sent: u64,
     poisoned: Option<String>,
+    /// Global rank of each member (a node's segment serves only that node's ranks).
+    names: Vec<usize>,
 }
 
 /// Element range of segment `r` of a chunk of `len` elements, aligned to 16 elements.
@@ -130,6 +132,7 @@ fn segment_range(len: usize, r: usize, world: usize) -> (usize, usize) {
 impl ShmComm {
     /// Wrap a mapped segment; `group` supplies pids and liveness sockets.
     pub(crate) fn new(group: Group, seg: Segment, timeout: Duration) -> ShmComm {
+        let world = group.world;
         ShmComm {
             rank: group.rank,
             world: group.world,
@@ -141,7 +144,20 @@ impl ShmComm {
             epoch: 0,
             sent: 0,
             poisoned: None,
+            names: (0..world).collect(),
         }
+    }
+
+    /// Name the members by these global ranks in errors (member i is rank `names[i]`).
+    pub(crate) fn with_names(mut self, names: Vec<usize>) -> ShmComm {
+        assert_eq!(names.len(), self.world, "one global rank per member");
+        self.names = names;
+        self
+    }
+
+    /// This member's global rank.
+    fn me(&self) -> usize {
+        self.names[self.rank]
     }
 
     /// Rank 0 unlinks the segment file once everyone mapped it.
@@ -160,9 +176,9 @@ impl ShmComm {
         }
         let peer = flag as usize - 1;
         Err(CommError::PeerFailed {
-            rank: self.rank,
+            rank: self.me(),
             op: d.describe(),
-            peer,
+            peer: self.names.get(peer).copied().unwrap_or(peer),
             what: format!("aborted: {}", self.seg.read_abort_msg(peer)),
         })
     }
@@ -183,9 +199,9 @@ impl ShmComm {
             let sock_dead = sock.and_then(|s| s.as_ref()).is_some_and(socket_closed);
             if !pid_alive(pid) || sock_dead {
                 return Err(CommError::PeerFailed {
-                    rank: self.rank,
+                    rank: self.me(),
                     op: d.describe(),
-                    peer: r,
+                    peer: self.names[r],
                     what: format!("(pid {pid}) exited or closed its connection"),
                 });
             }
@@ -241,9 +257,10 @@ impl ShmComm {
             if now.duration_since(start) >= self.timeout {
                 let missing = (0..self.world)
                     .filter(|&r| self.seg.epoch(r).load(Ordering::Acquire) < target)
+                    .map(|r| self.names[r])
                     .collect();
                 return Err(CommError::Timeout {
-                    rank: self.rank,
+                    rank: self.me(),
                     op: d.describe(),
                     seconds: now.duration_since(start).as_secs_f64(),
                     missing,
@@ -256,7 +273,7 @@ impl ShmComm {
     fn begin(&mut self, d: &OpDesc) -> Result<(), CommError> {
         if let Some(first) = &self.poisoned {
             return Err(CommError::Poisoned {
-                rank: self.rank,
+                rank: self.me(),
                 first: first.clone(),
             });
         }
@@ -300,12 +317,12 @@ impl ShmComm {
         let detail = (0..self.world)
             .map(|r| {
                 let (s, h) = read(r);
-                format!("rank {r}: #{s} {}", h.describe())
+                format!("rank {}: #{s} {}", self.names[r], h.describe())
             })
             .collect::<Vec<_>>()
             .join("; ");
         Err(CommError::Mismatch {
-            rank: self.rank,
+            rank: self.me(),
             seq: self.seq,
             detail,
         })
@@ -333,7 +350,54 @@ impl ShmComm {
             extra: u64::from(op == ReduceOp::Average),
         };
         self.begin(&d)?;
-        let r = self.all_reduce_inner(buf, op, &d);
+        let r = self.all_reduce_inner(buf, op, &d, false);
+        self.finish(r)
+    }
+
+    /// The sum of every member's `buf` into member 0's `buf` (the others' are left partly
+    /// summed); `d` is the caller's collective, compared between the members.
+    pub(crate) fn reduce_sum_to_first<T: Elem>(
+        &mut self,
+        buf: &mut [T],
+        d: &OpDesc,
+    ) -> Result<(), CommError> {
+        self.begin(d)?;
+        let r = self.all_reduce_inner(buf, ReduceOp::Sum, d, true);
+        self.finish(r)
+    }
+
+    /// Member `root`'s bytes into every member's `buf`, under the caller's collective `d`.
+    pub(crate) fn broadcast_as(
+        &mut self,
+        buf: &mut [u8],
+        root: usize,
+        d: &OpDesc,
+    ) -> Result<(), CommError> {
+        self.begin(d)?;
+        let r = self.broadcast_inner(buf, root, d);
+        self.finish(r)
+    }
+
+    /// Every member's bytes, under the caller's collective `d` (an all-gather: sizes may
+    /// differ).
+    pub(crate) fn all_gather_as(
+        &mut self,
+        send: &[u8],
+        d: &OpDesc,
+    ) -> Result<Vec<Vec<u8>>, CommError> {
+        let d = OpDesc {
+            count: send.len() as u64,
+            ..*d
+        };
+        self.begin(&d)?;
+        let r = self.all_gather_inner(send, &d);
+        self.finish(r)
+    }
+
+    /// A barrier under the caller's collective `d`.
+    pub(crate) fn barrier_as(&mut self, d: &OpDesc) -> Result<(), CommError> {
+        self.begin(d)?;
+        let r = self.barrier_wait(d).and_then(|_| self.check_headers(d));
         self.finish(r)
     }
 
@@ -342,6 +406,7 @@ impl ShmComm {
         buf: &mut [T],
         op: ReduceOp,
         d: &OpDesc,
+        only_first: bool,
     ) -> Result<(), CommError> {
         let chunk = chunk_bytes() / std::mem::size_of::<T>();
         let (w, me) = (self.world, self.rank);
@@ -351,18 +416,16 @@ impl ShmComm {
             let len = chunk.min(buf.len() - off);
             let p = self.next_parity();
             let (s, e) = segment_range(len, me, w);
-            let mine = self.seg.slot_ptr(p, me) as *mut T;
-            // SAFETY: slot[p][me] holds `chunk` elements of T (slots are page-aligned); between
-            // the previous barrier and the next one only this rank touches its own slot. Our
-            // own segment [s, e) is not copied: we reduce it from `buf` directly.
-            let (head, tail) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(mine, s),
-                    std::slice::from_raw_parts_mut(mine.add(e), len - e),
-                )
-            };
-            head.copy_from_slice(&buf[off..off + s]);
-            tail.copy_from_slice(&buf[off + e..off + len]);
+            // SAFETY: (this and the slot accesses below) between two barriers each byte of
+            // slot[p][*] has one writer and no other reader, or readers only: phase 1
+            // every rank writes its own slot outside its own segment; phase 2 rank r reads
+            // segment r of every slot and writes segment r of its own; phase 3 everyone reads
+            // the result segments. Parities alternate, so the next chunk's writes go to the
+            // other slot set until everyone passed this chunk's last barrier.
+            unsafe {
+                self.seg.write_slot(p, me, 0, &buf[off..off + s]);
+                self.seg.write_slot(p, me, e, &buf[off + e..off + len]);
+            }
             self.barrier_wait(d)?;
             if first {
                 self.check_headers(d)?;
@@ -372,41 +435,29 @@ impl ShmComm {
                 break;
             }
             if s < e {
-                let mut srcs: [&[T]; MAX_WORLD] = [&[]; MAX_WORLD];
-                for (r, src) in srcs
-                    .iter_mut()
-                    .enumerate()
-                    .take(w)
-                    .filter(|(r, _)| *r != me)
-                {
-                    // SAFETY: rank r finished writing slot[p][r] before the barrier; segment
-                    // [s, e) of it is read only by this rank until the next barrier.
-                    *src = unsafe {
-                        std::slice::from_raw_parts(
-                            (self.seg.slot_ptr(p, r) as *const T).add(s),
-                            e - s,
-                        )
+                let mine = buf[off + s..off + e].as_mut_ptr();
+                let mut srcs = [std::ptr::null::<T>(); MAX_WORLD];
+                for (r, src) in srcs.iter_mut().enumerate().take(w) {
+                    *src = if r == me {
+                        mine as *const T
+                    } else {
+                        self.seg.slot_ptr::<T>(p, r, s, e - s) as *const T
                     };
                 }
-                srcs[me] = &buf[off + s..off + e];
-                // SAFETY: segment [s, e) of our own slot was left free above; we write the
-                // result there, and the others read it only after the next barrier.
-                let res = unsafe { std::slice::from_raw_parts_mut(mine.add(s), e - s) };
-                reduce_into(res, &srcs[..w], op, w);
-                buf[off + s..off + e].copy_from_slice(res);
+                // SAFETY: every source holds `e - s` elements: rank r's slot segment (written
+                // before the barrier, read only by us until the next one) or our own buffer's
+                // segment, which is also the destination (allowed: the same pointer).
+                unsafe { reduce_raw(mine, &srcs[..w], e - s, op, w) };
+                // SAFETY: segment [s, e) of our own slot is ours to write in this phase.
+                unsafe { self.seg.write_slot(p, me, s, &buf[off + s..off + e]) };
             }
             self.barrier_wait(d)?;
-            for r in (0..w).filter(|&r| r != me) {
+            let readers = if only_first && me != 0 { 0 } else { w };
+            for r in (0..readers).filter(|&r| r != me) {
                 let (rs, re) = segment_range(len, r, w);
                 // SAFETY: rank r wrote its result segment before the barrier; until the next
                 // phase's barrier every rank only reads it.
-                let res = unsafe {
-                    std::slice::from_raw_parts(
-                        (self.seg.slot_ptr(p, r) as *const T).add(rs),
-                        re - rs,
-                    )
-                };
-                buf[off + rs..off + re].copy_from_slice(res);
+                unsafe { self.seg.read_slot(p, r, rs, &mut buf[off + rs..off + re]) };
             }
             off += len;
             if off >= buf.len() {
@@ -430,10 +481,8 @@ impl ShmComm {
             let len = SLOT_BYTES.min(buf.len() - off);
             let p = self.next_parity();
             if self.rank == root {
-                // SAFETY: only the root writes slot[p][root] in this phase.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(self.seg.slot_ptr(p, root), len) };
-                dst.copy_from_slice(&buf[off..off + len]);
+                // SAFETY: only the root touches slot[p][root] in this phase.
+                unsafe { self.seg.write_slot(p, root, 0, &buf[off..off + len]) };
             }
             self.barrier_wait(d)?;
             if first {
@@ -442,8 +491,7 @@ impl ShmComm {
             }
             if self.rank != root {
                 // SAFETY: written before the barrier, only read until the next phase's barrier.
-                let src = unsafe { std::slice::from_raw_parts(self.seg.slot_ptr(p, root), len) };
-                buf[off..off + len].copy_from_slice(src);
+                unsafe { self.seg.read_slot(p, root, 0, &mut buf[off..off + len]) };
             }
             off += len;
             if off >= buf.len() {
@@ -473,18 +521,16 @@ impl ShmComm {
             let p = self.next_parity();
             let lo = (k * SLOT_BYTES).min(send.len());
             let hi = ((k + 1) * SLOT_BYTES).min(send.len());
-            // SAFETY: only this rank writes its own slot in this phase.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(self.seg.slot_ptr(p, self.rank), hi - lo) };
-            dst.copy_from_slice(&send[lo..hi]);
+            // SAFETY: only this rank touches its own slot in this phase.
+            unsafe { self.seg.write_slot(p, self.rank, 0, &send[lo..hi]) };
             self.barrier_wait(d)?;
             for (r, o) in out.iter_mut().enumerate() {
                 let n = lens[r].saturating_sub(k * SLOT_BYTES).min(SLOT_BYTES);
+                let have = o.len();
+                o.resize(have + n, 0);
                 // SAFETY: rank r wrote these n bytes before the barrier; read-only until the
                 // next phase's barrier.
-                o.extend_from_slice(unsafe {
-                    std::slice::from_raw_parts(self.seg.slot_ptr(p, r), n)
-                });
+                unsafe { self.seg.read_slot(p, r, 0, &mut o[have..]) };
             }
         }
         self.sent += (send.len() * (self.world - 1)) as u64;
@@ -517,7 +563,7 @@ impl Communicator for ShmComm {
         };
         if root >= self.world {
             return Err(CommError::InvalidArgument {
-                rank: self.rank,
+                rank: self.me(),
                 op: d.describe(),
                 detail: format!("root {root} is not below world size {}", self.world),
             });

@@ -12,6 +12,12 @@
 //!        ...    abort_msg[r]     256 bytes per rank: length + UTF-8 text
 //!  data  page-aligned: for parity p in {0,1}: slot[p][0..world], SLOT_BYTES each
 //! ```
+//!
+//! Other processes write this memory while we hold it, so no Rust reference to plain bytes
+//! of it ever exists: the mapping is a [`memmap2::MmapRaw`] (raw pointers only, no `Deref`
+//! to `[u8]`), control fields are atomics made with `Atomic*::from_ptr`, and data slots are
+//! copied in and out with `ptr::copy_nonoverlapping` under the barrier protocol of
+//! [`ShmComm`](super::ShmComm).
 
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
@@ -43,6 +49,22 @@ const MAGIC: u64 = 0x4d4e_4953_5453_4d31;
 pub use mnist_common::contract::shm_name_for;
 pub(crate) use mnist_common::contract::SHM_DIR;
 
+/// Element types that may live in a data slot: plain numbers, valid for every bit pattern, so
+/// copying bytes a peer wrote into one is never an invalid value.
+///
+/// # Safety
+/// Implement only for `Copy` types without padding, for which every bit pattern is a valid
+/// value, and whose alignment divides 64.
+pub(crate) unsafe trait Plain: Copy {}
+// SAFETY: plain integers and IEEE floats: no padding, every bit pattern valid, alignment <= 4.
+unsafe impl Plain for u8 {}
+// SAFETY: as above.
+unsafe impl Plain for f32 {}
+// SAFETY: as above (a `u16` newtype).
+unsafe impl Plain for half::f16 {}
+// SAFETY: as above (a `u16` newtype).
+unsafe impl Plain for half::bf16 {}
+
 /// One field of a collective header.
 #[derive(Clone, Copy)]
 pub(crate) enum Field {
@@ -55,7 +77,7 @@ pub(crate) enum Field {
 
 /// A mapped segment.
 pub(crate) struct Segment {
-    map: memmap2::MmapMut,
+    map: memmap2::MmapRaw,
     world: usize,
     path: PathBuf,
     linked: bool,
@@ -76,15 +98,12 @@ impl Segment {
     }
 
     fn map(file: &File, world: usize, path: PathBuf, linked: bool) -> std::io::Result<Segment> {
-        // SAFETY: the file is our run's segment in /dev/shm, sized by the creator before any
-        // rank maps it and never truncated; other processes write it concurrently, which is why
-        // every shared field is accessed through atomics, and data slots only under the
-        // barrier protocol of `ShmComm` (no two ranks touch the same bytes between barriers).
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .len(Self::size(world))
-                .map_mut(file)?
-        };
+        // A raw mapping: it hands out pointers only, never `&[u8]`/`&mut [u8]` to memory that
+        // other processes write. The file is sized by its creator before any rank maps it and
+        // never truncated while mapped.
+        let map = memmap2::MmapOptions::new()
+            .len(Self::size(world))
+            .map_raw(file)?;
         Ok(Segment {
             map,
             world,
@@ -159,23 +178,37 @@ impl Segment {
         }
     }
 
+    /// Pointer to byte `off` of the mapping, checked to leave room for `len` bytes.
+    fn at(&self, off: usize, len: usize) -> *mut u8 {
+        assert!(
+            off.checked_add(len)
+                .is_some_and(|end| end <= self.map.len()),
+            "segment access {off}+{len} past its {} bytes",
+            self.map.len()
+        );
+        // SAFETY: `off <= map.len()` (asserted), so the result stays inside (or one past the
+        // end of) the live mapping.
+        unsafe { self.map.as_mut_ptr().add(off) }
+    }
+
     fn u64_at(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off.is_multiple_of(8) && off + 8 <= self.map.len());
-        // SAFETY: `off` is 8-aligned (page-aligned mapping, offsets from `layout`) and in
-        // bounds; AtomicU64 has the layout of u64, and the memory lives as long as `self`.
-        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
+        assert!(off.is_multiple_of(8), "unaligned atomic at {off}");
+        // SAFETY: the 8 bytes at `off` are in bounds (`at`) and 8-aligned (page-aligned mapping,
+        // offset a multiple of 8); they stay mapped as long as `self` lives, which bounds the
+        // returned borrow. Every process accesses control fields only atomically (through
+        // these accessors), never with plain reads or writes.
+        unsafe { AtomicU64::from_ptr(self.at(off, 8) as *mut u64) }
     }
 
     fn u32_at(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off.is_multiple_of(4) && off + 4 <= self.map.len());
-        // SAFETY: as in `u64_at`, for a 4-aligned u32.
-        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU32) }
+        assert!(off.is_multiple_of(4), "unaligned atomic at {off}");
+        // SAFETY: as in `u64_at`, for 4 bytes at a 4-aligned offset.
+        unsafe { AtomicU32::from_ptr(self.at(off, 4) as *mut u32) }
     }
 
     fn u8_at(&self, off: usize) -> &AtomicU8 {
-        debug_assert!(off < self.map.len());
-        // SAFETY: in bounds; AtomicU8 has the layout of u8 and no alignment requirement.
-        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU8) }
+        // SAFETY: as in `u64_at`, for one byte (no alignment needed).
+        unsafe { AtomicU8::from_ptr(self.at(off, 1)) }
     }
 
     /// The abort flag: 0, or the failing rank + 1.
@@ -224,12 +257,69 @@ impl Segment {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    /// Start of rank `idx`'s data slot of `parity`.
-    pub(crate) fn slot_ptr(&self, parity: usize, idx: usize) -> *mut u8 {
-        debug_assert!(parity < 2 && idx < self.world);
-        let off = layout(self.world).3 + (parity * self.world + idx) * SLOT_BYTES;
-        // SAFETY: in bounds by construction of `size`; callers uphold the barrier protocol.
-        unsafe { self.map.as_ptr().add(off) as *mut u8 }
+    /// Pointer to `n` elements of `T` starting at element `at` of rank `idx`'s data slot of
+    /// `parity` (bounds checked; aligned for the element types used, since slots are
+    /// page-aligned). Reading or writing through it is subject to the barrier protocol: see
+    /// [`Segment::write_slot`] and [`Segment::read_slot`].
+    pub(crate) fn slot_ptr<T: Plain>(
+        &self,
+        parity: usize,
+        idx: usize,
+        at: usize,
+        n: usize,
+    ) -> *mut T {
+        assert!(
+            parity < 2 && idx < self.world,
+            "slot [{parity}][{idx}] out of range"
+        );
+        let size = std::mem::size_of::<T>();
+        let (start, len) = (at * size, n * size);
+        assert!(
+            start + len <= SLOT_BYTES,
+            "{len} bytes at {start} overflow a {SLOT_BYTES}-byte slot"
+        );
+        let off = layout(self.world).3 + (parity * self.world + idx) * SLOT_BYTES + start;
+        let p = self.at(off, len) as *mut T;
+        debug_assert!(p.is_aligned());
+        p
+    }
+
+    /// Copy `src` into rank `idx`'s data slot of `parity`, from element `at` on.
+    ///
+    /// # Safety
+    /// Between the barriers around this call no other rank (or thread) reads or writes these
+    /// bytes of the slot: the caller follows `ShmComm`'s barrier protocol.
+    pub(crate) unsafe fn write_slot<T: Plain>(
+        &self,
+        parity: usize,
+        idx: usize,
+        at: usize,
+        src: &[T],
+    ) {
+        let dst = self.slot_ptr::<T>(parity, idx, at, src.len());
+        // SAFETY: `dst` has room for `src.len()` elements and is aligned (`slot_elems`); it is
+        // shared memory, which `src` (a local buffer) cannot overlap; nobody else touches these
+        // bytes now (this function's contract).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) }
+    }
+
+    /// Copy elements `at..at + dst.len()` of rank `idx`'s data slot of `parity` into `dst`.
+    ///
+    /// # Safety
+    /// Whoever wrote these bytes did so before a barrier this rank has passed, and no rank
+    /// writes them until the next barrier: the caller follows `ShmComm`'s barrier protocol.
+    pub(crate) unsafe fn read_slot<T: Plain>(
+        &self,
+        parity: usize,
+        idx: usize,
+        at: usize,
+        dst: &mut [T],
+    ) {
+        let src = self.slot_ptr::<T>(parity, idx, at, dst.len());
+        // SAFETY: `src` holds `dst.len()` aligned elements (`slot_elems`); shared memory does
+        // not overlap the local `dst`; no one writes them now (this function's contract). The
+        // elements are plain numbers or bytes, valid for any bit pattern.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const T, dst.as_mut_ptr(), dst.len()) }
     }
 }
 

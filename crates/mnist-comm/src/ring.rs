@@ -1,0 +1,1050 @@
+//! The ring between node leaders over TCP: a bandwidth-optimal all-reduce (reduce-scatter then
+//! all-gather), a pipelined chain broadcast and a ring all-gather of byte blobs.
+//!
+//! Member `i` of `n` sends to member `i + 1` and receives from member `i − 1` on two
+//! connections (made when the group forms). The buffer is cut into `n` segments; in step
+//! `t = 0 .. 2(n−1)` member `i` sends segment `(i − t) mod n` and receives segment
+//! `(i − t − 1) mod n`: during the first `n − 1` steps it adds what it receives (after them it
+//! holds the full sum of segment `i + 1`), during the last `n − 1` it copies. So every member
+//! sends `2(n−1)/n` of the buffer, whatever `n` is:
+//!
+//! ```text
+//!   n = 3, step:     0           1           2           3
+//!   member 0 sends  seg 0       seg 2 (+)   seg 1 (Σ)   seg 0 (Σ)
+//!   member 1 sends  seg 1       seg 0 (+)   seg 2 (Σ)   seg 1 (Σ)
+//!   member 2 sends  seg 2       seg 1 (+)   seg 0 (Σ)   seg 2 (Σ)
+//! ```
+//!
+//! Segments travel in chunks of [`CHUNK_BYTES`]; chunk `c` of step `t + 1` leaves as soon as
+//! chunk `c` of step `t` has arrived, so a large buffer streams through the ring. Sending is
+//! done by a thread that owns the outgoing connection, so every member sends and receives at
+//! the same time (full duplex). Every frame carries the collective's header (sequence, op,
+//! dtype, count, extra), checked against the receiver's own before its payload is used; every
+//! step sends at least one frame, so a mismatch is always seen.
+//!
+//! Failures travel the ring as error frames: the member that sees one first (a mismatch, a
+//! closed connection, a timeout, a failure inside its node, an abort) sends an error frame to
+//! its successor, and each member forwards the first one it receives, so every member stops
+//! with the same cause, naming the failed rank and its address.
+
+use crate::liveness::socket_closed;
+use crate::reduce::{Elem, BLOCK};
+use crate::shm::OpDesc;
+use crate::CommError;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Payload bytes per frame of a pipelined collective.
+pub(crate) const CHUNK_BYTES: usize = 256 << 10;
+
+const MAGIC: u32 = 0x4d44_5052;
+const KIND_DATA: u32 = 1;
+const KIND_ERR: u32 = 2;
+/// Error frame codes (in the op field).
+const ERR_MISMATCH: u64 = 1;
+const ERR_TIMEOUT: u64 = 2;
+const ERR_PEER: u64 = 3;
+/// Bytes of a frame header.
+pub(crate) const HEADER: usize = 56;
+/// Frames up to this size are written by the calling thread when the sender thread is idle
+/// (they fit in the socket buffers, so the write cannot wait for the peer): a small collective
+/// costs no thread hand-offs.
+const DIRECT_MAX: usize = 16 << 10;
+/// Longest frame accepted.
+const MAX_FRAME: u64 = 1 << 36;
+
+/// A frame header: kind, sequence number, the collective's description, payload length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub kind: u32,
+    pub seq: u64,
+    pub d: OpDesc,
+    pub len: u64,
+}
+
+impl Head {
+    /// The 56 wire bytes: magic, kind (u32 LE), then seq, op, dtype, count, extra, len (u64 LE).
+    pub(crate) fn encode(&self) -> [u8; HEADER] {
+        let mut b = [0u8; HEADER];
+        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        b[4..8].copy_from_slice(&self.kind.to_le_bytes());
+        let d = &self.d;
+        for (i, v) in [self.seq, d.op, d.dtype, d.count, d.extra, self.len]
+            .iter()
+            .enumerate()
+        {
+            b[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    /// Parse wire bytes; `None` when the magic is wrong.
+    pub(crate) fn decode(b: &[u8; HEADER]) -> Option<Head> {
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        if b[0..4] != MAGIC.to_le_bytes() {
+            return None;
+        }
+        Some(Head {
+            kind: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            seq: u64_at(8),
+            d: OpDesc {
+                op: u64_at(16),
+                dtype: u64_at(24),
+                count: u64_at(32),
+                extra: u64_at(40),
+            },
+            len: u64_at(48),
+        })
+    }
+}
+
+/// Element range of segment `k` of `n` over `len` elements (balanced; empty when `len < n`).
+pub(crate) fn segment(len: usize, n: usize, k: usize) -> (usize, usize) {
+    (k * len / n, (k + 1) * len / n)
+}
+
+/// Chunks of a segment of `len` elements, `per` elements each; always at least one (possibly
+/// empty) chunk, so every step carries a header.
+pub(crate) fn chunks(start: usize, end: usize, per: usize) -> Vec<(usize, usize)> {
+    if end <= start {
+        return vec![(start, start)];
+    }
+    (start..end)
+        .step_by(per.max(1))
+        .map(|s| (s, (s + per).min(end)))
+        .collect()
+}
+
+/// The segment member `i` of `n` sends in step `t` (it receives segment `send_seg(i, n, t + 1)`).
+pub(crate) fn send_seg(i: usize, n: usize, t: usize) -> usize {
+    (i + n * (t / n + 1) - t) % n
+}
+
+/// What the sender thread is asked to do.
+enum Job {
+    /// Write this frame (header included); data frames are skipped once cancelled.
+    Frame { data: bool, bytes: Vec<u8> },
+    /// Report [`Event::Flushed`] once everything before it is written.
+    Flush(u64),
+}
+
+/// What the sender thread reports.
+enum Event {
+    /// A frame buffer to reuse.
+    Spare(Vec<u8>),
+    /// Everything up to this flush token is written.
+    Flushed(u64),
+    /// Writing failed; later frames are dropped.
+    Failed(std::io::Error),
+}
+
+fn sender_loop(
+    mut sock: TcpStream,
+    jobs: Receiver<Job>,
+    events: Sender<Event>,
+    cancel: Arc<AtomicBool>,
+) {
+    let mut broken = false;
+    while let Ok(job) = jobs.recv() {
+        match job {
+            Job::Frame { data, bytes } => {
+                let skip = broken || (data && cancel.load(Ordering::Acquire));
+                if !skip {
+                    if let Err(e) = sock.write_all(&bytes) {
+                        broken = true;
+                        let _ = events.send(Event::Failed(e));
+                    }
+                }
+                let _ = events.send(Event::Spare(bytes));
+            }
+            Job::Flush(token) => {
+                let _ = events.send(Event::Flushed(token));
+            }
+        }
+    }
+}
+
+/// One member's end of the ring.
+pub(crate) struct Ring {
+    /// Global rank of this process.
+    rank: usize,
+    /// Position in the ring.
+    index: usize,
+    /// Global rank of each member.
+    members: Vec<usize>,
+    /// Data address of each member.
+    addrs: Vec<String>,
+    /// How long to wait for the predecessor.
+    timeout: Duration,
+    /// Extra wait before blaming the predecessor when it may itself be waiting on its node.
+    slack: Duration,
+    recv: TcpStream,
+    /// A second handle on the outgoing connection: small frames are written on it directly
+    /// while the sender thread is idle, and it shows the successor closing the connection.
+    send_probe: TcpStream,
+    jobs: Option<Sender<Job>>,
+    events: Receiver<Event>,
+    cancel: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    spare: Vec<Vec<u8>>,
+    inbuf: Vec<u8>,
+    flush_token: u64,
+    /// The first failure, once there was one: later calls fail at once, nothing is forwarded
+    /// twice.
+    failed: bool,
+    /// Whether the predecessor already sent a frame of the current collective.
+    prev_entered: bool,
+    /// A write failure the sender reported and nobody handled yet.
+    write_error: Option<std::io::Error>,
+    /// Frames handed to the sender thread and not yet written.
+    outstanding: usize,
+}
+
+impl Ring {
+    /// Member `index` of the ring `members` (global ranks, their data addresses in `addrs`),
+    /// sending on `send` (to member `index + 1`) and receiving on `recv` (from `index − 1`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        rank: usize,
+        index: usize,
+        members: Vec<usize>,
+        addrs: Vec<String>,
+        send: TcpStream,
+        recv: TcpStream,
+        timeout: Duration,
+        slack: Duration,
+    ) -> std::io::Result<Ring> {
+        for s in [&send, &recv] {
+            s.set_nodelay(true)?;
+        }
+        send.set_write_timeout(Some(timeout + slack))?;
+        recv.set_read_timeout(Some(timeout + slack))?;
+        let send_probe = send.try_clone()?;
+        let (jobs, job_rx) = channel();
+        let (ev_tx, events) = channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c2 = cancel.clone();
+        let thread = std::thread::Builder::new()
+            .name("ring-send".into())
+            .spawn(move || sender_loop(send, job_rx, ev_tx, c2))?;
+        Ok(Ring {
+            rank,
+            index,
+            members,
+            addrs,
+            timeout,
+            slack,
+            recv,
+            send_probe,
+            jobs: Some(jobs),
+            events,
+            cancel,
+            thread: Some(thread),
+            spare: Vec::new(),
+            inbuf: Vec::new(),
+            flush_token: 0,
+            failed: false,
+            prev_entered: false,
+            write_error: None,
+            outstanding: 0,
+        })
+    }
+
+    fn n(&self) -> usize {
+        self.members.len()
+    }
+    fn prev(&self) -> usize {
+        (self.index + self.n() - 1) % self.n()
+    }
+    fn next(&self) -> usize {
+        (self.index + 1) % self.n()
+    }
+    /// "rank R (ADDR)" of ring member `m`.
+    fn who(&self, m: usize) -> String {
+        format!("{} ({})", self.members[m], self.addrs[m])
+    }
+
+    fn buffer(&mut self) -> Vec<u8> {
+        while let Ok(ev) = self.events.try_recv() {
+            self.note(ev);
+        }
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b
+    }
+
+    /// Handle an event from the sender; a write failure is kept in `write_error`.
+    fn note(&mut self, ev: Event) {
+        match ev {
+            Event::Spare(b) => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                if self.spare.len() < 64 {
+                    self.spare.push(b);
+                }
+            }
+            Event::Flushed(_) => {}
+            Event::Failed(e) => {
+                self.write_error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Queue a data frame with `payload` (little-endian elements) for the successor.
+    fn queue(&mut self, mut bytes: Vec<u8>, seq: u64, d: &OpDesc) {
+        let len = (bytes.len() - HEADER) as u64;
+        let h = Head {
+            kind: KIND_DATA,
+            seq,
+            d: *d,
+            len,
+        };
+        bytes[..HEADER].copy_from_slice(&h.encode());
+        while let Ok(ev) = self.events.try_recv() {
+            self.note(ev);
+        }
+        if self.outstanding == 0 && bytes.len() <= DIRECT_MAX {
+            if self.write_error.is_none() {
+                if let Err(e) = self.send_probe.write_all(&bytes) {
+                    self.write_error = Some(e);
+                }
+            }
+            self.spare.push(bytes);
+            return;
+        }
+        if let Some(j) = &self.jobs {
+            self.outstanding += 1;
+            let _ = j.send(Job::Frame { data: true, bytes });
+        }
+    }
+
+    /// A frame buffer with room for the header, ready for the payload.
+    fn frame_buffer(&mut self) -> Vec<u8> {
+        let mut b = self.buffer();
+        b.resize(HEADER, 0);
+        b
+    }
+
+    fn peer_failed(&self, d: &OpDesc, m: usize, what: String) -> CommError {
+        CommError::PeerFailed {
+            rank: self.rank,
+            op: d.describe(),
+            peer: self.members[m],
+            what: format!("({}) {what}", self.addrs[m]),
+        }
+    }
+
+    /// Wait for the next frame from the predecessor and read it into `inbuf`; checks liveness
+    /// of both neighbours and the sender while waiting. Error frames become errors (and are
+    /// forwarded once).
+    fn recv_frame(&mut self, seq: u64, d: &OpDesc) -> Result<Head, CommError> {
+        let start = Instant::now();
+        let limit = if self.prev_entered {
+            2 * self.timeout + self.slack + Duration::from_secs(5)
+        } else {
+            self.timeout + self.slack
+        };
+        loop {
+            while let Ok(ev) = self.events.try_recv() {
+                self.note(ev);
+            }
+            if let Some(e) = self.write_error.take() {
+                let err = self.peer_failed(d, self.next(), format!("did not take data: {e}"));
+                return Err(self.fail_out(&err));
+            }
+            let mut fd = libc::pollfd {
+                fd: self.recv.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let n = unsafe { libc::poll(&mut fd, 1, 100) };
+            if n > 0 {
+                break;
+            }
+            if socket_closed(&self.send_probe) {
+                let err = self.peer_failed(d, self.next(), "closed its connection".into());
+                return Err(self.fail_out(&err));
+            }
+            let waited = start.elapsed();
+            if waited >= limit {
+                let err = CommError::Timeout {
+                    rank: self.rank,
+                    op: format!("{} from {}", d.describe(), self.who(self.prev())),
+                    seconds: waited.as_secs_f64(),
+                    missing: vec![self.members[self.prev()]],
+                };
+                return Err(self.fail_out(&err));
+            }
+        }
+        let mut hb = [0u8; HEADER];
+        let read = self.recv.read_exact(&mut hb).and_then(|_| {
+            let h = Head::decode(&hb).ok_or_else(|| std::io::Error::other("bad frame magic"))?;
+            if h.len > MAX_FRAME {
+                return Err(std::io::Error::other(format!(
+                    "frame of {} bytes is too long",
+                    h.len
+                )));
+            }
+            self.inbuf.resize(h.len as usize, 0);
+            self.recv.read_exact(&mut self.inbuf)?;
+            Ok(h)
+        });
+        let h = match read {
+            Ok(h) => h,
+            Err(e) => {
+                let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    "closed its connection".to_string()
+                } else {
+                    format!("connection failed: {e}")
+                };
+                let err = self.peer_failed(d, self.prev(), what);
+                return Err(self.fail_out(&err));
+            }
+        };
+        if h.kind == KIND_ERR {
+            return Err(self.error_frame(&h, d));
+        }
+        let same = h.seq == seq
+            && h.d.op == d.op
+            && h.d.dtype == d.dtype
+            && h.d.extra == d.extra
+            && (h.d.count == d.count || d.op == crate::shm::OP_ALL_GATHER);
+        if !same {
+            let detail = format!(
+                "rank {}: #{} {}; rank {}: #{} {}",
+                self.members[self.prev()],
+                h.seq,
+                h.d.describe(),
+                self.rank,
+                seq,
+                d.describe()
+            );
+            let err = CommError::Mismatch {
+                rank: self.rank,
+                seq,
+                detail,
+            };
+            return Err(self.fail_out(&err));
+        }
+        self.prev_entered = true;
+        Ok(h)
+    }
+
+    /// Turn a received error frame into the error it reports, forwarding it once unless the
+    /// successor sent it first.
+    fn error_frame(&mut self, h: &Head, d: &OpDesc) -> CommError {
+        let msg = String::from_utf8_lossy(&self.inbuf).into_owned();
+        let origin = h.d.dtype as usize;
+        if !self.failed && origin != self.next() {
+            self.failed = true;
+            self.send_err(h.d, &msg);
+        }
+        self.failed = true;
+        let about = h.d.extra as usize;
+        match h.d.op {
+            ERR_MISMATCH => CommError::Mismatch {
+                rank: self.rank,
+                seq: h.seq,
+                detail: msg,
+            },
+            ERR_TIMEOUT => CommError::Timeout {
+                rank: self.rank,
+                op: d.describe(),
+                seconds: h.d.count as f64 / 1000.0,
+                missing: vec![about],
+            },
+            _ => CommError::PeerFailed {
+                rank: self.rank,
+                op: d.describe(),
+                peer: about,
+                what: msg,
+            },
+        }
+    }
+
+    fn send_err(&mut self, d: OpDesc, msg: &str) {
+        self.cancel.store(true, Ordering::Release);
+        let h = Head {
+            kind: KIND_ERR,
+            seq: 0,
+            d,
+            len: msg.len() as u64,
+        };
+        let mut bytes = h.encode().to_vec();
+        bytes.extend_from_slice(msg.as_bytes());
+        if let Some(j) = &self.jobs {
+            self.outstanding += 1;
+            let _ = j.send(Job::Frame { data: false, bytes });
+        }
+        self.flush(Duration::from_secs(2));
+    }
+
+    /// Wait (at most `wait`) until everything queued is written; returns a write failure.
+    fn flush(&mut self, wait: Duration) -> Option<std::io::Error> {
+        self.flush_token += 1;
+        let token = self.flush_token;
+        if let Some(j) = &self.jobs {
+            let _ = j.send(Job::Flush(token));
+        }
+        let until = Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(Event::Flushed(t)) if t == token => return self.write_error.take(),
+                Ok(ev) => self.note(ev),
+                Err(_) => {
+                    return Some(self.write_error.take().unwrap_or_else(|| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "send did not finish")
+                    }))
+                }
+            }
+        }
+    }
+
+    /// Tell the ring about `err` (once; it originates here) and return it.
+    pub(crate) fn fail_out(&mut self, err: &CommError) -> CommError {
+        let out = clone_err(err);
+        if self.failed {
+            return out;
+        }
+        self.failed = true;
+        let (code, about, count) = match err {
+            CommError::Mismatch { .. } => (ERR_MISMATCH, self.rank, 0),
+            CommError::Timeout {
+                missing, seconds, ..
+            } => (
+                ERR_TIMEOUT,
+                missing.first().copied().unwrap_or(self.rank),
+                (seconds * 1000.0) as u64,
+            ),
+            CommError::PeerFailed { peer, .. } => (ERR_PEER, *peer, 0),
+            _ => (ERR_PEER, self.rank, 0),
+        };
+        let msg = match err {
+            CommError::Mismatch { detail, .. } => detail.clone(),
+            CommError::PeerFailed { what, .. } => what.clone(),
+            other => format!("rank {} failed: {other}", self.rank),
+        };
+        let d = OpDesc {
+            op: code,
+            dtype: self.index as u64,
+            count,
+            extra: about as u64,
+        };
+        self.send_err(d, &msg);
+        out
+    }
+
+    /// This member is failing for its own reason: tell the ring (best effort, at most ~2 s).
+    pub(crate) fn abort(&mut self, msg: &str) {
+        let err = CommError::PeerFailed {
+            rank: self.rank,
+            op: "abort".into(),
+            peer: self.rank,
+            what: msg.to_string(),
+        };
+        let _ = self.fail_out(&err);
+    }
+
+    fn begin(&mut self) -> Result<(), CommError> {
+        if self.failed {
+            return Err(CommError::Poisoned {
+                rank: self.rank,
+                first: "the ring failed earlier".into(),
+            });
+        }
+        self.prev_entered = false;
+        Ok(())
+    }
+
+    /// Everything queued must be written before the collective returns (later frames would
+    /// otherwise be reordered with error frames, and a dead successor must show up here).
+    fn finish(&mut self, d: &OpDesc) -> Result<(), CommError> {
+        let pending = if self.outstanding == 0 {
+            self.write_error.take()
+        } else {
+            self.flush(self.timeout + self.slack)
+        };
+        if let Some(e) = pending {
+            let err = self.peer_failed(d, self.next(), format!("did not take data: {e}"));
+            return Err(self.fail_out(&err));
+        }
+        Ok(())
+    }
+
+    /// All-reduce `buf` (the sum over the members); with `divide` the sum is divided by it
+    /// before the one final rounding to `T`. Partial sums travel as f32 (the reduce-scatter
+    /// half), final values as `T` (the all-gather half), so half-precision buffers are rounded
+    /// once, as the other backends do.
+    pub(crate) fn all_reduce<T: Elem>(
+        &mut self,
+        buf: &mut [T],
+        seq: u64,
+        d: &OpDesc,
+        divide: Option<usize>,
+    ) -> Result<(), CommError> {
+        self.begin()?;
+        let (n, i) = (self.n(), self.index);
+        let per = (CHUNK_BYTES / std::mem::size_of::<T>()).max(1);
+        let esz = std::mem::size_of::<T>();
+        let steps = 2 * (n - 1);
+        let mut acc = vec![0f32; BLOCK];
+        let mut mine = vec![0f32; BLOCK];
+        // Step 0: our own segment, widened, can leave at once.
+        let (s0, e0) = segment(buf.len(), n, send_seg(i, n, 0));
+        for (a, b) in chunks(s0, e0, per) {
+            let mut f = self.frame_buffer();
+            let mut at = a;
+            while at < b {
+                let m = (b - at).min(BLOCK);
+                T::load(&mut acc[..m], &buf[at..at + m]);
+                f32::to_le(&acc[..m], &mut f);
+                at += m;
+            }
+            self.queue(f, seq, d);
+        }
+        for t in 0..steps {
+            let k = send_seg(i, n, t + 1);
+            let (s, e) = segment(buf.len(), n, k);
+            let reducing = t + 1 < n;
+            let last_reduce = t + 2 == n;
+            for (a, b) in chunks(s, e, per) {
+                self.recv_frame(seq, d)?;
+                let wire = if reducing { 4 } else { esz };
+                if self.inbuf.len() != (b - a) * wire {
+                    let err = CommError::Mismatch {
+                        rank: self.rank,
+                        seq,
+                        detail: format!(
+                            "rank {} sent {} bytes for a chunk of {} elements",
+                            self.members[self.prev()],
+                            self.inbuf.len(),
+                            b - a
+                        ),
+                    };
+                    return Err(self.fail_out(&err));
+                }
+                let more = t + 1 < steps;
+                let mut f = if more {
+                    self.frame_buffer()
+                } else {
+                    Vec::new()
+                };
+                if reducing {
+                    // Reduce-scatter: partial sum + our values, block by block, in f32.
+                    let mut at = a;
+                    while at < b {
+                        let m = (b - at).min(BLOCK);
+                        f32::from_le(&self.inbuf[(at - a) * 4..(at - a + m) * 4], &mut acc[..m]);
+                        T::load(&mut mine[..m], &buf[at..at + m]);
+                        acc[..m]
+                            .iter_mut()
+                            .zip(&mine[..m])
+                            .for_each(|(x, y)| *x += *y);
+                        if last_reduce {
+                            if let Some(w) = divide {
+                                let w = w as f32;
+                                acc[..m].iter_mut().for_each(|v| *v /= w);
+                            }
+                            T::store(&mut buf[at..at + m], &acc[..m]);
+                        } else {
+                            f32::to_le(&acc[..m], &mut f);
+                        }
+                        at += m;
+                    }
+                    if last_reduce {
+                        T::to_le(&buf[a..b], &mut f);
+                    }
+                } else {
+                    T::from_le(&self.inbuf, &mut buf[a..b]);
+                    if more {
+                        T::to_le(&buf[a..b], &mut f);
+                    }
+                }
+                if more {
+                    self.queue(f, seq, d);
+                }
+            }
+        }
+        self.finish(d)
+    }
+
+    /// Copy member `root`'s `buf` into every member's `buf` (a pipelined chain along the
+    /// ring, starting at `root`).
+    pub(crate) fn broadcast(
+        &mut self,
+        buf: &mut [u8],
+        root: usize,
+        seq: u64,
+        d: &OpDesc,
+    ) -> Result<(), CommError> {
+        self.begin()?;
+        let n = self.n();
+        let forwards = self.next() != root;
+        for (a, b) in chunks(0, buf.len(), CHUNK_BYTES) {
+            if self.index != root {
+                self.recv_frame(seq, d)?;
+                if self.inbuf.len() != b - a {
+                    let err = CommError::Mismatch {
+                        rank: self.rank,
+                        seq,
+                        detail: format!(
+                            "rank {} sent {} bytes of a broadcast chunk of {}",
+                            self.members[self.prev()],
+                            self.inbuf.len(),
+                            b - a
+                        ),
+                    };
+                    return Err(self.fail_out(&err));
+                }
+                buf[a..b].copy_from_slice(&self.inbuf);
+            }
+            if n > 1 && forwards {
+                let mut f = self.frame_buffer();
+                f.extend_from_slice(&buf[a..b]);
+                self.queue(f, seq, d);
+            }
+        }
+        self.finish(d)
+    }
+
+    /// Every member's `blob`: index m holds member m's.
+    pub(crate) fn all_gather(
+        &mut self,
+        blob: Vec<u8>,
+        seq: u64,
+        d: &OpDesc,
+    ) -> Result<Vec<Vec<u8>>, CommError> {
+        self.begin()?;
+        let (n, i) = (self.n(), self.index);
+        let mut out: Vec<Vec<u8>> = vec![Vec::new(); n];
+        out[i] = blob;
+        for t in 0..n - 1 {
+            let mine = (i + n - t) % n;
+            let mut f = self.frame_buffer();
+            f.extend_from_slice(&out[mine]);
+            self.queue(f, seq, d);
+            self.recv_frame(seq, d)?;
+            let theirs = (i + n - t - 1) % n;
+            out[theirs] = std::mem::take(&mut self.inbuf);
+        }
+        self.finish(d)?;
+        Ok(out)
+    }
+
+    /// Wait until every member has arrived.
+    pub(crate) fn barrier(&mut self, seq: u64, d: &OpDesc) -> Result<(), CommError> {
+        self.all_gather(Vec::new(), seq, d).map(|_| ())
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Closing the job channel ends the sender once it has written what is queued (bounded
+        // by the write timeout).
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A copy of `e` for returning while the original is also forwarded (I/O sources become text).
+fn clone_err(e: &CommError) -> CommError {
+    match e {
+        CommError::PeerFailed {
+            rank,
+            op,
+            peer,
+            what,
+        } => CommError::PeerFailed {
+            rank: *rank,
+            op: op.clone(),
+            peer: *peer,
+            what: what.clone(),
+        },
+        CommError::Timeout {
+            rank,
+            op,
+            seconds,
+            missing,
+        } => CommError::Timeout {
+            rank: *rank,
+            op: op.clone(),
+            seconds: *seconds,
+            missing: missing.clone(),
+        },
+        CommError::Mismatch { rank, seq, detail } => CommError::Mismatch {
+            rank: *rank,
+            seq: *seq,
+            detail: detail.clone(),
+        },
+        other => CommError::Poisoned {
+            rank: 0,
+            first: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schedule alone: simulate `n` members exchanging segments step by step (what member
+    /// i sends in step t arrives at member i + 1) and check that every member ends with the
+    /// exact sum of every element, and sends 2(n−1) segments' worth.
+    fn simulate(n: usize, len: usize) {
+        let inputs: Vec<Vec<f32>> = (0..n)
+            .map(|r| (0..len).map(|k| ((r * 131 + k * 7) % 97) as f32).collect())
+            .collect();
+        let expect: Vec<f32> = (0..len)
+            .map(|k| inputs.iter().map(|v| v[k]).sum())
+            .collect();
+        let mut bufs = inputs.clone();
+        let mut sent = vec![0usize; n];
+        for t in 0..2 * (n - 1) {
+            let msgs: Vec<(usize, usize, Vec<f32>)> = (0..n)
+                .map(|i| {
+                    let k = send_seg(i, n, t);
+                    let (s, e) = segment(len, n, k);
+                    sent[i] += e - s;
+                    ((i + 1) % n, k, bufs[i][s..e].to_vec())
+                })
+                .collect();
+            for (to, k, data) in msgs {
+                assert_eq!(
+                    k,
+                    send_seg(to, n, t + 1),
+                    "n={n} t={t}: member {to} expects another segment"
+                );
+                let (s, _) = segment(len, n, k);
+                for (j, v) in data.into_iter().enumerate() {
+                    if t + 1 < n {
+                        bufs[to][s + j] += v;
+                    } else {
+                        bufs[to][s + j] = v;
+                    }
+                }
+            }
+        }
+        for (i, b) in bufs.iter().enumerate() {
+            assert_eq!(b, &expect, "n={n} len={len}: member {i}");
+        }
+        for s in sent {
+            // 2(n-1) segments of about len/n elements.
+            assert!(
+                s <= 2 * (n - 1) * len.div_ceil(n),
+                "n={n} len={len}: sent {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn ring_schedule_sums_exactly_for_every_size() {
+        for n in 2..=8 {
+            for len in [0, 1, 2, n - 1, n, n + 1, 7, 97, 1001, 4099] {
+                simulate(n, len);
+            }
+        }
+    }
+
+    #[test]
+    fn segments_and_chunks_cover_the_buffer() {
+        for n in 1..=8 {
+            for len in [0usize, 1, 5, 8, 9, 1000] {
+                let mut next = 0;
+                for k in 0..n {
+                    let (s, e) = segment(len, n, k);
+                    assert_eq!(s, next);
+                    next = e;
+                    let cs = chunks(s, e, 3);
+                    assert!(!cs.is_empty());
+                    assert_eq!(cs[0].0, s);
+                    assert_eq!(cs.last().unwrap().1, e.max(s));
+                    for w in cs.windows(2) {
+                        assert_eq!(w[0].1, w[1].0);
+                    }
+                }
+                assert_eq!(next, len);
+            }
+        }
+    }
+
+    /// Real rings of `n` members on loopback sockets (one thread per member).
+    fn rings(n: usize, timeout: Duration) -> Vec<Ring> {
+        let ls: Vec<std::net::TcpListener> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addrs: Vec<String> = ls
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        let sends: Vec<TcpStream> = (0..n)
+            .map(|i| TcpStream::connect(&addrs[(i + 1) % n]).unwrap())
+            .collect();
+        sends
+            .into_iter()
+            .enumerate()
+            .map(|(i, send)| {
+                let (recv, _) = ls[i].accept().unwrap();
+                let members = (0..n).map(|m| m * 10).collect();
+                Ring::new(
+                    i * 10,
+                    i,
+                    members,
+                    addrs.clone(),
+                    send,
+                    recv,
+                    timeout,
+                    Duration::ZERO,
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    fn desc(len: usize) -> OpDesc {
+        OpDesc {
+            op: crate::shm::OP_ALL_REDUCE,
+            dtype: 2,
+            count: len as u64,
+            extra: 0,
+        }
+    }
+
+    /// Integer-valued floats: every sum is exact, so every member must hold exactly the
+    /// serial reference, for every ring size 2..=8 and lengths below n, odd, and over a chunk.
+    #[test]
+    fn ring_all_reduce_over_sockets_is_exact() {
+        for n in 2..=8 {
+            let lens = [0usize, 1, n - 1, n + 1, 1001, CHUNK_BYTES / 4 * 2 + 3];
+            let rs = rings(n, Duration::from_secs(60));
+            let handles: Vec<_> = rs
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut ring)| {
+                    std::thread::spawn(move || {
+                        let mut outs = Vec::new();
+                        for (c, &len) in lens.iter().enumerate() {
+                            let mut b: Vec<f32> = (0..len)
+                                .map(|k| ((i * 31 + k * 7 + c) % 101) as f32)
+                                .collect();
+                            ring.all_reduce(&mut b, c as u64 + 1, &desc(len), None)
+                                .unwrap();
+                            outs.push(b);
+                        }
+                        let mut b = vec![0u8; 1 << 20 | 5];
+                        if i == n - 1 {
+                            b.iter_mut()
+                                .enumerate()
+                                .for_each(|(k, v)| *v = (k % 251) as u8);
+                        }
+                        let bd = OpDesc {
+                            op: crate::shm::OP_BROADCAST,
+                            dtype: 1,
+                            count: b.len() as u64,
+                            extra: 0,
+                        };
+                        ring.broadcast(&mut b, n - 1, 99, &bd).unwrap();
+                        let gd = OpDesc {
+                            op: crate::shm::OP_ALL_GATHER,
+                            dtype: 1,
+                            count: 0,
+                            extra: 0,
+                        };
+                        let g = ring.all_gather(vec![i as u8; i * 3], 100, &gd).unwrap();
+                        (outs, b, g)
+                    })
+                })
+                .collect();
+            for (i, h) in handles.into_iter().enumerate() {
+                let (outs, b, g) = h.join().unwrap();
+                for (c, (&len, got)) in lens.iter().zip(outs).enumerate() {
+                    let expect: Vec<f32> = (0..len)
+                        .map(|k| (0..n).map(|r| ((r * 31 + k * 7 + c) % 101) as f32).sum())
+                        .collect();
+                    assert!(got == expect, "n={n} len={len}: member {i} differs");
+                }
+                assert!(
+                    b.iter().enumerate().all(|(k, v)| *v == (k % 251) as u8),
+                    "broadcast n={n}"
+                );
+                for (m, part) in g.iter().enumerate() {
+                    assert_eq!(part, &vec![m as u8; m * 3], "all_gather n={n} member {i}");
+                }
+            }
+        }
+    }
+
+    /// A member whose header differs is a mismatch on every member, never a hang; a member
+    /// that goes away is named, with its address, by the others.
+    #[test]
+    fn ring_mismatch_and_lost_member_are_errors_everywhere() {
+        let rs = rings(3, Duration::from_secs(20));
+        let handles: Vec<_> = rs
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut ring)| {
+                std::thread::spawn(move || {
+                    let len = if i == 1 { 11 } else { 10 };
+                    let mut b = vec![1f32; len];
+                    ring.all_reduce(&mut b, 1, &desc(len), None)
+                        .unwrap_err()
+                        .to_string()
+                })
+            })
+            .collect();
+        for h in handles {
+            let e = h.join().unwrap();
+            assert!(
+                e.contains("mismatch") && e.contains("rank 10: #1 all_reduce(11 x f32"),
+                "{e}"
+            );
+        }
+        let mut rs = rings(3, Duration::from_secs(20));
+        drop(rs.remove(1));
+        let handles: Vec<_> = rs
+            .into_iter()
+            .map(|mut ring| {
+                std::thread::spawn(move || {
+                    let mut b = vec![1f32; 100];
+                    ring.all_reduce(&mut b, 1, &desc(100), None)
+                        .unwrap_err()
+                        .to_string()
+                })
+            })
+            .collect();
+        for h in handles {
+            let e = h.join().unwrap();
+            assert!(e.contains("peer rank 10 (127.0.0.1:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        let h = Head {
+            kind: KIND_DATA,
+            seq: 7,
+            d: OpDesc {
+                op: 1,
+                dtype: 2,
+                count: 3,
+                extra: 4,
+            },
+            len: 5,
+        };
+        assert_eq!(Head::decode(&h.encode()), Some(h));
+        let mut bad = h.encode();
+        bad[0] ^= 1;
+        assert_eq!(Head::decode(&bad), None);
+    }
+}

@@ -1,0 +1,146 @@
+//! This node's part in a job spanning several machines: node 0 serves the rendezvous on the
+//! master port ([`mnist_rdzv::Server`]), every node (node 0 included) registers through it and
+//! gets the job's [`mnist_rdzv::Plan`]; the session then carries heartbeats until the node's
+//! workers end.
+
+use crate::args::{LaunchConfig, MultiNode};
+use crate::spec::Layout;
+use mnist_rdzv::{Heartbeat, JoinRequest, NodeSession, RdzvError, Server, ServerConfig};
+use std::time::Duration;
+
+/// How long node 0 keeps serving, after its own workers ended, for the other nodes to finish.
+const LINGER: Duration = Duration::from_secs(120);
+
+/// A joined node.
+pub struct Node {
+    /// The session with the rendezvous (plan, abort reason).
+    pub session: NodeSession,
+    /// Node 0's server.
+    server: Option<Server>,
+    /// The node's settings.
+    pub multi: MultiNode,
+}
+
+/// Serve the rendezvous (node 0) and join it; returns when every node has joined.
+pub fn start(cfg: &LaunchConfig, m: &MultiNode) -> Result<Node, RdzvError> {
+    let timeout = Duration::from_secs_f64(cfg.rendezvous_timeout_s);
+    let mut endpoint = m.endpoint.clone();
+    let server = if m.node_rank == 0 {
+        let srv = Server::start(ServerConfig {
+            port: m.port,
+            rdzv_id: m.rdzv_id.clone(),
+            nnodes: m.nnodes,
+            reference: m.fingerprint.clone(),
+            timeout,
+            heartbeat: Heartbeat::default(),
+            new_run_id: crate::spec::new_run_id,
+        })?;
+        if m.port == 0 {
+            if let Some((host, _)) = endpoint.rsplit_once(':') {
+                endpoint = format!("{host}:{}", srv.port());
+            }
+        }
+        eprintln!(
+            "mnist-launch: node 0: serving the rendezvous of {} nodes on port {} (every interface; --rdzv-id {})",
+            m.nnodes,
+            srv.port(),
+            m.rdzv_id
+        );
+        Some(srv)
+    } else {
+        None
+    };
+    eprintln!(
+        "mnist-launch: node {}: joining the rendezvous at {endpoint} (waiting up to {:.0} s for {} nodes)",
+        m.node_rank,
+        timeout.as_secs_f64(),
+        m.nnodes
+    );
+    let req = JoinRequest {
+        rdzv_id: m.rdzv_id.clone(),
+        node_rank: m.node_rank,
+        nnodes: m.nnodes,
+        nproc: cfg.nproc,
+        host: mnist_rdzv::hostname(),
+        addr: m.local_addr.clone().unwrap_or_default(),
+        pid: std::process::id(),
+        fingerprint: m.fingerprint.clone(),
+    };
+    // Node 0 must not give up before its own server does (the server names missing nodes).
+    let wait = if server.is_some() {
+        timeout + Duration::from_secs(5)
+    } else {
+        timeout
+    };
+    let session = match mnist_rdzv::join(&endpoint, req, wait, Heartbeat::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(srv) = &server {
+                // Let the other nodes read why before this process (and the server) exits.
+                srv.wait_closed(Duration::from_secs(5));
+            }
+            return Err(e);
+        }
+    };
+    let mut multi = m.clone();
+    multi.endpoint = endpoint;
+    Ok(Node {
+        session,
+        server,
+        multi,
+    })
+}
+
+impl Node {
+    /// Where this node's workers sit in the job.
+    pub fn layout(&self) -> Layout {
+        let plan = &self.session.plan;
+        let ranks = plan.ranks_of(self.multi.node_rank);
+        Layout {
+            first_rank: ranks.start,
+            world_size: plan.world_size,
+            node_rank: self.multi.node_rank,
+            nnodes: self.multi.nnodes,
+            store: Some(self.multi.endpoint.clone()),
+            advertised_addr: Some(self.session.addr.clone()),
+        }
+    }
+
+    /// One line describing the job, for the start-up log.
+    pub fn describe(&self) -> String {
+        let plan = &self.session.plan;
+        let nodes: Vec<String> = plan
+            .nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "node {} {} ranks {}-{}",
+                    n.node_rank,
+                    n.addr,
+                    n.first_rank,
+                    n.first_rank + n.nproc - 1
+                )
+            })
+            .collect();
+        format!(
+            "{} nodes, {} processes: {}",
+            plan.nodes.len(),
+            plan.world_size,
+            nodes.join("; ")
+        )
+    }
+
+    /// This node's workers ended: tell the others (a failure aborts them); node 0 keeps
+    /// serving until every node has left or is lost.
+    pub fn finish(&self, ok: bool, detail: &str) {
+        self.session.leave(ok, detail);
+        if let Some(srv) = &self.server {
+            if !srv.wait_finished(LINGER) {
+                eprintln!(
+                    "mnist-launch: warning: node 0 stops serving the rendezvous; some node did not finish within {} s of node 0's workers",
+                    LINGER.as_secs()
+                );
+            }
+        }
+    }
+}
