@@ -7,6 +7,7 @@
 //! [`Model::forward`] computes the same function; for LeNet on the CPU it uses the cheaper
 //! kernels of [`lenet_cpu`].
 
+pub mod batchnorm;
 pub mod lenet_cpu;
 
 use tch::{nn, Device, Kind, Tensor};
