@@ -1,100 +1,97 @@
 //! `mnist-worker`: one rank of a training job. Normally started by `mnist-launch`; it can be
-//! started by hand with `--rank/--world-size/--rendezvous/--run-id` or torchrun's variables.
+//! started by hand with `--rank/--world-size/--rendezvous/--run-id`, or by torchrun, srun, mpirun
+//! or Kubernetes (their variables are read by `mnist_env`).
 //! Parses flags, resolves the configuration and calls `mnist_train::run`.
 
 use clap::Parser;
 use mnist_common::cli::TrainArgs;
-use mnist_common::contract::{self, WorkerIdentity};
+use mnist_common::contract;
 use mnist_common::FailureKind;
 use std::path::PathBuf;
 
-/// One rank of mnist-ddp training (usually started by mnist-launch).
+mod placement;
+
+/// One rank of mnist-ddp training (usually started by mnist-launch, or by torchrun, srun,
+/// mpirun or Kubernetes: it reads where it sits from their environment variables).
 #[derive(Parser, Debug)]
 #[command(name = "mnist-worker", version, about, args_override_self = true)]
 struct WorkerArgs {
     #[command(flatten)]
     train: TrainArgs,
-    /// Global rank of this process.
-    #[arg(long, env = contract::ENV_RANK, default_value_t = 0)]
-    rank: usize,
-    /// Rank on this machine (default: the global rank).
-    #[arg(long, env = contract::ENV_LOCAL_RANK)]
+    /// Global rank of this process (default: from the environment, see README "Started by
+    /// other engines").
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Rank on this machine (default: from the environment, else the global rank).
+    #[arg(long)]
     local_rank: Option<usize>,
-    /// Number of processes in the job.
-    #[arg(long, env = contract::ENV_WORLD_SIZE, default_value_t = 1)]
-    world_size: usize,
-    /// Number of processes on this machine (default: the world size).
-    #[arg(long, env = contract::ENV_LOCAL_WORLD_SIZE)]
+    /// Number of processes in the job (default: from the environment, else 1).
+    #[arg(long)]
+    world_size: Option<usize>,
+    /// Number of processes on this machine (default: from the environment, else the world
+    /// size).
+    #[arg(long)]
     local_world_size: Option<usize>,
     /// Rank of this process's node (machine).
-    #[arg(long, env = contract::ENV_NODE_RANK, default_value_t = 0)]
-    node_rank: usize,
+    #[arg(long)]
+    node_rank: Option<usize>,
     /// Number of nodes (machines) in the job.
-    #[arg(long, env = contract::ENV_NNODES, default_value_t = 1)]
-    nnodes: usize,
-    /// Rendezvous file (needed with more than one process).
-    #[arg(long, env = contract::ENV_RENDEZVOUS)]
+    #[arg(long)]
+    nnodes: Option<usize>,
+    /// Rendezvous file (a meeting point for several processes).
+    #[arg(long)]
     rendezvous: Option<PathBuf>,
-    /// TCP rendezvous store HOST:PORT (jobs spanning several machines; replaces the file).
-    #[arg(long, env = contract::ENV_STORE, value_name = "HOST:PORT")]
+    /// Key-value store to meet through: HOST:PORT (ours) or tcpstore://HOST:PORT/PREFIX
+    /// (PyTorch's TCPStore).
+    #[arg(long, value_name = "ENDPOINT")]
     store: Option<String>,
     /// Run id shared by the job's processes.
-    #[arg(long, env = contract::ENV_RUN_ID)]
+    #[arg(long)]
     run_id: Option<String>,
     /// Seconds to wait for the peers at the rendezvous.
     #[arg(long, env = contract::ENV_RENDEZVOUS_TIMEOUT, default_value_t = 60.0)]
     rendezvous_timeout: f64,
 }
 
-fn identity(a: &WorkerArgs) -> anyhow::Result<WorkerIdentity> {
-    anyhow::ensure!(a.world_size >= 1, "--world-size must be at least 1");
-    anyhow::ensure!(
-        a.rank < a.world_size,
-        "--rank {} is not below --world-size {}",
-        a.rank,
-        a.world_size
-    );
-    if a.world_size > 1 {
-        anyhow::ensure!(
-            a.rendezvous.is_some() || a.store.is_some(),
-            "--world-size {} needs --rendezvous FILE (or MNIST_RENDEZVOUS) or --store HOST:PORT (MNIST_STORE)",
-            a.world_size
-        );
-        anyhow::ensure!(
-            a.run_id.is_some(),
-            "--world-size {} needs --run-id (or MNIST_RUN_ID)",
-            a.world_size
-        );
+impl WorkerArgs {
+    fn explicit(&self) -> mnist_env::Explicit {
+        mnist_env::Explicit {
+            rank: self.rank,
+            local_rank: self.local_rank,
+            world_size: self.world_size,
+            local_world_size: self.local_world_size,
+            node_rank: self.node_rank,
+            nnodes: self.nnodes,
+            rendezvous: self.rendezvous.clone(),
+            store: self.store.clone(),
+            run_id: self.run_id.clone(),
+        }
     }
-    anyhow::ensure!(
-        a.node_rank < a.nnodes.max(1),
-        "--node-rank {} (GROUP_RANK) is not below --nnodes {} (MNIST_NNODES)",
-        a.node_rank,
-        a.nnodes
-    );
-    anyhow::ensure!(
-        a.rendezvous_timeout > 0.0,
-        "--rendezvous-timeout must be positive"
-    );
-    Ok(WorkerIdentity {
-        rank: a.rank,
-        local_rank: a.local_rank.unwrap_or(a.rank),
-        world_size: a.world_size,
-        local_world_size: a.local_world_size.unwrap_or(a.world_size),
-        node_rank: a.node_rank,
-        nnodes: a.nnodes.max(1),
-        rendezvous: a.rendezvous.clone(),
-        store: a.store.clone(),
-        run_id: a.run_id.clone(),
-        rendezvous_timeout_s: a.rendezvous_timeout,
-    })
 }
 
 fn main() {
     mnist_common::panics::install_quiet_hook();
     let args = WorkerArgs::parse();
     let outcome = mnist_common::panics::catch(|| -> Result<(), (anyhow::Error, FailureKind)> {
-        let id = identity(&args).map_err(|e| (e, FailureKind::BadInput))?;
+        if args.rendezvous_timeout.is_nan() || args.rendezvous_timeout <= 0.0 {
+            return Err((
+                anyhow::anyhow!("--rendezvous-timeout must be positive"),
+                FailureKind::BadInput,
+            ));
+        }
+        let resolved =
+            placement::resolve(&args.explicit(), args.rendezvous_timeout).map_err(|f| match f {
+                placement::Failure::Input(e) => (e, FailureKind::BadInput),
+                placement::Failure::Serve(e) => (e, FailureKind::OwnFault),
+            })?;
+        // The first line: what the environment said and what follows from it.
+        eprintln!("mnist-worker: {}", resolved.placement.summary());
+        // Rank 0's store (env://) lives as long as the run.
+        let placement::Resolved {
+            identity: id,
+            server: _store,
+            ..
+        } = resolved;
         let cfg = args
             .train
             .resolve()

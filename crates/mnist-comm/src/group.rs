@@ -151,7 +151,8 @@ fn advertised_ip(all_local: bool, host: &str) -> String {
 pub(crate) enum Meeting<'a> {
     /// A rendezvous file (one machine, or a shared filesystem).
     File(&'a Path),
-    /// The TCP rendezvous store at `HOST:PORT` (node 0's launcher).
+    /// A key-value store: ours at `HOST:PORT` (node 0's launcher, or global rank 0 under
+    /// env:// semantics) or PyTorch's at `tcpstore://HOST:PORT/PREFIX` (torchrun's agent).
     Store(&'a str),
 }
 
@@ -253,7 +254,8 @@ pub(crate) fn host_join(spec: &JoinSpec) -> Result<Group, CommError> {
             let bytes = rec
                 .encode()
                 .map_err(|e| rdv_err(r, format!("cannot encode the rendezvous record: {e}")))?;
-            mnist_rdzv::StoreClient::connect(ep, spec.run_id, spec.deadline)
+            mnist_rdzv::StoreEndpoint::parse(ep)
+                .connect(spec.run_id, spec.deadline)
                 .and_then(|mut c| c.set(GROUP_KEY, &bytes))
                 .map_err(|e| rdv_err(r, e.to_string()))?;
             None
@@ -419,7 +421,8 @@ fn read_file_record(spec: &JoinSpec, path: &Path) -> Result<RendezvousRecord, Co
 /// Wait for rank 0's record in the TCP rendezvous store at `ep`.
 fn read_store_record(spec: &JoinSpec, ep: &str) -> Result<RendezvousRecord, CommError> {
     let r = spec.rank;
-    let mut c = mnist_rdzv::StoreClient::connect(ep, spec.run_id, spec.deadline)
+    let mut c = mnist_rdzv::StoreEndpoint::parse(ep)
+        .connect(spec.run_id, spec.deadline)
         .map_err(|e| rdv_err(r, e.to_string()))?;
     let wait = spec.deadline.saturating_duration_since(Instant::now());
     let bytes = c

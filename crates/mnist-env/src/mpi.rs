@@ -51,14 +51,16 @@ fn serve(v: &Vars, engine: &str, nnodes: usize, run_id: Option<&str>) -> Result<
     let host = match v.text("MASTER_ADDR")? {
         Some(h) => h.to_string(),
         None if nnodes <= 1 => "127.0.0.1".to_string(),
-        None => return Err(EnvError::Missing {
-            engine: engine.into(),
-            missing: "MASTER_ADDR".into(),
-            why: format!(
+        None => {
+            return Err(EnvError::Missing {
+                engine: engine.into(),
+                missing: "MASTER_ADDR".into(),
+                why: format!(
                 "the job spans {nnodes} machines and the launcher does not say where rank 0 runs; \
                      pass rank 0's host, e.g. mpirun -x MASTER_ADDR=host0"
             ),
-        }),
+            })
+        }
     };
     let (port, port_from) = match (v.port("MASTER_PORT")?, run_id) {
         (Some(p), _) => (p, "MASTER_PORT".to_string()),
@@ -104,13 +106,9 @@ pub(crate) fn detect_ompi(v: &Vars) -> Result<Option<Placement>, EnvError> {
         }
     }
     // Without a job id the flags must name the run (`--run-id`, checked by `resolve`).
-    let run_id = match (
-        v.text("OMPI_MCA_ess_base_jobid")?,
-        v.text("PMIX_NAMESPACE")?,
-    ) {
-        (Some(j), _) => Some(format!("ompi-{j}")),
-        (None, Some(ns)) => Some(format!("ompi-{ns}")),
-        (None, None) => None,
+    let run_id = match v.text("OMPI_MCA_ess_base_jobid")? {
+        Some(j) => Some(format!("ompi-{j}")),
+        None => v.text("PMIX_NAMESPACE")?.map(|ns| format!("ompi-{ns}")),
     };
     let mut notes = Vec::new();
     let nnodes = match v.num("OMPI_MCA_orte_num_nodes")? {

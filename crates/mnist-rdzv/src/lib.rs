@@ -14,17 +14,24 @@
 //! Every connection starts with a versioned preamble ([`wire`]), so two program versions
 //! never misread each other.
 
+pub mod endpoint;
+mod kv;
 pub mod net;
 pub mod node;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod store_server;
+pub mod tcpstore;
 pub mod wire;
 
+pub use endpoint::{KvStore, StoreEndpoint};
 pub use node::{join, NodeSession};
 pub use protocol::{Coordinator, Fingerprint, JoinRequest, NodeEntry, Plan, Verdict};
 pub use server::{Server, ServerConfig};
 pub use store::StoreClient;
+pub use store_server::StoreServer;
+pub use tcpstore::TcpStoreClient;
 
 use std::time::Duration;
 
@@ -57,6 +64,14 @@ pub enum RdzvError {
         /// The port.
         port: u16,
         /// What went wrong ("port 29500 is in use …").
+        problem: String,
+    },
+    /// A worker cannot serve the store (env://: global rank 0 on `MASTER_PORT`).
+    #[error("cannot serve the store on port {port}: {problem}")]
+    StoreBind {
+        /// The port.
+        port: u16,
+        /// What went wrong.
         problem: String,
     },
     /// The rendezvous could not be reached before the deadline.

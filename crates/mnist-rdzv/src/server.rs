@@ -3,13 +3,13 @@
 //! One thread accepts, one per connection serves it, one sends heartbeats and enforces the
 //! rendezvous deadline.
 
+use crate::kv::{serve_requests, Table};
 use crate::protocol::{
-    Coordinator, Fingerprint, FromNode, Hello, JoinRequest, StoreRequest, StoreResponse, ToNode,
-    Verdict,
+    Coordinator, Fingerprint, FromNode, Hello, JoinRequest, StoreResponse, ToNode, Verdict,
 };
 use crate::wire::{read_frame, read_preamble, write_frame, write_preamble, Preamble};
 use crate::{Heartbeat, RdzvError};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +45,6 @@ struct NodeConn {
 struct Inner {
     coord: Coordinator,
     nodes: BTreeMap<usize, NodeConn>,
-    store: HashMap<String, Vec<u8>>,
     failure: Option<String>,
     /// Launcher connections being served.
     open: usize,
@@ -53,6 +52,7 @@ struct Inner {
 
 struct Shared {
     cfg: ServerConfig,
+    store: Table,
     inner: Mutex<Inner>,
     changed: Condvar,
     stop: AtomicBool,
@@ -128,11 +128,11 @@ impl Server {
             inner: Mutex::new(Inner {
                 coord: Coordinator::new(&cfg.rdzv_id, cfg.nnodes, cfg.reference.clone()),
                 nodes: BTreeMap::new(),
-                store: HashMap::new(),
                 failure: None,
                 open: 0,
             }),
             cfg,
+            store: Table::default(),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
         });
@@ -413,35 +413,5 @@ fn serve_store(mut s: TcpStream, run_id: &str, sh: &Shared) {
     if write_frame(&mut s, &StoreResponse::Done).is_err() {
         return;
     }
-    let _ = s.set_read_timeout(None);
-    while let Ok(req) = read_frame::<StoreRequest>(&mut s) {
-        let resp = match req {
-            StoreRequest::Set { key, value } => {
-                sh.lock().store.insert(key, value);
-                sh.changed.notify_all();
-                StoreResponse::Done
-            }
-            StoreRequest::Get { key, wait_ms } => {
-                let deadline = Instant::now() + Duration::from_millis(wait_ms);
-                let mut g = sh.lock();
-                loop {
-                    if let Some(v) = g.store.get(&key) {
-                        break StoreResponse::Value(v.clone());
-                    }
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break StoreResponse::Timeout;
-                    }
-                    g = sh
-                        .changed
-                        .wait_timeout(g, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            }
-        };
-        if write_frame(&mut s, &resp).is_err() {
-            return;
-        }
-    }
+    serve_requests(&mut s, &sh.store);
 }
