@@ -38,6 +38,7 @@ pub const ENV_COMM_TRANSPORT: &str = "MNIST_COMM_TRANSPORT";
 pub const ENV_RENDEZVOUS: &str = "MNIST_RENDEZVOUS";
 /// `HOST:PORT` of the TCP rendezvous store (node 0's launcher, jobs spanning several
 /// machines): rank 0 publishes its group address there instead of in a file.
+/// `tcpstore://HOST:PORT/PREFIX` names a PyTorch `TCPStore` instead (torchrun's agent store).
 pub const ENV_STORE: &str = "MNIST_STORE";
 /// A network interface name: the launcher advertises that interface's IPv4 address to the
 /// other nodes (default: the local address of its connection to the master).

@@ -84,8 +84,15 @@ fn main() {
                 placement::Failure::Input(e) => (e, FailureKind::BadInput),
                 placement::Failure::Serve(e) => (e, FailureKind::OwnFault),
             })?;
-        // The first line: what the environment said and what follows from it.
-        eprintln!("mnist-worker: {}", resolved.placement.summary());
+        // The first line (stdout, the log's format): what the environment said and what
+        // follows from it.
+        println!(
+            "{}",
+            mnist_common::logging::format_line(
+                &chrono::Local::now(),
+                &format!("Worker {}", resolved.placement.summary())
+            )
+        );
         // Rank 0's store (env://) lives as long as the run.
         let placement::Resolved {
             identity: id,
