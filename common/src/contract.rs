@@ -62,6 +62,13 @@ pub const ENV_OMP_NUM_THREADS: &str = "OMP_NUM_THREADS";
 /// CUDA runtime applies it).
 pub const ENV_CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
 
+// ---- Environment: test hooks ----
+
+/// Fault injection for tests: `<rank>:<step>:<kind>[=value]`, several separated by `,`
+/// (kinds `crash`, `abort`, `exit-code[=N]`, `hang`, `slow[=MS]`, `corrupt-gradient`; see
+/// [`crate::fault`]). Read by the worker only; nothing is injected unless it is set.
+pub const ENV_FAULT: &str = "MNIST_FAULT";
+
 // ---- Environment: tuning of the shared-memory backend (rarely needed) ----
 
 /// Bytes per rank and chunk of the shared-memory all-reduce.

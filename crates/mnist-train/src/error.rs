@@ -81,6 +81,9 @@ pub enum TrainError {
         /// Checksums per rank.
         detail: String,
     },
+    /// `MNIST_FAULT` cannot be understood or names a rank the job lacks.
+    #[error(transparent)]
+    Fault(#[from] mnist_common::fault::FaultError),
     /// The data does not fit the models.
     #[error("{0}")]
     Shape(String),
@@ -122,7 +125,8 @@ impl TrainError {
             | TrainError::StateDict { .. }
             | TrainError::Device(_)
             | TrainError::Resume { .. }
-            | TrainError::Shape(_) => FailureKind::BadInput,
+            | TrainError::Shape(_)
+            | TrainError::Fault(_) => FailureKind::BadInput,
             TrainError::Data(D::Download { .. }) => FailureKind::OwnFault,
             TrainError::Data(_) => FailureKind::BadInput,
             // Reading a model file the user named is input; writing ours is our own fault.

@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod device;
 mod error;
 pub mod evaluate;
+pub mod fault;
 pub mod flat;
 pub mod host;
 pub mod interrupt;

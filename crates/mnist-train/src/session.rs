@@ -5,6 +5,7 @@ use crate::{device, TrainError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use mnist_comm::{Communicator, Solo};
 use mnist_common::contract::WorkerIdentity;
+use mnist_common::fault::FaultPlan;
 use mnist_common::logging::RunLog;
 use mnist_common::{BackendKind, ProgressMode, TrainConfig};
 use mnist_nccl::NcclGroup;
@@ -25,6 +26,8 @@ pub struct Session {
     pub threads: usize,
     /// Who this worker is (ranks, run id).
     pub identity: WorkerIdentity,
+    /// The faults `MNIST_FAULT` asks for (a test hook; empty unless set).
+    pub faults: FaultPlan,
     progress: bool,
 }
 
@@ -57,6 +60,8 @@ pub fn thread_count(cfg: &TrainConfig, local_world_size: usize) -> usize {
 impl Session {
     /// Set everything up for `identity` under `cfg`.
     pub fn start(cfg: &TrainConfig, identity: &WorkerIdentity) -> Result<Session, TrainError> {
+        let faults = FaultPlan::from_env()?;
+        faults.check_world(identity.world_size)?;
         let threads = thread_count(cfg, identity.local_world_size);
         tch::set_num_threads(threads as i32);
         let gpus = std::env::var(mnist_common::contract::ENV_GPUS).ok();
@@ -86,6 +91,12 @@ impl Session {
         };
         let mut use_nccl = wants_nccl(cfg.backend, device, identity.world_size);
         let mut notes = Vec::new();
+        if !faults.is_empty() {
+            notes.push(format!(
+                "Fault injection ({}, a test hook): {faults}",
+                mnist_common::contract::ENV_FAULT
+            ));
+        }
         if use_nccl {
             if let Err(e) = mnist_nccl::available() {
                 if cfg.backend == BackendKind::Nccl {
@@ -169,6 +180,7 @@ impl Session {
             log,
             threads,
             identity: identity.clone(),
+            faults,
             progress,
         })
     }

@@ -6,6 +6,7 @@
 
 use crate::dataset::TensorDataset;
 use crate::evaluate::{evaluate, EvalResult};
+use crate::fault::Injector;
 use crate::flat::FlatParams;
 use crate::metrics::{self, EpochRecord};
 use crate::optim::Sgd;
@@ -127,6 +128,7 @@ pub struct Trainer<'c> {
     splitter: BatchSplitter,
     sampler: DistributedSampler,
     ckpt_path: PathBuf,
+    faults: Injector,
     /// First epoch (0-based) this run trains.
     pub start_epoch: usize,
     /// Epoch (exclusive) this run stops at.
@@ -231,6 +233,7 @@ impl<'c> Trainer<'c> {
             splitter,
             sampler,
             ckpt_path,
+            faults: Injector::new(&s.faults, rank),
             start_epoch,
             last_epoch,
             step,
@@ -264,6 +267,7 @@ impl<'c> Trainer<'c> {
             if let Some(signal) = interrupt::pending() {
                 return Err(TrainError::Interrupted { signal });
             }
+            self.faults.before_step(self.step);
             let lo = b * cfg.batch_size;
             let n = cfg.batch_size.min(per_rank - lo);
             let (loss, c1) = guarded("training step", || -> Result<_, TrainError> {
@@ -271,6 +275,9 @@ impl<'c> Trainer<'c> {
                 let out = self
                     .splitter
                     .forward_backward(&self.model, &mut self.flat, &x, &y)?;
+                if self.faults.corrupts_gradient(self.step) {
+                    let _ = self.flat.grads.fill_(f64::NAN);
+                }
                 if world > 1 {
                     let before = s.comm.bytes_sent();
                     // SAFETY: the batch-split helpers only touch the gradient buffers inside
