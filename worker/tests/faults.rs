@@ -168,3 +168,27 @@ fn a_bad_value_is_bad_input_quoting_it() {
         );
     }
 }
+
+#[test]
+fn a_corrupted_gradient_is_caught_naming_its_rank_and_step() {
+    let (o, tmp) = launch_two("1:4:corrupt-gradient");
+    assert_eq!(o.status.code(), Some(1), "{}", o.stderr);
+    let err = launcher_error(&o);
+    assert!(err.contains("worker rank 1"), "{err}");
+    let log1 = std::fs::read_to_string(tmp.path().join("run/rank1.log")).unwrap();
+    assert!(
+        log1.contains("MNIST_FAULT: rank 1 at step 4: corrupt-gradient")
+            && log1.contains(
+                "rank 1: the local gradient of step 4 holds NaN or Inf before the all-reduce"
+            ),
+        "{log1}"
+    );
+    let log0 = std::fs::read_to_string(tmp.path().join("run/rank0.log")).unwrap();
+    assert!(
+        log0.contains("peer rank 1 aborted: the local gradient of step 4"),
+        "{log0}"
+    );
+    // Nothing non-finite reached a checkpoint or model file: the run stopped inside epoch 1.
+    assert!(!tmp.path().join("run/mnist_model.pt").exists());
+    assert_eq!(steps_logged_by_rank1(tmp.path()), [1, 2, 3, 4]);
+}

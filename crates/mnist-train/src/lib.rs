@@ -8,6 +8,7 @@ mod error;
 pub mod evaluate;
 pub mod fault;
 pub mod flat;
+pub mod guard;
 pub mod host;
 pub mod interrupt;
 pub mod metrics;

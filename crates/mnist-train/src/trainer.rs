@@ -8,6 +8,7 @@ use crate::dataset::TensorDataset;
 use crate::evaluate::{evaluate, EvalResult};
 use crate::fault::Injector;
 use crate::flat::FlatParams;
+use crate::guard::GradGuard;
 use crate::metrics::{self, EpochRecord};
 use crate::optim::Sgd;
 use crate::schedule::cosine_lr;
@@ -129,6 +130,7 @@ pub struct Trainer<'c> {
     sampler: DistributedSampler,
     ckpt_path: PathBuf,
     faults: Injector,
+    guard: GradGuard,
     /// First epoch (0-based) this run trains.
     pub start_epoch: usize,
     /// Epoch (exclusive) this run stops at.
@@ -234,6 +236,7 @@ impl<'c> Trainer<'c> {
             sampler,
             ckpt_path,
             faults: Injector::new(&s.faults, rank),
+            guard: GradGuard::new(rank, s.device),
             start_epoch,
             last_epoch,
             step,
@@ -278,6 +281,7 @@ impl<'c> Trainer<'c> {
                 if self.faults.corrupts_gradient(self.step) {
                     let _ = self.flat.grads.fill_(f64::NAN);
                 }
+                self.guard.observe(&self.flat.grads, self.step)?;
                 if world > 1 {
                     let before = s.comm.bytes_sent();
                     // SAFETY: the batch-split helpers only touch the gradient buffers inside
@@ -300,6 +304,7 @@ impl<'c> Trainer<'c> {
             })??;
             self.step += 1;
             if cfg.check_sync > 0 && self.step.is_multiple_of(cfg.check_sync as u64) {
+                self.guard.check()?;
                 check_sync(&self.flat, s.comm.as_mut(), self.step)?;
             }
             if b % cfg.log_interval == 0 && rank == 0 {
@@ -334,6 +339,7 @@ impl<'c> Trainer<'c> {
                 pb.inc(1);
             }
         }
+        self.guard.check()?;
         let seconds = t0.elapsed().as_secs_f64();
         if let Some(pb) = bar {
             pb.finish_and_clear();
