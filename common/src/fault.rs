@@ -12,6 +12,7 @@
 //! | `hang` | blocks forever without exiting or closing its connections (a stuck rank; it ignores SIGTERM's request to stop between steps) |
 //! | `slow[=D]` | sleeps D before the forward pass of *every* step from `<step>` on (a straggler); D is `50ms`, `2s`, or plain milliseconds; default `100ms` |
 //! | `corrupt-gradient` | overwrites its local gradient with NaN after the backward pass, before the all-reduce |
+//! | `crash-in-checkpoint` | at the first resumable checkpoint it writes from `<step>` on (rank 0 writes them), dies by SIGSEGV after writing the temporary file, before the rename |
 //!
 //! `<step>` counts optimizer steps from the start of training (0 is the first step of the
 //! first epoch; it keeps counting across epochs and after `--resume`); the fault fires when
@@ -37,6 +38,9 @@ pub enum FaultKind {
     Slow(Duration),
     /// Fill the local gradient with NaN before the all-reduce.
     CorruptGradient,
+    /// Die by SIGSEGV inside the first checkpoint write from the fault's step on, between
+    /// writing the temporary file and renaming it.
+    CrashInCheckpoint,
 }
 
 /// `slow` without a value sleeps this long per step.
@@ -62,7 +66,7 @@ pub struct FaultPlan {
 
 /// `MNIST_FAULT` cannot be understood; the message quotes the whole value and the part at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{var}={value}: {detail} (expected <rank>:<step>:<kind>[=value] separated by ',', kinds: crash, abort, exit-code[=N], hang, slow[=MS|Dms|Ds], corrupt-gradient)", var = crate::contract::ENV_FAULT)]
+#[error("{var}={value}: {detail} (expected <rank>:<step>:<kind>[=value] separated by ',', kinds: crash, abort, exit-code[=N], hang, slow[=MS|Dms|Ds], corrupt-gradient, crash-in-checkpoint)", var = crate::contract::ENV_FAULT)]
 pub struct FaultError {
     /// The variable's whole value.
     pub value: String,
@@ -79,6 +83,7 @@ impl fmt::Display for FaultKind {
             FaultKind::Hang => write!(f, "hang"),
             FaultKind::Slow(d) => write!(f, "slow={}ms", d.as_millis()),
             FaultKind::CorruptGradient => write!(f, "corrupt-gradient"),
+            FaultKind::CrashInCheckpoint => write!(f, "crash-in-checkpoint"),
         }
     }
 }
@@ -116,6 +121,7 @@ fn parse_one(s: &str) -> Result<Fault, String> {
         "abort" => no_value(FaultKind::Abort)?,
         "hang" => no_value(FaultKind::Hang)?,
         "corrupt-gradient" => no_value(FaultKind::CorruptGradient)?,
+        "crash-in-checkpoint" => no_value(FaultKind::CrashInCheckpoint)?,
         "exit-code" => FaultKind::ExitCode(match value {
             None => 1,
             Some(v) => v
@@ -210,12 +216,19 @@ impl FaultPlan {
         self.faults.is_empty()
     }
 
-    /// The faults of this plan that fire once, exactly at `step` (everything but `slow`), in
-    /// the order written.
+    /// The faults of this plan that fire once, exactly at `step` (all but `slow` and
+    /// `crash-in-checkpoint`), in the order written.
     pub fn firing_at(&self, step: u64) -> impl Iterator<Item = &Fault> + '_ {
+        self.faults.iter().filter(move |f| {
+            f.step == step && !matches!(f.kind, FaultKind::Slow(_) | FaultKind::CrashInCheckpoint)
+        })
+    }
+
+    /// Whether a `crash-in-checkpoint` fault is in effect at `step` (placed at or before it).
+    pub fn crashes_in_checkpoint(&self, step: u64) -> bool {
         self.faults
             .iter()
-            .filter(move |f| f.step == step && !matches!(f.kind, FaultKind::Slow(_)))
+            .any(|f| f.kind == FaultKind::CrashInCheckpoint && f.step <= step)
     }
 
     /// How long to sleep before `step`: the sum of every `slow` fault in effect (from its step
@@ -283,7 +296,7 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        let s = "1:0:slow=50ms,0:30:exit-code=7,2:5:hang,0:1:crash,1:1:abort,0:0:corrupt-gradient";
+        let s = "1:0:slow=50ms,0:30:exit-code=7,2:5:hang,0:1:crash,1:1:abort,0:0:corrupt-gradient,0:9:crash-in-checkpoint";
         let p: FaultPlan = s.parse().unwrap();
         assert_eq!(p.to_string(), s);
         assert_eq!(p.to_string().parse::<FaultPlan>().unwrap(), p);
@@ -323,6 +336,10 @@ mod tests {
         assert_eq!(at3.len(), 1);
         assert_eq!(at3[0].kind, FaultKind::ExitCode(4));
         assert_eq!(mine.firing_at(2).count(), 0, "slow never fires once");
+        let ck: FaultPlan = "0:5:crash-in-checkpoint".parse().unwrap();
+        assert_eq!(ck.firing_at(5).count(), 0);
+        assert!(!ck.crashes_in_checkpoint(4));
+        assert!(ck.crashes_in_checkpoint(5) && ck.crashes_in_checkpoint(6));
         assert!(p.check_world(2).is_ok());
         let e = p.check_world(1).unwrap_err().to_string();
         assert!(

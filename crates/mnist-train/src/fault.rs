@@ -50,13 +50,7 @@ impl Injector {
             match f.kind {
                 FaultKind::Crash => {
                     self.note(step, "crash: raising SIGSEGV");
-                    // SAFETY: restoring the default action and raising the signal is what a
-                    // segmentation fault would do; the process ends here.
-                    unsafe {
-                        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
-                        libc::raise(libc::SIGSEGV);
-                    }
-                    unreachable!("SIGSEGV with its default action ends the process");
+                    raise_sigsegv();
                 }
                 FaultKind::Abort => {
                     self.note(step, "abort");
@@ -72,7 +66,7 @@ impl Injector {
                         std::thread::sleep(Duration::from_secs(3600));
                     }
                 }
-                FaultKind::Slow(_) | FaultKind::CorruptGradient => {}
+                FaultKind::Slow(_) | FaultKind::CorruptGradient | FaultKind::CrashInCheckpoint => {}
             }
         }
     }
@@ -93,6 +87,19 @@ impl Injector {
         hit
     }
 
+    /// Called inside a checkpoint write at global step `step`, after the temporary file is
+    /// written and before its rename: dies by SIGSEGV when a `crash-in-checkpoint` fault is in
+    /// effect.
+    pub fn in_checkpoint_write(&self, step: u64) {
+        if self.plan.crashes_in_checkpoint(step) {
+            self.note(
+                step,
+                "crash-in-checkpoint: raising SIGSEGV between writing and renaming the checkpoint",
+            );
+            raise_sigsegv();
+        }
+    }
+
     fn note(&self, step: u64, what: &str) {
         eprintln!(
             "{}: rank {} at step {step}: {what}",
@@ -100,4 +107,15 @@ impl Injector {
             self.rank
         );
     }
+}
+
+/// End the process as a segmentation fault would.
+fn raise_sigsegv() -> ! {
+    // SAFETY: restoring the default action and raising the signal is what a segmentation fault
+    // would do; the process ends here.
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::raise(libc::SIGSEGV);
+    }
+    unreachable!("SIGSEGV with its default action ends the process");
 }
