@@ -2,7 +2,7 @@
 //! that a worker injects into itself at an exact global step, so tests (and people) can place
 //! a crash, a hang or a straggler precisely. Nothing of it runs unless the variable is set.
 //!
-//! Syntax: one or more faults separated by `,`, each `<rank>:<step>:<kind>[=value]`:
+//! Syntax: one or more faults separated by `,`, each `<rank>:<step>:<kind>[=value][@<round>]`:
 //!
 //! | kind | what rank `<rank>` does at global step `<step>` |
 //! |---|---|
@@ -16,8 +16,10 @@
 //!
 //! `<step>` counts optimizer steps from the start of training (0 is the first step of the
 //! first epoch; it keeps counting across epochs and after `--resume`); the fault fires when
-//! that many steps are done, before the next one begins. Examples: `1:0:slow=50ms`,
-//! `0:30:exit-code=7`, `1:12:hang,2:0:slow=20`.
+//! that many steps are done, before the next one begins. `@<round>` is the launcher's restart
+//! round in which the fault acts ([`crate::contract::ENV_RESTART_ROUND`]; default `@0`: only
+//! the first attempt, so a job with `--max-restarts` recovers from it), or `@*` for every round.
+//! Examples: `1:0:slow=50ms`, `0:30:exit-code=7`, `1:12:hang,2:0:slow=20`, `1:5:crash@*`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -46,7 +48,16 @@ pub enum FaultKind {
 /// `slow` without a value sleeps this long per step.
 pub const DEFAULT_SLOW: Duration = Duration::from_millis(100);
 
-/// One fault: which rank, from which global step, what.
+/// In which restart rounds of the launcher a fault acts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounds {
+    /// Only in this round (`@N`; default `@0`, the first attempt).
+    Only(u32),
+    /// In every round (`@*`).
+    Every,
+}
+
+/// One fault: which rank, from which global step, what, in which restart rounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
     /// Global rank that injects it.
@@ -55,6 +66,8 @@ pub struct Fault {
     pub step: u64,
     /// What happens.
     pub kind: FaultKind,
+    /// The restart rounds it acts in.
+    pub rounds: Rounds,
 }
 
 /// The faults `MNIST_FAULT` asks for (empty when it is unset).
@@ -66,7 +79,7 @@ pub struct FaultPlan {
 
 /// `MNIST_FAULT` cannot be understood; the message quotes the whole value and the part at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{var}={value}: {detail} (expected <rank>:<step>:<kind>[=value] separated by ',', kinds: crash, abort, exit-code[=N], hang, slow[=MS|Dms|Ds], corrupt-gradient, crash-in-checkpoint)", var = crate::contract::ENV_FAULT)]
+#[error("{var}={value}: {detail} (expected <rank>:<step>:<kind>[=value] separated by ',', kinds: crash, abort, exit-code[=N], hang, slow[=MS|Dms|Ds], corrupt-gradient, crash-in-checkpoint; optional @<restart round> or @*)", var = crate::contract::ENV_FAULT)]
 pub struct FaultError {
     /// The variable's whole value.
     pub value: String,
@@ -90,7 +103,12 @@ impl fmt::Display for FaultKind {
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.rank, self.step, self.kind)
+        write!(f, "{}:{}:{}", self.rank, self.step, self.kind)?;
+        match self.rounds {
+            Rounds::Only(0) => Ok(()),
+            Rounds::Only(r) => write!(f, "@{r}"),
+            Rounds::Every => write!(f, "@*"),
+        }
     }
 }
 
@@ -108,6 +126,16 @@ fn parse_one(s: &str) -> Result<Fault, String> {
         .trim()
         .parse()
         .map_err(|_| format!("step `{step}` in `{s}` is not a whole number"))?;
+    let (kind, rounds) = match kind.rsplit_once('@') {
+        None => (kind, Rounds::Only(0)),
+        Some((k, "*")) => (k, Rounds::Every),
+        Some((k, r)) => (
+            k,
+            Rounds::Only(r.trim().parse().map_err(|_| {
+                format!("restart round `@{r}` in `{s}` is not a whole number or `*`")
+            })?),
+        ),
+    };
     let (name, value) = match kind.trim().split_once('=') {
         Some((n, v)) => (n.trim(), Some(v.trim())),
         None => (kind.trim(), None),
@@ -136,7 +164,12 @@ fn parse_one(s: &str) -> Result<Fault, String> {
         }),
         other => return Err(format!("unknown kind `{other}` in `{s}`")),
     };
-    Ok(Fault { rank, step, kind })
+    Ok(Fault {
+        rank,
+        step,
+        kind,
+        rounds,
+    })
 }
 
 /// `50ms`, `2s`, `0.5s`, `50` (milliseconds); at most an hour.
@@ -199,13 +232,17 @@ impl FaultPlan {
         }
     }
 
-    /// The faults that `rank` injects.
-    pub fn for_rank(&self, rank: usize) -> FaultPlan {
+    /// The faults that `rank` injects in restart round `round`.
+    pub fn for_process(&self, rank: usize, round: u32) -> FaultPlan {
         FaultPlan {
             faults: self
                 .faults
                 .iter()
                 .filter(|f| f.rank == rank)
+                .filter(|f| match f.rounds {
+                    Rounds::Only(r) => r == round,
+                    Rounds::Every => true,
+                })
                 .copied()
                 .collect(),
         }
@@ -271,7 +308,12 @@ mod tests {
 
     #[test]
     fn every_kind_parses() {
-        let f = |rank, step, kind| Fault { rank, step, kind };
+        let f = |rank, step, kind| Fault {
+            rank,
+            step,
+            kind,
+            rounds: Rounds::Only(0),
+        };
         assert_eq!(plan("1:0:crash"), [f(1, 0, FaultKind::Crash)]);
         assert_eq!(plan("0:3:abort"), [f(0, 3, FaultKind::Abort)]);
         assert_eq!(plan("0:30:exit-code=7"), [f(0, 30, FaultKind::ExitCode(7))]);
@@ -296,7 +338,7 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        let s = "1:0:slow=50ms,0:30:exit-code=7,2:5:hang,0:1:crash,1:1:abort,0:0:corrupt-gradient,0:9:crash-in-checkpoint";
+        let s = "1:0:slow=50ms,0:30:exit-code=7,2:5:hang,0:1:crash,1:1:abort,0:0:corrupt-gradient,0:9:crash-in-checkpoint,1:5:crash@*,1:6:exit-code=3@2";
         let p: FaultPlan = s.parse().unwrap();
         assert_eq!(p.to_string(), s);
         assert_eq!(p.to_string().parse::<FaultPlan>().unwrap(), p);
@@ -315,6 +357,7 @@ mod tests {
         assert!(err("0:0:slow=fast").contains("duration `fast`"));
         assert!(err("0:0:slow=-5ms").contains("duration `-5ms`"));
         assert!(err("0:0:slow=2h").contains("duration `2h`"));
+        assert!(err("0:0:crash@x").contains("restart round `@x`"));
         let e = err("0:0:crash,1:0:oops");
         assert!(
             e.starts_with("MNIST_FAULT=0:0:crash,1:0:oops: unknown kind `oops`"),
@@ -327,7 +370,7 @@ mod tests {
         let p: FaultPlan = "1:2:slow=10,1:4:slow=5,1:3:exit-code=4,0:3:crash"
             .parse()
             .unwrap();
-        let mine = p.for_rank(1);
+        let mine = p.for_process(1, 0);
         assert_eq!(mine.faults.len(), 3);
         assert_eq!(mine.slow_before(1), Duration::ZERO);
         assert_eq!(mine.slow_before(2), Duration::from_millis(10));
@@ -346,5 +389,21 @@ mod tests {
             e.contains("rank 1 in `1:2:slow=10ms` is not below the world size 1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn faults_act_in_their_restart_rounds() {
+        let p: FaultPlan = "1:5:crash,1:6:abort@2,1:7:hang@*".parse().unwrap();
+        let kinds = |round| -> Vec<FaultKind> {
+            p.for_process(1, round)
+                .faults
+                .iter()
+                .map(|f| f.kind)
+                .collect()
+        };
+        assert_eq!(kinds(0), [FaultKind::Crash, FaultKind::Hang]);
+        assert_eq!(kinds(1), [FaultKind::Hang]);
+        assert_eq!(kinds(2), [FaultKind::Abort, FaultKind::Hang]);
+        assert!(p.for_process(0, 0).is_empty());
     }
 }

@@ -15,10 +15,10 @@ pub struct Injector {
 }
 
 impl Injector {
-    /// The faults of `plan` that `rank` injects.
-    pub fn new(plan: &FaultPlan, rank: usize) -> Injector {
+    /// The faults of `plan` that `rank` injects in restart round `round`.
+    pub fn new(plan: &FaultPlan, rank: usize, round: u32) -> Injector {
         Injector {
-            plan: plan.for_rank(rank),
+            plan: plan.for_process(rank, round),
             rank,
             slow_noted: false,
         }

@@ -255,7 +255,7 @@ impl<'c> Trainer<'c> {
             sampler,
             ckpt_path,
             resume_point,
-            faults: Injector::new(&s.faults, rank),
+            faults: Injector::new(&s.faults, rank, s.restart_round),
             guard: GradGuard::new(rank, s.device),
             start_epoch,
             last_epoch,
@@ -482,6 +482,7 @@ impl<'c> Trainer<'c> {
                 compression: self.reducer.method().to_string(),
                 bytes_sent_per_step: stats.bytes_per_step,
                 compression_ratio,
+                restarts: s.restart_round,
             },
         )
         .map_err(|e| TrainError::OutputDir {
