@@ -21,16 +21,19 @@ fn time(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The worker's own error message: its last `mnist-worker: error: …` line, else how it ended.
-fn message(f: &WorkerFailure) -> String {
+/// A worker's own error message: the last `mnist-worker: error: …` line of its output `tail`.
+pub fn worker_message(tail: &[String]) -> Option<String> {
     const PREFIX: &str = "mnist-worker: error: ";
-    f.tail
-        .iter()
-        .rev()
-        .find_map(|l| {
-            l.find(PREFIX)
-                .map(|i| l[i + PREFIX.len()..].trim().to_string())
-        })
+    tail.iter().rev().find_map(|l| {
+        l.find(PREFIX)
+            .map(|i| l[i + PREFIX.len()..].trim().to_string())
+    })
+}
+
+/// The failed worker's own error message, else the launcher's explanation, else how it ended.
+fn message(f: &WorkerFailure) -> String {
+    worker_message(&f.tail)
+        .or_else(|| f.cause.clone())
         .unwrap_or_else(|| f.first.exit.to_string())
 }
 
@@ -120,6 +123,7 @@ mod tests {
                     core_dumped: false,
                 },
                 stopped: false,
+                unresponsive: None,
             },
             log: dir.path().join("rank1.log"),
             tail: vec![
@@ -131,6 +135,7 @@ mod tests {
                 pid: 4241,
                 exit: Exit::Code(143),
                 stopped: true,
+                unresponsive: None,
             }],
             cause: None,
             restarts: 1,

@@ -373,14 +373,34 @@ fn run_workers(
                     }
                 }
             }
-            let log = &logs[first.rank - layout.first_rank];
+            let log_of = |rank: usize| &logs[rank - layout.first_rank];
+            // A worker that only saw a peer fail, while another one had to be killed after
+            // ignoring SIGTERM: the unresponsive one (hung or stopped) is the root cause, and
+            // the peer's message names the operation that timed out waiting for it.
+            let hung = group.exits().into_iter().find(|e| e.unresponsive.is_some());
+            let (first, hang_cause) = match hung {
+                Some(h) if first.exit == Exit::Code(mnist_common::contract::EXIT_PEER_FAILED) => {
+                    let reported = error_file::worker_message(&log_of(first.rank).tail())
+                        .unwrap_or_else(|| first.exit.to_string());
+                    let why = h.unresponsive.map(|u| u.to_string()).unwrap_or_default();
+                    let cause = format!(
+                        "unresponsive: {why}; rank {} reported: {reported}",
+                        first.rank
+                    );
+                    (h, Some(cause))
+                }
+                _ => (first, None),
+            };
+            let log = log_of(first.rank);
             let sigkill = Exit::Signal {
                 signo: Signal::SIGKILL as i32,
                 core_dumped: false,
             };
-            let cause = (first.exit == sigkill && !first.stopped)
-                .then(|| oom_watch.note())
-                .flatten();
+            let cause = hang_cause.or_else(|| {
+                (first.exit == sigkill && !first.stopped)
+                    .then(|| oom_watch.note())
+                    .flatten()
+            });
             let others = group
                 .exits()
                 .into_iter()

@@ -235,3 +235,92 @@ fn bad_input_is_not_restarted() {
     );
     assert!(!o.stderr.contains("mnist-launch: restart "), "{}", o.stderr);
 }
+
+/// The launcher's `restart 1 of 1` line, waiting for the run to succeed.
+fn restart_line(o: &Output) -> String {
+    o.stderr
+        .lines()
+        .find(|l| l.starts_with("mnist-launch: restart 1 of 1"))
+        .unwrap_or_else(|| panic!("no restart line:\n{}", o.stderr))
+        .to_string()
+}
+
+#[test]
+fn a_hung_rank_is_found_within_the_timeout_named_killed_and_restarted() {
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 1280, 200);
+    let out = tmp.path().join("run");
+    let t0 = Instant::now();
+    let o = spawn(launch_cmd(
+        &data,
+        &out,
+        args!["--max-restarts", 1, "--timeout", 10, "--grace-period", 1],
+        Some("1:6:hang"),
+    ))
+    .wait(DEADLINE)
+    .ok("run with a hung rank and --max-restarts 1");
+    println!(
+        "whole run {:.1}s (timeout 10 s, grace 1 s)",
+        t0.elapsed().as_secs_f64()
+    );
+    let line = restart_line(&o);
+    assert!(
+        line.contains("worker rank 1 (pid ")
+            && line.contains("killed by signal SIGKILL, unresponsive: it made no progress")
+            && line.contains("rank 0 reported:")
+            && line.contains("all_reduce(")
+            && line.contains("timed out after 10.0s waiting for rank(s) [1]"),
+        "{line}"
+    );
+    let log1 = std::fs::read_to_string(out.join("rank1.log")).unwrap();
+    assert!(
+        log1.contains("MNIST_FAULT: rank 1 at step 6: hang"),
+        "{log1}"
+    );
+    // The checkpoint of step 6 was written before the hang: nothing is lost.
+    let log0 = std::fs::read_to_string(out.join("rank0.log")).unwrap();
+    assert!(log0.contains("at epoch 1, batch 7 (step 6;"), "{log0}");
+    assert_nothing_left(&out);
+}
+
+#[test]
+fn a_stopped_rank_is_found_named_killed_and_restarted() {
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 1280, 200);
+    let out = tmp.path().join("run");
+    let run = spawn(launch_cmd(
+        &data,
+        &out,
+        args!["--max-restarts", 1, "--timeout", 10, "--grace-period", 1],
+        Some("1:0:slow=150ms"),
+    ));
+    wait_for_log(&out.join("rank1.log"), "rank 1: epoch 1 step 4/20");
+    let (pid1, _) = processes_with(&out.display().to_string())
+        .into_iter()
+        .find(|(pid, argv)| {
+            argv[0].ends_with("mnist-worker") && rank_of(*pid).as_deref() == Some("1")
+        })
+        .expect("rank 1's process");
+    let stopped = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid1.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let o = run
+        .wait(DEADLINE)
+        .ok("run with a stopped rank and --max-restarts 1");
+    println!(
+        "finished {:.1}s after SIGSTOP",
+        stopped.elapsed().as_secs_f64()
+    );
+    let line = restart_line(&o);
+    assert!(
+        line.contains(&format!(
+            "worker rank 1 (pid {pid1}) killed by signal SIGKILL"
+        )) && line.contains("unresponsive: it was stopped (SIGSTOP)")
+            && line.contains("waiting for rank(s) [1]"),
+        "{line}"
+    );
+    assert_nothing_left(&out);
+}
