@@ -96,6 +96,10 @@ pub struct TrainArgs {
     /// Compare parameter checksums across ranks every N steps (0: never).
     #[arg(long, default_value_t = 0)]
     pub check_sync: usize,
+    /// Also write the resumable checkpoint (rank 0, atomically) every STEPS optimizer steps
+    /// inside an epoch, so a failure loses at most that many steps (0: only after each epoch).
+    #[arg(long, value_name = "STEPS", default_value_t = 0)]
+    pub checkpoint_every: usize,
     /// Seconds a collective waits for an unresponsive peer before failing.
     #[arg(long, default_value_t = 120.0)]
     pub timeout: f64,
@@ -148,6 +152,7 @@ impl TrainArgs {
             powersgd_rank: self.powersgd_rank,
             powersgd_start_iter: self.powersgd_start_iter,
             check_sync: self.check_sync,
+            checkpoint_every: self.checkpoint_every,
             timeout_s: self.timeout,
             threads: self.threads,
             batch_threads: self.batch_threads,
@@ -243,6 +248,7 @@ mod tests {
             "powersgd-rank" => "4",
             "powersgd-start-iter" => "10",
             "check-sync" => "2",
+            "checkpoint-every" => "50",
             "timeout" => "30",
             "threads" => "3",
             "batch-threads" => "2",

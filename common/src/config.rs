@@ -167,6 +167,9 @@ pub struct TrainConfig {
     pub powersgd_start_iter: usize,
     /// Compare parameter checksums across ranks every N steps (0: never).
     pub check_sync: usize,
+    /// Also write the resumable checkpoint every this many optimizer steps inside an epoch
+    /// (0: only after each epoch).
+    pub checkpoint_every: usize,
     /// Seconds a collective may wait for a peer.
     pub timeout_s: f64,
     /// Intra-op threads (None: cores / local world size, or OMP_NUM_THREADS).
