@@ -7,7 +7,9 @@ use crate::TrainError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"MNISTCK1";
+const MAGIC: &[u8; 8] = b"MNISTCK2";
+/// Checkpoints of earlier versions (no buffers).
+const OLD_MAGIC: &[u8; 8] = b"MNISTCK1";
 
 /// File name of the resumable checkpoint inside `--path`.
 pub use mnist_common::contract::CHECKPOINT_FILE as FILE_NAME;
@@ -33,6 +35,9 @@ pub struct ResumeState {
     pub params: Vec<f32>,
     /// Flat momentum buffer (None before the first step).
     pub momentum: Option<Vec<f32>>,
+    /// The model's buffers (Net's BatchNorm running statistics and counters), concatenated
+    /// in `state_dict` order; empty for LeNet and MLP.
+    pub buffers: Vec<f32>,
 }
 
 /// Path of the checkpoint for output folder `dir`.
@@ -65,6 +70,12 @@ pub fn load(path: &Path) -> Result<ResumeState, TrainError> {
             "cannot read it: {e} (was the run started with this --path?)"
         ))
     })?;
+    if bytes.starts_with(OLD_MAGIC) {
+        return Err(err(
+            "it was written by an earlier version of mnist-ddp; start again without --resume"
+                .into(),
+        ));
+    }
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(err("not a resumable checkpoint of mnist-ddp".into()));
     }
@@ -90,6 +101,7 @@ mod tests {
             best_acc: 97.5,
             params: vec![1.0, 2.0],
             momentum: Some(vec![0.5, 0.25]),
+            buffers: vec![0.0, 1.0, 3.0],
         };
         save(&p, &s).unwrap();
         assert_eq!(load(&p).unwrap(), s);
@@ -98,8 +110,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a resumable checkpoint"));
-        std::fs::write(&p, b"MNISTCK1\x01").unwrap();
+        std::fs::write(&p, b"MNISTCK2\x01").unwrap();
         assert!(load(&p).unwrap_err().to_string().contains("corrupt"));
+        std::fs::write(&p, b"MNISTCK1\x01").unwrap();
+        assert!(load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("earlier version"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
