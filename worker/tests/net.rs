@@ -300,3 +300,59 @@ fn two_ranks_train_net_with_and_without_sync_bn() {
         assert!(c > 60, "{flag:?}: the saved model evaluates to {c}/{n}");
     }
 }
+
+/// `--resume` restores the BatchNorm buffers (and dropout continues with the epoch's masks):
+/// a Net run stopped after one epoch and resumed ends with the parameters, buffers and best
+/// model of an uninterrupted run.
+#[test]
+fn resumed_net_run_equals_uninterrupted_run() {
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 320, 100);
+    let train = |out: &Path, extra: Vec<String>| {
+        let mut a = args![
+            "--data",
+            data.display(),
+            "--path",
+            out.display(),
+            "--model",
+            "Net",
+            "--epochs",
+            2,
+            "--batch-size",
+            32,
+            "--test-batch-size",
+            100
+        ];
+        a.extend(extra);
+        worker(a)
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    train(&a, vec![]).ok("Net, 2 epochs");
+    train(&b, args!["--stop-after-epochs", 1]).ok("Net, stopped after 1 epoch");
+    let st = mnist_train::resume::load(&mnist_train::resume::path_in(&b)).unwrap();
+    assert_eq!(st.buffers.len(), (2 * 32 + 1) + (2 * 64 + 1));
+    assert_eq!(
+        st.buffers[64], 10.0,
+        "bn1.num_batches_tracked after 10 steps"
+    );
+    let o = train(&b, args!["--resume"]).ok("Net resumed");
+    assert!(o.stdout.contains("Resuming from"), "{}", o.stdout);
+    let sa = mnist_train::resume::load(&mnist_train::resume::path_in(&a)).unwrap();
+    let sb = mnist_train::resume::load(&mnist_train::resume::path_in(&b)).unwrap();
+    let (d, _) = max_diff(&sa.params, &sb.params);
+    assert!(d <= 1e-6, "parameters differ by {d}");
+    let (d, _) = max_diff(&sa.buffers, &sb.buffers);
+    assert!(d <= 1e-6, "buffers differ by {d}");
+    assert_eq!(sa.buffers[64], 20.0);
+    let ma = mnist_checkpoint::load_state_dict(&a.join("mnist_model.pt")).unwrap();
+    let mb = mnist_checkpoint::load_state_dict(&b.join("mnist_model.pt")).unwrap();
+    assert_eq!(ma.len(), 18);
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!(x.name, y.name);
+        assert!(
+            max_diff(&x.data, &y.data).0 <= 1e-6,
+            "best model differs in {}",
+            x.name
+        );
+    }
+}

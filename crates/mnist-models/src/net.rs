@@ -19,18 +19,19 @@ pub const DROPOUT1: f64 = 0.25;
 /// Net's second dropout probability (`Dropout(0.5)`, after `fc1`).
 pub const DROPOUT2: f64 = 0.5;
 
-/// A reproducible stream of dropout masks: ChaCha8 seeded with `--seed`, stream = rank, so
-/// each rank draws its own masks and a rerun draws the same ones.
+/// A reproducible stream of dropout masks: ChaCha8 seeded with `--seed`, one stream per rank
+/// and epoch, so each rank draws its own masks, a rerun draws the same ones, and a run
+/// resumed at an epoch draws what the uninterrupted run drew.
 #[derive(Clone, Debug)]
 pub struct Dropout {
     rng: ChaCha8Rng,
 }
 
 impl Dropout {
-    /// The stream of rank `rank` for seed `seed`.
-    pub fn new(seed: u64, rank: usize) -> Dropout {
+    /// The stream of rank `rank` in epoch `epoch` for seed `seed`.
+    pub fn new(seed: u64, rank: usize, epoch: usize) -> Dropout {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(rank as u64);
+        rng.set_stream(((rank as u64) << 32) ^ epoch as u64);
         Dropout { rng }
     }
 
@@ -217,7 +218,7 @@ mod tests {
 
     #[test]
     fn masks_keep_the_right_share_and_scale_and_repeat_per_seed_and_rank() {
-        let mut d = Dropout::new(5, 0);
+        let mut d = Dropout::new(5, 0, 0);
         for p in [DROPOUT1, DROPOUT2] {
             let m = d.mask(&[64, 9216], p, Device::Cpu);
             let n = m.numel() as f64;
@@ -230,12 +231,15 @@ mod tests {
             let mean = m.mean(Kind::Float).double_value(&[]);
             assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
         }
-        let a = Dropout::new(5, 0).mask(&[1000], 0.5, Device::Cpu);
-        let b = Dropout::new(5, 0).mask(&[1000], 0.5, Device::Cpu);
-        let other_rank = Dropout::new(5, 1).mask(&[1000], 0.5, Device::Cpu);
-        let other_seed = Dropout::new(6, 0).mask(&[1000], 0.5, Device::Cpu);
-        assert!(a.equal(&b), "same seed and rank, same mask");
-        assert!(!a.equal(&other_rank), "ranks draw different masks");
-        assert!(!a.equal(&other_seed), "seeds draw different masks");
+        let mask =
+            |seed, rank, epoch| Dropout::new(seed, rank, epoch).mask(&[1000], 0.5, Device::Cpu);
+        let a = mask(5, 0, 0);
+        assert!(
+            a.equal(&mask(5, 0, 0)),
+            "same seed, rank and epoch: same mask"
+        );
+        assert!(!a.equal(&mask(5, 1, 0)), "ranks draw different masks");
+        assert!(!a.equal(&mask(6, 0, 0)), "seeds draw different masks");
+        assert!(!a.equal(&mask(5, 0, 1)), "epochs draw different masks");
     }
 }

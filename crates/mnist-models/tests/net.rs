@@ -312,9 +312,9 @@ fn dropout_steps_are_reproducible_per_seed_and_rank() {
             .double_value(&[])
     };
     let plain = loss(None);
-    let a = loss(Some(&mut Dropout::new(1, 0)));
-    let b = loss(Some(&mut Dropout::new(1, 0)));
-    let other = loss(Some(&mut Dropout::new(1, 1)));
+    let a = loss(Some(&mut Dropout::new(1, 0, 0)));
+    let b = loss(Some(&mut Dropout::new(1, 0, 0)));
+    let other = loss(Some(&mut Dropout::new(1, 1, 0)));
     assert_eq!(a, b, "same seed and rank: same masks, same loss");
     assert_ne!(a, plain, "dropout changes the step");
     assert_ne!(a, other, "another rank draws other masks");

@@ -127,7 +127,8 @@ pub struct Trainer<'c> {
     threads: CpuThreads,
     splitter: BatchSplitter,
     sampler: DistributedSampler,
-    /// Net's dropout stream (seeded from `--seed` and the rank); None for LeNet and MLP.
+    /// Net's dropout stream (seeded from `--seed`, the rank and the epoch); None for LeNet
+    /// and MLP.
     dropout: Option<Dropout>,
     /// Whether BatchNorm statistics are summed over ranks (`--sync-bn`).
     sync_bn: bool,
@@ -250,10 +251,11 @@ impl<'c> Trainer<'c> {
             threads,
             splitter,
             sampler,
+            // Set per epoch in `train_epoch`.
             dropout: cfg
                 .model
                 .has_batch_norm()
-                .then(|| Dropout::new(cfg.seed, rank)),
+                .then(|| Dropout::new(cfg.seed, rank, 0)),
             sync_bn,
             ckpt_path,
             start_epoch,
@@ -281,6 +283,11 @@ impl<'c> Trainer<'c> {
                 .collect::<Vec<_>>(),
         )
         .to_device(s.device);
+        if let Some(d) = self.dropout.as_mut() {
+            // Each epoch's masks are a function of seed, rank and epoch (as is the data
+            // order), so a resumed run continues exactly.
+            *d = Dropout::new(cfg.seed, rank, epoch);
+        }
         let bar = s.progress_bar(batches as u64, epoch + 1);
         let mut grad_sent = 0u64;
         let mut sums = Tensor::zeros([3], (Kind::Double, s.device));
