@@ -2,6 +2,7 @@
 //! PyTorch's semantics and a cosine schedule, gradient averaging through a communicator,
 //! evaluation, logs, metrics and checkpoints. `mnist-worker` calls [`run`].
 
+pub mod batchnorm;
 pub mod dataset;
 pub mod device;
 mod error;

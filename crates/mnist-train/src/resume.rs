@@ -50,6 +50,9 @@ pub struct ResumeState {
     pub params: Vec<f32>,
     /// Flat momentum buffer (None before the first step).
     pub momentum: Option<Vec<f32>>,
+    /// The model's buffers (Net's BatchNorm running statistics and counters), concatenated
+    /// in `state_dict` order; empty for LeNet and MLP.
+    pub buffers: Vec<f32>,
 }
 
 /// The record of a `MNISTCK1` file.
@@ -82,6 +85,7 @@ impl From<StateV1> for ResumeState {
             best_acc: v.best_acc,
             params: v.params,
             momentum: v.momentum,
+            buffers: Vec::new(),
         }
     }
 }
@@ -232,6 +236,7 @@ mod tests {
             best_acc: 97.5,
             params: vec![1.0, 2.0],
             momentum: Some(vec![0.5, 0.25]),
+            buffers: vec![0.0, 1.0, 3.0],
         };
         save(&p, &s).unwrap();
         assert_eq!(load(&p).unwrap(), s);
@@ -312,6 +317,7 @@ mod tests {
             best_acc: -1.0,
             params: vec![1.0; 1000],
             momentum: None,
+            buffers: Vec::new(),
         };
         save(&p, &s).unwrap();
         // A panic in the hook stands in for the process dying between write and rename.

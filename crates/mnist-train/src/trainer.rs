@@ -5,7 +5,7 @@
 //! records metrics, keeps the best model and writes the resumable checkpoint.
 
 use crate::dataset::TensorDataset;
-use crate::evaluate::{evaluate, EvalResult};
+use crate::evaluate::{correct_counts, evaluate, EvalResult};
 use crate::fault::Injector;
 use crate::flat::FlatParams;
 use crate::guard::GradGuard;
@@ -13,7 +13,7 @@ use crate::metrics::{self, EpochRecord};
 use crate::optim::Sgd;
 use crate::schedule::cosine_lr;
 use crate::session::Session;
-use crate::split::BatchSplitter;
+use crate::split::{BatchSplitter, StepOutput};
 use crate::sync::{broadcast_tensor, GradReducer};
 use crate::{interrupt, resume, state, TrainError};
 use mnist_comm::{Communicator, ReduceOp};
@@ -21,6 +21,7 @@ use mnist_common::contract::{METRICS_FILE, MODEL_FILE};
 use mnist_common::panics;
 use mnist_common::TrainConfig;
 use mnist_data::{DistributedSampler, Split};
+use mnist_models::net::{self, Dropout};
 use mnist_models::Model;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -128,6 +129,11 @@ pub struct Trainer<'c> {
     threads: CpuThreads,
     splitter: BatchSplitter,
     sampler: DistributedSampler,
+    /// Net's dropout stream (seeded from `--seed`, the rank and the epoch); None for LeNet
+    /// and MLP.
+    dropout: Option<Dropout>,
+    /// Whether BatchNorm statistics are summed over ranks (`--sync-bn`).
+    sync_bn: bool,
     ckpt_path: PathBuf,
     /// Where inside `start_epoch` a mid-epoch checkpoint left off (taken by the first epoch).
     resume_point: Option<ResumePoint>,
@@ -180,6 +186,10 @@ impl<'c> Trainer<'c> {
             let st = resume::load(&ckpt_path)?;
             resume::check(cfg, world, &st, &ckpt_path)?;
             flat.params_from_slice(&st.params);
+            load_buffers(&mut model, &st.buffers).map_err(|detail| TrainError::Resume {
+                file: ckpt_path.clone(),
+                detail,
+            })?;
             sgd.set_momentum_buffer(
                 st.momentum
                     .as_ref()
@@ -203,8 +213,19 @@ impl<'c> Trainer<'c> {
                 best_acc.max(0.0)
             ));
         }
-        // Every rank starts from rank 0's parameters.
+        // Every rank starts from rank 0's parameters (and buffers).
         broadcast_tensor(s.comm.as_mut(), &mut flat.params, 0)?;
+        crate::batchnorm::broadcast_buffers(&mut model, s.comm.as_mut())?;
+        let sync_bn = cfg.sync_bn_for(world);
+        if cfg.model.has_batch_norm() {
+            s.log.info(&if sync_bn {
+                format!("BatchNorm: batch statistics synchronised across {world} processes (SyncBatchNorm)")
+            } else if world > 1 {
+                "BatchNorm: each process normalises with its own batch; rank 0's running statistics are broadcast every step".to_string()
+            } else {
+                "BatchNorm: statistics of this process's batch".to_string()
+            });
+        }
         let cap = (cfg.bucket_cap_mb * 1024.0 * 1024.0) as usize;
         let reducer = GradReducer::new(
             flat.slots(),
@@ -253,6 +274,12 @@ impl<'c> Trainer<'c> {
             threads,
             splitter,
             sampler,
+            // Set per epoch in `train_epoch`.
+            dropout: cfg
+                .model
+                .has_batch_norm()
+                .then(|| Dropout::new(cfg.seed, rank, 0)),
+            sync_bn,
             ckpt_path,
             resume_point,
             faults: Injector::new(&s.faults, rank, s.restart_round),
@@ -300,13 +327,44 @@ impl<'c> Trainer<'c> {
                 return Err(TrainError::Interrupted { signal });
             }
             self.faults.before_step(self.step);
+            if let Some(d) = self.dropout.as_mut() {
+                // Each batch's masks are a function of seed, rank, epoch and batch (as is the
+                // data order), so a run resumed at an epoch or inside one continues exactly.
+                *d = Dropout::at_batch(cfg.seed, rank, epoch, b);
+            }
             let lo = b * cfg.batch_size;
             let n = cfg.batch_size.min(per_rank - lo);
             let (loss, c1) = guarded("training step", || -> Result<_, TrainError> {
                 let (x, y) = self.train_set.gather(&order.narrow(0, lo as i64, n as i64));
-                let out = self
-                    .splitter
-                    .forward_backward(&self.model, &mut self.flat, &x, &y)?;
+                let out = match self.dropout.as_mut() {
+                    // Net: one thread, BatchNorm statistics through the communicator.
+                    Some(dropout) => {
+                        self.flat.zero_grads();
+                        if world > 1 && !self.sync_bn {
+                            crate::batchnorm::broadcast_buffers(&mut self.model, s.comm.as_mut())?;
+                        }
+                        let sync = self.sync_bn;
+                        let comm = s.comm.as_mut();
+                        let mut reduce = |v: &mut [f64]| {
+                            if sync {
+                                crate::batchnorm::sum_over_ranks(comm, v)
+                            } else {
+                                Ok(())
+                            }
+                        };
+                        let st =
+                            net::train_step(&self.model, &x, &y, 1.0, Some(dropout), &mut reduce)?;
+                        let (correct1, correct5) = tch::no_grad(|| correct_counts(&st.output, &y));
+                        StepOutput {
+                            loss: st.loss.to_kind(Kind::Float),
+                            correct1,
+                            correct5,
+                        }
+                    }
+                    None => self
+                        .splitter
+                        .forward_backward(&self.model, &mut self.flat, &x, &y)?,
+                };
                 if self.faults.corrupts_gradient(self.step) {
                     let _ = self.flat.grads.fill_(f64::NAN);
                 }
@@ -345,7 +403,13 @@ impl<'c> Trainer<'c> {
             }
             if cfg.check_sync > 0 && self.step.is_multiple_of(cfg.check_sync as u64) {
                 self.guard.check()?;
-                check_sync(&self.flat, s.comm.as_mut(), self.step)?;
+                // With SyncBatchNorm the running statistics must agree too.
+                let buffers = if self.sync_bn {
+                    self.model.buffer_values().concat()
+                } else {
+                    Vec::new()
+                };
+                check_sync(&self.flat, &buffers, s.comm.as_mut(), self.step)?;
             }
             if b % cfg.log_interval == 0 && rank == 0 {
                 let l = loss.double_value(&[]);
@@ -418,6 +482,10 @@ impl<'c> Trainer<'c> {
             100.0 * totals[1] as f64 / ntrain,
             100.0 * totals[2] as f64 / ntrain,
         );
+        if world > 1 && !self.sync_bn {
+            // Evaluate and save with rank 0's running statistics, as the next step would use.
+            crate::batchnorm::broadcast_buffers(&mut self.model, s.comm.as_mut())?;
+        }
         self.threads.evaluation();
         let test = guarded("evaluation", || {
             evaluate(
@@ -454,7 +522,7 @@ impl<'c> Trainer<'c> {
         if test.top1() > self.best_acc {
             self.best_acc = test.top1();
             let file = cfg.path.join(MODEL_FILE);
-            mnist_checkpoint::save_state_dict(&file, &state::named_tensors(&self.model))?;
+            state::save(&self.model, &file)?;
             s.log.info(&format!(
                 "Save model with best accuracy: {:.2}% to {}",
                 self.best_acc,
@@ -516,6 +584,7 @@ impl<'c> Trainer<'c> {
             step: self.step,
             best_acc: self.best_acc,
             params: self.flat.params_to_vec(),
+            buffers: self.model.buffer_values().concat(),
             momentum: self.sgd.momentum_buffer().map(crate::flat::tensor_to_vec),
         }
     }
@@ -622,11 +691,39 @@ impl CpuThreads {
     }
 }
 
-/// Compare a checksum of the parameters across ranks; a mismatch is an error on every rank.
-fn check_sync(flat: &FlatParams, comm: &mut dyn Communicator, step: u64) -> Result<(), TrainError> {
+/// Copy the flat buffer values of a resumable checkpoint into `model`.
+fn load_buffers(model: &mut Model, flat: &[f32]) -> Result<(), String> {
+    let sizes: Vec<usize> = model.buffers().iter().map(|b| b.tensor.numel()).collect();
+    if flat.len() != sizes.iter().sum::<usize>() {
+        return Err(format!(
+            "it holds {} buffer values but model {} has {}",
+            flat.len(),
+            model.kind().name(),
+            sizes.iter().sum::<usize>()
+        ));
+    }
+    let mut rest = flat;
+    let mut values = Vec::new();
+    for n in sizes {
+        let (head, tail) = rest.split_at(n);
+        values.push(head.to_vec());
+        rest = tail;
+    }
+    model.load_buffer_values(&values).map_err(|e| e.to_string())
+}
+
+/// Compare a checksum of the parameters (and `buffers`) across ranks; a mismatch is an error
+/// on every rank.
+fn check_sync(
+    flat: &FlatParams,
+    buffers: &[f32],
+    comm: &mut dyn Communicator,
+    step: u64,
+) -> Result<(), TrainError> {
     let sum = flat
         .params_to_vec()
         .iter()
+        .chain(buffers)
         .fold(0xcbf29ce484222325u64, |h, v| {
             (h ^ v.to_bits() as u64).wrapping_mul(0x100000001b3)
         });
