@@ -77,6 +77,8 @@ struct Panel {
     cap: Option<f64>,
     /// Where a legend goes.
     legend: SeriesLabelPosition,
+    /// Whether this panel carries the legend of the runs (when there are several).
+    runs_legend: bool,
 }
 
 const PANELS: [Panel; 4] = [
@@ -88,6 +90,7 @@ const PANELS: [Panel; 4] = [
         from_zero: true,
         cap: None,
         legend: SeriesLabelPosition::UpperRight,
+        runs_legend: false,
     },
     Panel {
         caption: "Test accuracy (top-1)",
@@ -97,6 +100,7 @@ const PANELS: [Panel; 4] = [
         from_zero: false,
         cap: Some(100.0),
         legend: SeriesLabelPosition::LowerRight,
+        runs_legend: true,
     },
     Panel {
         caption: "Learning rate (cosine schedule)",
@@ -106,6 +110,7 @@ const PANELS: [Panel; 4] = [
         from_zero: true,
         cap: None,
         legend: SeriesLabelPosition::UpperRight,
+        runs_legend: false,
     },
     Panel {
         caption: "Training throughput (all processes)",
@@ -115,6 +120,7 @@ const PANELS: [Panel; 4] = [
         from_zero: true,
         cap: None,
         legend: SeriesLabelPosition::LowerRight,
+        runs_legend: false,
     },
 ];
 
@@ -220,7 +226,7 @@ pub fn draw<DB: DrawingBackend>(
             let color = COLORS[i % COLORS.len()];
             let solid = points(run.epochs, panel.solid);
             let drawn = chart.draw_series(LineSeries::new(solid.clone(), color.stroke_width(2)))?;
-            if runs.len() > 1 && panel.dashed.is_none() {
+            if runs.len() > 1 && panel.runs_legend {
                 drawn.label(run.label.as_str()).legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
                 });
@@ -259,7 +265,7 @@ pub fn draw<DB: DrawingBackend>(
                         + PathElement::new(vec![(12, 0), (19, 0)], grey.stroke_width(2))
                 });
         }
-        if panel.dashed.is_some() || runs.len() > 1 {
+        if panel.dashed.is_some() || (runs.len() > 1 && panel.runs_legend) {
             chart
                 .configure_series_labels()
                 .position(panel.legend.clone())

@@ -51,7 +51,13 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<(), VizError> {
     let title = if runs.len() == 1 {
         format!("{}: {}", series[0].label, runs[0].dir.display())
     } else {
-        format!("{} runs compared", runs.len())
+        let names: Vec<String> = runs.iter().map(|r| folder_name(&r.dir)).collect();
+        let names = names.join(", ");
+        if names.chars().count() <= 60 {
+            format!("{} runs compared: {names}", runs.len())
+        } else {
+            format!("{} runs compared", runs.len())
+        }
     };
     chart::write(out, &title, &series)
 }

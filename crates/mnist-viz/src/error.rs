@@ -54,3 +54,18 @@ pub enum VizError {
     #[error(transparent)]
     Write(#[from] mnist_common::atomic_file::AtomicWriteError),
 }
+
+impl VizError {
+    /// Whether the input given was at fault (a folder without metrics, a bad record, an output
+    /// name that is neither .png nor .svg), as opposed to drawing or writing failing.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            VizError::NoMetrics { .. }
+                | VizError::Read { .. }
+                | VizError::BadRecord { .. }
+                | VizError::Empty { .. }
+                | VizError::BadExtension { .. }
+        )
+    }
+}
