@@ -186,3 +186,44 @@ fn the_progress_bar_shows_images_per_second_and_both_etas() {
         o.stdout
     );
 }
+
+/// A run stopped after one epoch and resumed: the curves cover both epochs (five markers per
+/// epoch: test and train loss, accuracy, learning rate, images/s) and the summary says the
+/// wall time is this attempt's.
+#[test]
+fn a_resumed_run_draws_every_epoch_and_says_whose_wall_time() {
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 320, 100);
+    let out = tmp.path().join("run");
+    let train = |extra: Vec<String>| {
+        let mut a = args![
+            "--data",
+            data.display(),
+            "--path",
+            out.display(),
+            "--epochs",
+            2,
+            "--batch-size",
+            32
+        ];
+        a.extend(extra);
+        worker(a)
+    };
+    let markers = || {
+        std::fs::read_to_string(out.join("curves.svg"))
+            .unwrap()
+            .matches("<circle")
+            .count()
+    };
+    let first = train(args!["--stop-after-epochs", 1]).ok("first epoch");
+    assert_eq!(summary_row(&first.stdout, "epochs"), Some("1 of 2"));
+    assert_eq!(markers(), 5);
+    let second = train(args!["--resume"]).ok("resumed");
+    assert_eq!(summary_row(&second.stdout, "epochs"), Some("2 of 2"));
+    assert!(
+        summary_row(&second.stdout, "wall time").is_some_and(|w| w.ends_with("(this attempt)")),
+        "{}",
+        second.stdout
+    );
+    assert_eq!(markers(), 10);
+}

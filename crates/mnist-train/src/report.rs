@@ -80,8 +80,18 @@ impl Curves {
     }
 }
 
+impl Drop for Curves {
+    /// A run that ends early (an error) still lets a drawing in progress finish, so it leaves
+    /// no temporary file behind.
+    fn drop(&mut self) {
+        if let Some(h) = self.pending.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// The end-of-run table, one log line per row, from `metrics.jsonl` and what the trainer knows.
-pub fn summary(cfg: &TrainConfig, log: &RunLog, wall: Duration, bytes_sent: u64) {
+pub fn summary(cfg: &TrainConfig, log: &RunLog, wall: Duration, bytes_sent: u64, resumed: bool) {
     let epochs = match mnist_viz::metrics::read_file(&cfg.path.join(METRICS_FILE)) {
         Ok(e) => e,
         Err(e) => {
@@ -97,6 +107,7 @@ pub fn summary(cfg: &TrainConfig, log: &RunLog, wall: Duration, bytes_sent: u64)
         wall_seconds: wall.as_secs_f64(),
         epochs_total: cfg.epochs,
         bytes_sent,
+        resumed,
     };
     for line in mnist_viz::summary::lines(&end, &epochs) {
         log.info(&line);
@@ -138,10 +149,18 @@ impl Reporter {
         self.curves.redraw(cfg, log);
     }
 
-    /// Rank 0, at the end: wait for the curves, then print the run summary.
-    pub fn finish(&mut self, cfg: &TrainConfig, log: &RunLog, started: Instant, bytes_sent: u64) {
+    /// Rank 0, at the end: wait for the curves, then print the run summary (`resumed`: this
+    /// process continued an earlier attempt, whose time the wall time leaves out).
+    pub fn finish(
+        &mut self,
+        cfg: &TrainConfig,
+        log: &RunLog,
+        started: Instant,
+        bytes_sent: u64,
+        resumed: bool,
+    ) {
         self.curves.wait(log);
-        summary(cfg, log, started.elapsed(), bytes_sent);
+        summary(cfg, log, started.elapsed(), bytes_sent, resumed);
     }
 }
 

@@ -641,7 +641,8 @@ impl<'c> Trainer<'c> {
         }
         if s.comm.rank() == 0 {
             let sent = s.comm.bytes_sent();
-            self.report.finish(cfg, &s.log, s.started, sent);
+            let resumed = cfg.resume || s.restart_round > 0;
+            self.report.finish(cfg, &s.log, s.started, sent, resumed);
         }
         s.comm.barrier()?;
         Ok(())

@@ -1,5 +1,7 @@
 //! The table rank 0 prints when a run ends: wall time, epochs, best accuracy and its epoch,
-//! throughput, where a step's time went (when the records carry a time breakdown), bytes
+//! throughput, where the steps' time went and which rank straggled (when the records carry the
+//! time breakdown: `epoch_<part>_s`, `step_<part>_ms_median` / `_p99`, `straggler_rank`,
+//! `straggler_ms`, parts `compute`, `comm`, `wait`), bytes
 //! sent, and the paths of everything the run wrote.
 
 use crate::console::{count, CONFIG_FILE};
@@ -22,6 +24,9 @@ pub struct RunEnd<'a> {
     pub epochs_total: usize,
     /// Bytes rank 0 sent through its communicator (all collectives).
     pub bytes_sent: u64,
+    /// Whether this process resumed an earlier attempt (its wall time and bytes are this
+    /// attempt's only).
+    pub resumed: bool,
 }
 
 /// `1 h 02 min`, `3 min 07 s`, `12.3 s`.
@@ -71,37 +76,113 @@ pub fn thousands(n: f64) -> String {
     out
 }
 
-/// Milliseconds per step of each part of a step, median over the epoch's steps, averaged over
-/// the epochs whose records carry them: every `<part>_ms_median` field, in the order compute,
-/// communication, waiting, then the others by name.
-fn time_split(epochs: &[EpochPoint]) -> Vec<(String, f64)> {
-    let mut sums: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
-    for p in epochs {
-        for (k, v) in &p.extra {
-            if let (Some(part), Some(ms)) = (k.strip_suffix("_ms_median"), v.as_f64()) {
-                let e = sums.entry(part.to_string()).or_default();
-                e.0 += ms;
-                e.1 += 1;
-            }
-        }
-    }
-    let rank = |k: &str| {
-        ["compute", "comm", "communication", "wait", "waiting"]
-            .iter()
-            .position(|p| *p == k)
-            .unwrap_or(usize::MAX)
-    };
-    let mut parts: Vec<(String, f64)> = sums
-        .into_iter()
-        .map(|(k, (s, n))| (k, s / n as f64))
+/// The parts of a step the time breakdown of `metrics.jsonl` names, with their labels.
+const PARTS: [(&str, &str); 3] = [
+    ("compute", "compute"),
+    ("comm", "communication"),
+    ("wait", "waiting"),
+];
+
+/// Mean over the epochs whose records carry the number field `key`.
+fn mean_of(epochs: &[EpochPoint], key: &str) -> Option<f64> {
+    let v: Vec<f64> = epochs
+        .iter()
+        .filter_map(|p| p.extra.get(key).and_then(|v| v.as_f64()))
         .collect();
-    parts.sort_by_key(|(k, _)| rank(k));
-    parts
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Sum over the epochs of the number field `key` (None when no record has it).
+fn sum_of(epochs: &[EpochPoint], key: &str) -> Option<f64> {
+    mean_of(epochs, key).map(|m| {
+        m * epochs
+            .iter()
+            .filter(|p| p.extra.get(key).is_some_and(|v| v.is_number()))
+            .count() as f64
+    })
+}
+
+/// Where the training time went, from the breakdown fields (`epoch_<part>_s`, summed over
+/// the epochs; each a mean over ranks): "compute 40.1 s (62%), …".
+fn time_split(epochs: &[EpochPoint]) -> Option<String> {
+    let secs: Vec<(&str, f64)> = PARTS
+        .iter()
+        .filter_map(|(k, label)| Some((*label, sum_of(epochs, &format!("epoch_{k}_s"))?)))
+        .collect();
+    let total: f64 = secs.iter().map(|(_, s)| s).sum();
+    if secs.is_empty() || total <= 0.0 {
+        return None;
+    }
+    let parts: Vec<String> = secs
+        .iter()
+        .map(|(l, s)| format!("{l} {} ({:.0}%)", duration(*s), 100.0 * s / total))
+        .collect();
+    Some(format!(
+        "{} (training steps, mean over ranks)",
+        parts.join(", ")
+    ))
+}
+
+/// One step's parts, median and p99 over the steps (`step_<part>_ms_median` / `_p99`), mean
+/// over the epochs: "compute 3.10 / 5.20 ms, …".
+fn step_times(epochs: &[EpochPoint]) -> Option<String> {
+    let parts: Vec<String> = PARTS
+        .iter()
+        .filter_map(|(k, label)| {
+            let median = mean_of(epochs, &format!("step_{k}_ms_median"))?;
+            Some(match mean_of(epochs, &format!("step_{k}_ms_p99")) {
+                Some(p99) => format!("{label} {median:.2} / {p99:.2} ms"),
+                None => format!("{label} {median:.2} ms"),
+            })
+        })
+        .collect();
+    (!parts.is_empty()).then(|| format!("{} (median / p99 over steps)", parts.join(", ")))
+}
+
+/// The rank the breakdown named as the straggler most often (`straggler_rank`), in how many
+/// epochs, and by how much at most (`straggler_ms`).
+fn straggler(epochs: &[EpochPoint]) -> Option<String> {
+    let named: Vec<(u64, f64)> = epochs
+        .iter()
+        .filter_map(|p| {
+            let r = p.extra.get("straggler_rank")?.as_u64()?;
+            let ms = p
+                .extra
+                .get("straggler_ms")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN);
+            Some((r, ms))
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::<u64, usize>::new();
+    for (r, _) in &named {
+        *counts.entry(*r).or_default() += 1;
+    }
+    let (rank, n) = counts
+        .into_iter()
+        .max_by_key(|&(r, n)| (n, std::cmp::Reverse(r)))?;
+    let worst = named
+        .iter()
+        .filter(|(r, _)| *r == rank)
+        .map(|(_, ms)| *ms)
+        .filter(|ms| ms.is_finite())
+        .fold(None::<f64>, |m, v| Some(m.map_or(v, |m| m.max(v))));
+    let by = worst.map_or(String::new(), |ms| {
+        format!(", up to {ms:.1} ms per step slower than the next slowest rank")
+    });
+    Some(format!(
+        "rank {rank} in {n} of {}{by}",
+        count(epochs.len(), "epoch", "epochs")
+    ))
 }
 
 /// The summary as `(label, value)` rows; files that do not exist are left out.
 pub fn rows(end: &RunEnd, epochs: &[EpochPoint]) -> Vec<(&'static str, String)> {
-    let mut rows = vec![("wall time", duration(end.wall_seconds))];
+    let attempt = if end.resumed { " (this attempt)" } else { "" };
+    let mut rows = vec![(
+        "wall time",
+        format!("{}{attempt}", duration(end.wall_seconds)),
+    )];
     let done = epochs.last().map_or(0, |p| p.epoch);
     rows.push(("epochs", format!("{done} of {}", end.epochs_total)));
     let best = epochs.iter().filter(|p| p.test_top1.is_finite()).fold(
@@ -135,18 +216,16 @@ pub fn rows(end: &RunEnd, epochs: &[EpochPoint]) -> Vec<(&'static str, String)> 
             ),
         ));
     }
-    let split = time_split(epochs);
-    if !split.is_empty() {
-        let parts: Vec<String> = split
-            .iter()
-            .map(|(k, ms)| format!("{k} {ms:.2} ms"))
-            .collect();
-        rows.push((
-            "time per step",
-            format!("{} (median over steps)", parts.join(", ")),
-        ));
+    if let Some(split) = time_split(epochs) {
+        rows.push(("time split", split));
     }
-    let mut sent = bytes(end.bytes_sent as f64);
+    if let Some(step) = step_times(epochs) {
+        rows.push(("time per step", step));
+    }
+    if let Some(s) = straggler(epochs) {
+        rows.push(("straggler", s));
+    }
+    let mut sent = format!("{}{attempt}", bytes(end.bytes_sent as f64));
     if let Some(p) = epochs.last().filter(|p| p.world_size > 1) {
         sent += &format!(
             " by rank 0 ({} of gradients per step, {})",
@@ -222,6 +301,7 @@ mod tests {
             wall_seconds: 75.0,
             epochs_total: 4,
             bytes_sent: 2_500_000,
+            resumed: false,
         };
         let epochs = [epoch(1, 90.0, ""), epoch(2, 97.5, ""), epoch(3, 97.5, "")];
         let rows = rows(&end, &epochs);
@@ -245,7 +325,13 @@ mod tests {
         assert_eq!(get("model"), format!("{d}/{MODEL_FILE}"));
         assert_eq!(get("curves"), format!("{d}/{CURVES_PNG}"));
         // Files the run did not write are left out; no time split without its fields.
-        for absent in ["trace", "configuration", "time per step"] {
+        for absent in [
+            "trace",
+            "configuration",
+            "time split",
+            "time per step",
+            "straggler",
+        ] {
             assert!(rows.iter().all(|(l, _)| *l != absent), "{rows:?}");
         }
         let text = lines(&end, &epochs);
@@ -260,18 +346,34 @@ mod tests {
         let end = RunEnd {
             dir: dir.path(),
             wall_seconds: 5.0,
-            epochs_total: 2,
+            epochs_total: 3,
             bytes_sent: 0,
+            resumed: true,
         };
-        let extra = r#","wait_ms_median":0.5,"compute_ms_median":10.0,"comm_ms_median":2.0,"compute_ms_p99":30.0"#;
-        let extra2 = r#","wait_ms_median":1.5,"compute_ms_median":12.0,"comm_ms_median":4.0"#;
-        let rows = rows(&end, &[epoch(1, 90.0, extra), epoch(2, 91.0, extra2)]);
-        let split = rows.iter().find(|(l, _)| *l == "time per step").unwrap();
-        assert_eq!(
-            split.1,
-            "compute 11.00 ms, comm 3.00 ms, wait 1.00 ms (median over steps)"
+        // The fields of the time breakdown as the trainer writes them (flat, per epoch).
+        let e1 = r#","step_compute_ms_median":10.0,"step_compute_ms_p99":30.0,"step_comm_ms_median":2.0,"step_comm_ms_p99":4.0,"step_wait_ms_median":0.5,"step_wait_ms_p99":1.0,"epoch_compute_s":6.0,"epoch_comm_s":3.0,"epoch_wait_s":1.0,"straggler_rank":1,"straggler_ms":55.0"#;
+        let e2 = r#","step_compute_ms_median":12.0,"step_compute_ms_p99":20.0,"step_comm_ms_median":4.0,"step_comm_ms_p99":6.0,"step_wait_ms_median":1.5,"step_wait_ms_p99":3.0,"epoch_compute_s":6.0,"epoch_comm_s":3.0,"epoch_wait_s":1.0,"straggler_rank":1,"straggler_ms":61.5"#;
+        let e3 = r#","straggler_rank":null,"straggler_ms":null"#;
+        let rows = rows(
+            &end,
+            &[epoch(1, 90.0, e1), epoch(2, 91.0, e2), epoch(3, 92.0, e3)],
         );
-        let trace = rows.iter().find(|(l, _)| *l == "trace").unwrap();
-        assert!(trace.1.ends_with(TRACE_FILE));
+        let get = |k: &str| rows.iter().find(|(l, _)| *l == k).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("time split"),
+            Some("compute 12.0 s (60%), communication 6.0 s (30%), waiting 2.0 s (10%) (training steps, mean over ranks)")
+        );
+        assert_eq!(
+            get("time per step"),
+            Some("compute 11.00 / 25.00 ms, communication 3.00 / 5.00 ms, waiting 1.00 / 2.00 ms (median / p99 over steps)")
+        );
+        assert_eq!(
+            get("straggler"),
+            Some(
+                "rank 1 in 2 of 3 epochs, up to 61.5 ms per step slower than the next slowest rank"
+            )
+        );
+        assert!(get("trace").unwrap().ends_with(TRACE_FILE));
+        assert_eq!(get("wall time"), Some("5.0 s (this attempt)"));
     }
 }
