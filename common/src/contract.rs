@@ -94,6 +94,12 @@ pub const MODEL_FILE: &str = "mnist_model.pt";
 pub const LOG_FILE: &str = "mnist_train.log";
 /// One JSON object per epoch inside `--path`.
 pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The run's full configuration inside `--path` (JSON, written by rank 0 at start-up).
+pub const CONFIG_FILE: &str = "config.json";
+/// The training curves inside `--path` (PNG), redrawn by rank 0 after every epoch.
+pub const CURVES_PNG: &str = "curves.png";
+/// The training curves inside `--path` (SVG), redrawn beside [`CURVES_PNG`].
+pub const CURVES_SVG: &str = "curves.svg";
 /// The resumable checkpoint inside `--path`.
 pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
 /// The launcher's report of a failed launch inside `--path` (torchrun's error file): the root

@@ -15,7 +15,12 @@ pub const WORKER_PROGRAM: &str = "mnist-worker";
 
 /// Start one training worker per rank and supervise them as a group (like torchrun).
 #[derive(Parser, Clone, Debug)]
-#[command(name = "mnist-launch", version, args_override_self = true)]
+#[command(
+    name = "mnist-launch",
+    version,
+    args_override_self = true,
+    after_help = "Compare runs: mnist-launch plot RUN_DIR [RUN_DIR ...] -o compare.png (or .svg); see mnist-launch plot --help."
+)]
 pub struct LaunchArgs {
     /// Training flags, forwarded to every worker.
     #[command(flatten)]

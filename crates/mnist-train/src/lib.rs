@@ -15,6 +15,7 @@ pub mod host;
 pub mod interrupt;
 pub mod metrics;
 pub mod optim;
+pub mod report;
 pub mod resume;
 pub mod schedule;
 pub mod session;

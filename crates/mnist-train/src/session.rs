@@ -2,7 +2,7 @@
 //! the output folder with its log, and the console progress bar.
 
 use crate::{device, TrainError};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
+use indicatif::{ProgressBar, ProgressDrawTarget, TermLike};
 use mnist_comm::{Communicator, Solo};
 use mnist_common::contract::WorkerIdentity;
 use mnist_common::fault::FaultPlan;
@@ -10,7 +10,7 @@ use mnist_common::logging::RunLog;
 use mnist_common::{BackendKind, ProgressMode, TrainConfig};
 use mnist_nccl::NcclGroup;
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tch::Device;
 
 /// A worker's established environment.
@@ -30,6 +30,8 @@ pub struct Session {
     pub faults: FaultPlan,
     /// The launcher's restart round (`MNIST_RESTART_ROUND`; 0: the first attempt).
     pub restart_round: u32,
+    /// When this process started setting up (the run summary's wall time).
+    pub started: Instant,
     progress: bool,
 }
 
@@ -78,6 +80,7 @@ impl Session {
         if let crate::cuda_runtime::CudaRuntime::BadSetting(m) = crate::cuda_runtime::load() {
             return Err(TrainError::Device(m.clone()));
         }
+        let started = Instant::now();
         let faults = FaultPlan::from_env()?;
         faults.check_world(identity.world_size)?;
         let restart_round = restart_round()?;
@@ -185,23 +188,22 @@ impl Session {
             comm = Box::new(NcclGroup::new(nccl, comm));
         }
         if identity.rank == 0 {
-            log.info(&format!(
-                "Config: {} | rank 0 of {} | {} intra-op thread(s) | device {:?}",
-                serde_json::to_string(cfg).unwrap_or_default(),
-                identity.world_size,
+            let backend = if comm.device().is_some() {
+                "NCCL"
+            } else if identity.world_size > 1 {
+                "CPU (shared memory / TCP)"
+            } else {
+                "none (single process)"
+            };
+            let facts = mnist_viz::console::RunFacts {
+                world_size: identity.world_size,
+                device: crate::report::device_name(device),
                 threads,
-                device
-            ));
-            log.info(&format!(
-                "Gradient backend: {}",
-                if comm.device().is_some() {
-                    "NCCL"
-                } else if identity.world_size > 1 {
-                    "CPU (shared memory / TCP)"
-                } else {
-                    "none (single process)"
-                }
-            ));
+                backend: backend.into(),
+                run_id: identity.run_id.clone(),
+                restart_round,
+            };
+            crate::report::announce(cfg, identity, &log, &facts);
             for n in &notes {
                 log.info(n);
             }
@@ -220,12 +222,18 @@ impl Session {
             identity: identity.clone(),
             faults,
             restart_round,
+            started,
             progress,
         })
     }
 
     /// A progress bar for one epoch of `len` batches, when the console wants one.
-    pub fn progress_bar(&self, len: u64, epoch: usize) -> Option<ProgressBar> {
+    pub fn progress_bar(
+        &self,
+        len: u64,
+        epoch: usize,
+        plan: crate::report::BarPlan,
+    ) -> Option<ProgressBar> {
         if !self.progress {
             return None;
         }
@@ -239,13 +247,9 @@ impl Session {
                 ProgressDrawTarget::term_like_with_hz(Box::new(PipeTerm), 4),
             )
         };
-        let style = ProgressStyle::with_template(
-            "epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+        let style = crate::report::bar_style(plan);
         pb.set_style(style);
-        pb.set_prefix(epoch.to_string());
+        pb.set_prefix(format!("{epoch}/{}", epoch + plan.epochs_after));
         Some(pb)
     }
 }

@@ -139,6 +139,8 @@ pub struct Trainer<'c> {
     resume_point: Option<ResumePoint>,
     faults: Injector,
     guard: GradGuard,
+    /// Rank 0's curves, progress bar plan and run summary.
+    report: crate::report::Reporter,
     /// First epoch (0-based) this run trains.
     pub start_epoch: usize,
     /// Epoch (exclusive) this run stops at.
@@ -284,6 +286,7 @@ impl<'c> Trainer<'c> {
             resume_point,
             faults: Injector::new(&s.faults, rank, s.restart_round),
             guard: GradGuard::new(rank, s.device),
+            report: Default::default(),
             start_epoch,
             last_epoch,
             step,
@@ -309,7 +312,8 @@ impl<'c> Trainer<'c> {
                 .collect::<Vec<_>>(),
         )
         .to_device(s.device);
-        let bar = s.progress_bar(batches as u64, epoch + 1);
+        let plan = self.report.start_epoch(cfg, world, epoch, self.last_epoch);
+        let bar = s.progress_bar(batches as u64, epoch + 1, plan);
         let mut grad_sent = 0u64;
         let mut sums = Tensor::zeros([3], (Kind::Double, s.device));
         // A mid-epoch checkpoint: start at its batch; rank 0 carries every rank's figures so
@@ -557,6 +561,7 @@ impl<'c> Trainer<'c> {
             path: cfg.path.clone(),
             source: e,
         })?;
+        self.report.end_epoch(cfg, &s.log);
         let state = self.resume_state(world, epoch + 1, ResumePoint::default());
         resume::save_with_hook(&self.ckpt_path, &state, || {
             self.faults.in_checkpoint_write(self.step)
@@ -621,7 +626,7 @@ impl<'c> Trainer<'c> {
     }
 
     /// Log the end of the run and wait for every rank.
-    pub fn finish(self, s: &mut Session) -> Result<(), TrainError> {
+    pub fn finish(mut self, s: &mut Session) -> Result<(), TrainError> {
         let cfg = self.cfg;
         if self.last_epoch < cfg.epochs {
             s.log.info(&format!(
@@ -633,6 +638,11 @@ impl<'c> Trainer<'c> {
                 "Final best Test Accuracy: {:.2}%",
                 self.best_acc.max(0.0)
             ));
+        }
+        if s.comm.rank() == 0 {
+            let sent = s.comm.bytes_sent();
+            let resumed = cfg.resume || s.restart_round > 0;
+            self.report.finish(cfg, &s.log, s.started, sent, resumed);
         }
         s.comm.barrier()?;
         Ok(())
