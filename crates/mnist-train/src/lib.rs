@@ -3,6 +3,7 @@
 //! evaluation, logs, metrics and checkpoints. `mnist-worker` calls [`run`].
 
 pub mod batchnorm;
+pub mod breakdown;
 pub mod dataset;
 pub mod device;
 mod error;
@@ -14,6 +15,7 @@ pub mod host;
 pub mod interrupt;
 pub mod metrics;
 pub mod optim;
+pub mod phases;
 pub mod resume;
 pub mod schedule;
 pub mod session;

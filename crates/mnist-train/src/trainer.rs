@@ -4,6 +4,7 @@
 //! rate; [`Trainer::end_epoch`] reduces the epoch's figures, evaluates, and (rank 0) logs,
 //! records metrics, keeps the best model and writes the resumable checkpoint.
 
+use crate::breakdown::{self, StepTimes};
 use crate::dataset::TensorDataset;
 use crate::evaluate::{correct_counts, evaluate, EvalResult};
 use crate::fault::Injector;
@@ -11,6 +12,7 @@ use crate::flat::FlatParams;
 use crate::guard::GradGuard;
 use crate::metrics::{self, EpochRecord};
 use crate::optim::Sgd;
+use crate::phases::{Phase, StepMarks};
 use crate::schedule::cosine_lr;
 use crate::session::Session;
 use crate::split::{BatchSplitter, StepOutput};
@@ -115,6 +117,8 @@ pub struct EpochStats {
     pub seconds: f64,
     /// Gradient bytes this rank sent per step (metrics and checks not counted).
     pub bytes_per_step: f64,
+    /// This rank's compute and gradient-reduction time per step ([`crate::breakdown`]).
+    pub times: StepTimes,
 }
 
 /// A run's state from one epoch to the next.
@@ -321,12 +325,15 @@ impl<'c> Trainer<'c> {
         if let Some(pb) = &bar {
             pb.set_position(resumed.batches_done as u64);
         }
+        let mut times = StepTimes::default();
         let t0 = Instant::now();
         for b in resumed.batches_done..batches {
             if let Some(signal) = interrupt::pending() {
                 return Err(TrainError::Interrupted { signal });
             }
+            let mut marks = StepMarks::start();
             self.faults.before_step(self.step);
+            marks.mark(Phase::Delay);
             if let Some(d) = self.dropout.as_mut() {
                 // Each batch's masks are a function of seed, rank, epoch and batch (as is the
                 // data order), so a run resumed at an epoch or inside one continues exactly.
@@ -336,6 +343,7 @@ impl<'c> Trainer<'c> {
             let n = cfg.batch_size.min(per_rank - lo);
             let (loss, c1) = guarded("training step", || -> Result<_, TrainError> {
                 let (x, y) = self.train_set.gather(&order.narrow(0, lo as i64, n as i64));
+                marks.mark(Phase::Data);
                 let out = match self.dropout.as_mut() {
                     // Net: one thread, BatchNorm statistics through the communicator.
                     Some(dropout) => {
@@ -359,16 +367,27 @@ impl<'c> Trainer<'c> {
                             loss: st.loss.to_kind(Kind::Float),
                             correct1,
                             correct5,
+                            forward_end: None,
                         }
                     }
                     None => self
                         .splitter
                         .forward_backward(&self.model, &mut self.flat, &x, &y)?,
                 };
+                if let Some(t) = out.forward_end {
+                    marks.set(Phase::Forward, t);
+                }
+                marks.mark(Phase::Backward);
                 if self.faults.corrupts_gradient(self.step) {
                     let _ = self.flat.grads.fill_(f64::NAN);
                 }
                 self.guard.observe(&self.flat.grads, self.step)?;
+                if let (true, tch::Device::Cuda(d)) = (world > 1, s.device) {
+                    // Kernels run asynchronously: finish this step's before timing the
+                    // reduction, which waits for them anyway.
+                    tch::Cuda::synchronize(d as i64);
+                }
+                marks.mark(Phase::Check);
                 if world > 1 {
                     let before = s.comm.bytes_sent();
                     // SAFETY: the batch-split helpers only touch the gradient buffers inside
@@ -376,6 +395,7 @@ impl<'c> Trainer<'c> {
                     // `flat.grads` on another thread.
                     unsafe { self.reducer.reduce(&mut self.flat.grads, s.comm.as_mut()) }?;
                     grad_sent += s.comm.bytes_sent() - before;
+                    marks.mark(Phase::Reduce);
                 }
                 self.sgd
                     .step(&mut self.flat.params, &mut self.flat.grads, lr);
@@ -387,8 +407,10 @@ impl<'c> Trainer<'c> {
                     ],
                     0,
                 );
+                marks.mark(Phase::Optimizer);
                 Ok((out.loss, out.correct1))
             })??;
+            times.push(marks.compute(), marks.reduce());
             self.step += 1;
             if cfg.checkpoint_every > 0
                 && self.step.is_multiple_of(cfg.checkpoint_every as u64)
@@ -454,6 +476,7 @@ impl<'c> Trainer<'c> {
             samples: per_rank,
             seconds,
             bytes_per_step: grad_sent as f64 / (batches - resumed.batches_done).max(1) as f64,
+            times,
         })
     }
 
@@ -476,6 +499,7 @@ impl<'c> Trainer<'c> {
             vec![v[0], v[1], v[2], stats.samples as f32]
         };
         s.comm.all_reduce_f32(&mut totals, ReduceOp::Sum)?;
+        let all_times = breakdown::gather(s.comm.as_mut(), &stats.times)?;
         let ntrain = totals[3] as f64;
         let (train_loss, train_top1, train_top5) = (
             totals[0] as f64 / ntrain,
@@ -511,6 +535,8 @@ impl<'c> Trainer<'c> {
             stats.seconds,
             images_per_second
         ));
+        let time = breakdown::summarize(&all_times);
+        s.log.info(&time.log_line());
         if let Some(r) = compression_ratio {
             s.log.info(&format!(
                 "Gradient traffic ({}): {:.0} bytes/step/rank, compression ratio {r:.1}x vs none",
@@ -551,6 +577,7 @@ impl<'c> Trainer<'c> {
                 bytes_sent_per_step: stats.bytes_per_step,
                 compression_ratio,
                 restarts: s.restart_round,
+                time,
             },
         )
         .map_err(|e| TrainError::OutputDir {
