@@ -1,5 +1,6 @@
-//! Seeing what a run did (README "Observing a run"): the time breakdown and straggler report
-//! in `metrics.jsonl` and the log.
+//! Seeing what a run did: the time breakdown and straggler report in `metrics.jsonl` and the
+//! log (README "Where the time goes"), and TensorBoard event files (`--tensorboard`) read back
+//! with TensorBoard's own reader.
 
 mod common;
 
@@ -30,8 +31,16 @@ fn a_slow_rank_is_reported_as_the_straggler() {
     let tmp = tempdir();
     let data = make_data(tmp.path(), 640, 100);
     let out = tmp.path().join("run");
+    let tb = tmp.path().join("board");
     let mut a = train_args(&data, &out);
-    a.extend(args!["--backend", "cpu", "--nproc", 2]);
+    a.extend(args![
+        "--backend",
+        "cpu",
+        "--nproc",
+        2,
+        "--tensorboard",
+        tb.display()
+    ]);
     let mut cmd = Command::new(launcher_bin());
     cmd.args(a)
         .env(mnist_common::contract::ENV_FAULT, "1:0:slow=60ms");
@@ -73,6 +82,17 @@ fn a_slow_rank_is_reported_as_the_straggler() {
         line.contains("straggler: rank 1,") && line.contains("waiting for the slowest rank"),
         "{line}"
     );
+    // `--tensorboard DIR`: one event file, rank 0's, with the epoch's figures.
+    let files = event_files(&tb);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let s = mnist_tensorboard::read_scalars(&files[0]).unwrap();
+    let loss: Vec<f32> = s
+        .iter()
+        .filter(|x| x.tag == "test/loss")
+        .map(|x| x.value)
+        .collect();
+    assert_eq!(loss, [m["test_loss"].as_f64().unwrap() as f32]);
+    assert_eq!(s.iter().filter(|x| x.tag == "train/loss").count(), 10);
 }
 
 /// One process: the breakdown is there, with nothing to wait for and no straggler.
@@ -91,4 +111,111 @@ fn one_process_has_a_breakdown_without_waiting() {
     // The steps are the training loop, less logging and the like.
     assert!(compute > 0.0 && compute <= secs, "{compute} of {secs} s");
     assert!(o.stdout.contains("Time per step (ms"), "{}", o.stdout);
+}
+
+/// The TensorBoard event files in `dir`.
+fn event_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("tfevents"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `--tensorboard` (default folder `<path>/tb`), read back by TensorBoard's own reader
+/// (EventAccumulator, `scripts/ref/tb_scalars.py`): per step the loss and learning rate, per
+/// epoch the values `metrics.jsonl` holds.
+#[test]
+fn tensorboard_shows_what_metrics_jsonl_holds() {
+    const TEST: &str = "tensorboard_shows_what_metrics_jsonl_holds";
+    let Some(py) = python(TEST) else { return };
+    let has_tb = Command::new(&py)
+        .args(["-c", "import tensorboard"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_tb {
+        mnist_testkit::skip(
+            TEST,
+            "python",
+            &format!(
+                "{} cannot import tensorboard (scripts/env.sh installs it)",
+                py.display()
+            ),
+        );
+        return;
+    }
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 320, 100);
+    let out = tmp.path().join("run");
+    let mut a = train_args(&data, &out);
+    a.extend(args!["--epochs", 2, "--tensorboard"]);
+    let o = run(&worker_bin(), a).ok("--tensorboard");
+    assert!(o.stdout.contains("TensorBoard: writing"), "{}", o.stdout);
+    let tb = out.join("tb");
+    assert_eq!(event_files(&tb).len(), 1);
+    let r = run(
+        &py,
+        args![
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../scripts/ref/tb_scalars.py")
+                .display(),
+            tb.display()
+        ],
+    )
+    .ok("tb_scalars.py");
+    let got: serde_json::Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("tb_scalars.py printed no JSON ({e}):\n{}", r.stdout));
+    let series = |tag: &str| -> Vec<(i64, f64)> {
+        got[tag]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {tag} in {got}"))
+            .iter()
+            .map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap()))
+            .collect()
+    };
+    let m = metrics(&out);
+    assert_eq!(m.len(), 2);
+    let close = |a: f64, b: f64, what: &str| {
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+            "{what}: TensorBoard {a}, metrics.jsonl {b}"
+        )
+    };
+    // Per epoch, at the global step count at its end (10 steps per epoch).
+    for (tag, key) in [
+        ("test/loss", "test_loss"),
+        ("test/top1", "test_top1"),
+        ("test/top5", "test_top5"),
+        ("perf/images_per_second", "images_per_second"),
+        ("comm/gradient_bytes_per_step", "bytes_sent_per_step"),
+        ("train/epoch_loss", "train_loss"),
+    ] {
+        let s = series(tag);
+        assert_eq!(s.iter().map(|p| p.0).collect::<Vec<_>>(), [10, 20], "{tag}");
+        for (e, (_, v)) in s.iter().enumerate() {
+            close(*v, m[e][key].as_f64().unwrap(), tag);
+        }
+    }
+    // Per step: 20 steps, numbered 0..19; each epoch's mean batch loss (full batches, one
+    // process) is its train loss, and the learning rate its epoch's.
+    let loss = series("train/loss");
+    let lr = series("train/lr");
+    assert_eq!(
+        loss.iter().map(|p| p.0).collect::<Vec<_>>(),
+        (0..20).collect::<Vec<_>>()
+    );
+    assert_eq!(lr.len(), 20);
+    for e in 0..2 {
+        let mean = loss[10 * e..10 * (e + 1)].iter().map(|p| p.1).sum::<f64>() / 10.0;
+        let want = m[e]["train_loss"].as_f64().unwrap();
+        assert!(
+            (mean - want).abs() < 1e-4 * want,
+            "epoch {e}: {mean} vs {want}"
+        );
+        for p in &lr[10 * e..10 * (e + 1)] {
+            close(p.1, m[e]["lr"].as_f64().unwrap(), "train/lr");
+        }
+    }
 }

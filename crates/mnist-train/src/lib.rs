@@ -3,6 +3,7 @@
 //! evaluation, logs, metrics and checkpoints. `mnist-worker` calls [`run`].
 
 pub mod batchnorm;
+pub mod board;
 pub mod breakdown;
 pub mod dataset;
 pub mod device;

@@ -4,6 +4,7 @@
 //! rate; [`Trainer::end_epoch`] reduces the epoch's figures, evaluates, and (rank 0) logs,
 //! records metrics, keeps the best model and writes the resumable checkpoint.
 
+use crate::board::{Board, StepSeries};
 use crate::breakdown::{self, StepTimes};
 use crate::dataset::TensorDataset;
 use crate::evaluate::{correct_counts, evaluate, EvalResult};
@@ -119,6 +120,8 @@ pub struct EpochStats {
     pub bytes_per_step: f64,
     /// This rank's compute and gradient-reduction time per step ([`crate::breakdown`]).
     pub times: StepTimes,
+    /// Rank 0 with `--tensorboard`: the loss of each step (else empty).
+    pub steps: StepSeries,
 }
 
 /// A run's state from one epoch to the next.
@@ -143,6 +146,8 @@ pub struct Trainer<'c> {
     resume_point: Option<ResumePoint>,
     faults: Injector,
     guard: GradGuard,
+    /// Rank 0 with `--tensorboard`: the event file.
+    board: Option<Board>,
     /// First epoch (0-based) this run trains.
     pub start_epoch: usize,
     /// Epoch (exclusive) this run stops at.
@@ -267,6 +272,18 @@ impl<'c> Trainer<'c> {
         ));
         let sampler = DistributedSampler::try_new(train_set.len, world, rank, true, cfg.seed)?;
         let last_epoch = cfg.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
+        let board = match (&cfg.tensorboard, rank) {
+            (Some(dir), 0) => {
+                let b = Board::open(dir)?;
+                s.log.info(&format!(
+                    "TensorBoard: writing {} (view with: tensorboard --logdir {})",
+                    b.path().display(),
+                    dir.display()
+                ));
+                Some(b)
+            }
+            _ => None,
+        };
         Ok(Trainer {
             cfg,
             train_set,
@@ -288,6 +305,7 @@ impl<'c> Trainer<'c> {
             resume_point,
             faults: Injector::new(&s.faults, rank, s.restart_round),
             guard: GradGuard::new(rank, s.device),
+            board,
             start_epoch,
             last_epoch,
             step,
@@ -326,6 +344,11 @@ impl<'c> Trainer<'c> {
             pb.set_position(resumed.batches_done as u64);
         }
         let mut times = StepTimes::default();
+        let mut step_loss = Vec::new();
+        let mut steps = StepSeries {
+            first_step: self.step,
+            ..StepSeries::default()
+        };
         let t0 = Instant::now();
         for b in resumed.batches_done..batches {
             if let Some(signal) = interrupt::pending() {
@@ -411,6 +434,10 @@ impl<'c> Trainer<'c> {
                 Ok((out.loss, out.correct1))
             })??;
             times.push(marks.compute(), marks.reduce());
+            if self.board.is_some() {
+                step_loss.push(loss.shallow_clone());
+                steps.wall_time.push(mnist_tensorboard::now());
+            }
             self.step += 1;
             if cfg.checkpoint_every > 0
                 && self.step.is_multiple_of(cfg.checkpoint_every as u64)
@@ -477,6 +504,14 @@ impl<'c> Trainer<'c> {
             seconds,
             bytes_per_step: grad_sent as f64 / (batches - resumed.batches_done).max(1) as f64,
             times,
+            steps: StepSeries {
+                loss: if step_loss.is_empty() {
+                    Vec::new()
+                } else {
+                    crate::flat::tensor_to_vec(&Tensor::stack(&step_loss, 0))
+                },
+                ..steps
+            },
         })
     }
 
@@ -559,31 +594,31 @@ impl<'c> Trainer<'c> {
             "Current best test accuracy: {:.2}%",
             self.best_acc
         ));
-        metrics::append(
-            &cfg.path.join(METRICS_FILE),
-            &EpochRecord {
-                epoch: epoch + 1,
-                lr: stats.lr,
-                train_loss,
-                train_top1,
-                train_top5,
-                test_loss: test.avg_loss(),
-                test_top1: test.top1(),
-                test_top5: test.top5(),
-                epoch_seconds: stats.seconds,
-                images_per_second,
-                world_size: world,
-                compression: self.reducer.method().to_string(),
-                bytes_sent_per_step: stats.bytes_per_step,
-                compression_ratio,
-                restarts: s.restart_round,
-                time,
-            },
-        )
-        .map_err(|e| TrainError::OutputDir {
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            lr: stats.lr,
+            train_loss,
+            train_top1,
+            train_top5,
+            test_loss: test.avg_loss(),
+            test_top1: test.top1(),
+            test_top5: test.top5(),
+            epoch_seconds: stats.seconds,
+            images_per_second,
+            world_size: world,
+            compression: self.reducer.method().to_string(),
+            bytes_sent_per_step: stats.bytes_per_step,
+            compression_ratio,
+            restarts: s.restart_round,
+            time,
+        };
+        metrics::append(&cfg.path.join(METRICS_FILE), &rec).map_err(|e| TrainError::OutputDir {
             path: cfg.path.clone(),
             source: e,
         })?;
+        if let Some(b) = self.board.as_mut() {
+            b.epoch(&stats.steps, self.step, &rec)?;
+        }
         let state = self.resume_state(world, epoch + 1, ResumePoint::default());
         resume::save_with_hook(&self.ckpt_path, &state, || {
             self.faults.in_checkpoint_write(self.step)
