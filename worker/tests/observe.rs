@@ -219,3 +219,152 @@ fn tensorboard_shows_what_metrics_jsonl_holds() {
         }
     }
 }
+
+/// `--profile-steps 8:12` on two ranks (10 steps per epoch, 2 epochs, rank 1 slowed by
+/// `MNIST_FAULT`): `trace.json` parses, holds both ranks, steps 8 to 11 each nest their
+/// phases, which add up to the step, with the collectives (and their bytes) inside the
+/// gradient reduction; rank 0 waits for rank 1; epoch 1's evaluation is there.
+#[test]
+fn profile_steps_writes_a_chrome_trace_of_every_rank() {
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 640, 100);
+    let out = tmp.path().join("run");
+    let mut a = train_args(&data, &out);
+    a.extend(args![
+        "--epochs",
+        2,
+        "--backend",
+        "cpu",
+        "--nproc",
+        2,
+        "--profile-steps",
+        "8:12"
+    ]);
+    let mut cmd = Command::new(launcher_bin());
+    cmd.args(a)
+        .env(mnist_common::contract::ENV_FAULT, "1:0:slow=30ms");
+    let o = spawn(cmd).wait(DEADLINE).ok("--profile-steps");
+    assert!(
+        o.stdout.contains("Timeline of steps 8..12 on every rank"),
+        "{}",
+        o.stdout
+    );
+    let text = std::fs::read_to_string(out.join("trace.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let events = doc["traceEvents"].as_array().unwrap();
+    #[derive(Debug)]
+    struct Span {
+        name: String,
+        ts: f64,
+        dur: f64,
+        args: serde_json::Value,
+    }
+    let spans = |pid: u64| -> Vec<Span> {
+        events
+            .iter()
+            .filter(|e| e["ph"] == "X" && e["pid"].as_u64() == Some(pid))
+            .map(|e| Span {
+                name: e["name"].as_str().unwrap().to_string(),
+                ts: e["ts"].as_f64().unwrap(),
+                dur: e["dur"].as_f64().unwrap(),
+                args: e["args"].clone(),
+            })
+            .collect()
+    };
+    for rank in 0..2u64 {
+        let named = events.iter().any(|e| {
+            e["ph"] == "M"
+                && e["name"] == "process_name"
+                && e["pid"].as_u64() == Some(rank)
+                && e["args"]["name"] == format!("rank {rank}")
+        });
+        assert!(named, "no process_name for rank {rank}");
+        let all = spans(rank);
+        let steps: Vec<&Span> = all.iter().filter(|s| s.name.starts_with("step ")).collect();
+        let numbers: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            numbers,
+            ["step 8", "step 9", "step 10", "step 11"],
+            "rank {rank}"
+        );
+        const EPS: f64 = 2.0; // µs: rounding of microsecond timestamps
+        let inside = |s: &Span, outer: &Span| {
+            s.ts >= outer.ts - EPS && s.ts + s.dur <= outer.ts + outer.dur + EPS
+        };
+        let phases = [
+            "injected delay (MNIST_FAULT slow)",
+            "data gather",
+            "forward",
+            "backward",
+            "gradient check",
+            "gradient reduction",
+            "optimizer step",
+        ];
+        let mut waited = 0;
+        for step in &steps {
+            let children: Vec<&Span> = all
+                .iter()
+                .filter(|s| phases.contains(&s.name.as_str()) && inside(s, step))
+                .collect();
+            let names: Vec<&str> = children.iter().map(|s| s.name.as_str()).collect();
+            for want in [
+                "data gather",
+                "forward",
+                "backward",
+                "gradient reduction",
+                "optimizer step",
+            ] {
+                assert!(
+                    names.contains(&want),
+                    "rank {rank} {}: {names:?}",
+                    step.name
+                );
+            }
+            assert_eq!(
+                names.contains(&"injected delay (MNIST_FAULT slow)"),
+                rank == 1,
+                "rank {rank} {}: {names:?}",
+                step.name
+            );
+            // The phases follow each other and add up to the step.
+            let sum: f64 = children.iter().map(|s| s.dur).sum();
+            assert!(
+                (sum - step.dur).abs() <= 0.01 * step.dur + 10.0,
+                "rank {rank} {}: phases {sum} µs, step {} µs",
+                step.name,
+                step.dur
+            );
+            for w in children.windows(2) {
+                assert!((w[0].ts + w[0].dur - w[1].ts).abs() <= EPS, "{w:?}");
+            }
+            let reduce = children
+                .iter()
+                .find(|s| s.name == "gradient reduction")
+                .unwrap();
+            let collectives: Vec<&Span> = all
+                .iter()
+                .filter(|s| s.name.starts_with("all_reduce") && inside(s, reduce))
+                .collect();
+            assert!(!collectives.is_empty(), "rank {rank} {}", step.name);
+            let bytes: u64 = collectives
+                .iter()
+                .map(|s| s.args["bytes"].as_u64().unwrap())
+                .sum();
+            // LeNet's gradient in f32.
+            assert!(bytes > 100_000, "rank {rank} {}: {bytes} bytes", step.name);
+            waited += all
+                .iter()
+                .filter(|s| s.name == "waiting for peers" && inside(s, reduce))
+                .count();
+        }
+        // Rank 0 waits for the slowed rank 1 in every step (30 ms each); rank 1 hardly ever.
+        if rank == 0 {
+            assert_eq!(waited, 4, "rank 0's waits");
+        }
+        let evals = all.iter().filter(|s| s.name == "evaluation").count();
+        assert_eq!(
+            evals, 1,
+            "rank {rank}: epoch 1's evaluation (its last step, 9, was profiled)"
+        );
+    }
+}

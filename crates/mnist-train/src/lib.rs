@@ -23,6 +23,7 @@ pub mod session;
 pub mod split;
 pub mod state;
 pub mod sync;
+pub mod timeline;
 pub mod trainer;
 
 pub use error::TrainError;

@@ -18,6 +18,7 @@ use crate::schedule::cosine_lr;
 use crate::session::Session;
 use crate::split::{BatchSplitter, StepOutput};
 use crate::sync::{broadcast_tensor, GradReducer};
+use crate::timeline::{Recording, Timeline};
 use crate::{interrupt, resume, state, TrainError};
 use mnist_comm::{Communicator, ReduceOp};
 use mnist_common::contract::{METRICS_FILE, MODEL_FILE};
@@ -148,6 +149,8 @@ pub struct Trainer<'c> {
     guard: GradGuard,
     /// Rank 0 with `--tensorboard`: the event file.
     board: Option<Board>,
+    /// `--profile-steps`: this rank's timeline.
+    timeline: Timeline,
     /// First epoch (0-based) this run trains.
     pub start_epoch: usize,
     /// Epoch (exclusive) this run stops at.
@@ -272,6 +275,7 @@ impl<'c> Trainer<'c> {
         ));
         let sampler = DistributedSampler::try_new(train_set.len, world, rank, true, cfg.seed)?;
         let last_epoch = cfg.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
+        let timeline = Timeline::new(cfg.profile_steps, rank, reducer.method());
         let board = match (&cfg.tensorboard, rank) {
             (Some(dir), 0) => {
                 let b = Board::open(dir)?;
@@ -306,6 +310,7 @@ impl<'c> Trainer<'c> {
             faults: Injector::new(&s.faults, rank, s.restart_round),
             guard: GradGuard::new(rank, s.device),
             board,
+            timeline,
             start_epoch,
             last_epoch,
             step,
@@ -355,8 +360,10 @@ impl<'c> Trainer<'c> {
                 return Err(TrainError::Interrupted { signal });
             }
             let mut marks = StepMarks::start();
-            self.faults.before_step(self.step);
-            marks.mark(Phase::Delay);
+            let (tracing, mut calls) = (self.timeline.active(self.step), Vec::new());
+            if self.faults.before_step(self.step) {
+                marks.mark(Phase::Delay);
+            }
             if let Some(d) = self.dropout.as_mut() {
                 // Each batch's masks are a function of seed, rank, epoch and batch (as is the
                 // data order), so a run resumed at an epoch or inside one continues exactly.
@@ -413,10 +420,17 @@ impl<'c> Trainer<'c> {
                 marks.mark(Phase::Check);
                 if world > 1 {
                     let before = s.comm.bytes_sent();
+                    let mut rec;
+                    let comm: &mut dyn Communicator = if tracing {
+                        rec = Recording::new(s.comm.as_mut(), &mut calls);
+                        &mut rec
+                    } else {
+                        s.comm.as_mut()
+                    };
                     // SAFETY: the batch-split helpers only touch the gradient buffers inside
                     // `forward_backward`, which has returned; nothing else shares
                     // `flat.grads` on another thread.
-                    unsafe { self.reducer.reduce(&mut self.flat.grads, s.comm.as_mut()) }?;
+                    unsafe { self.reducer.reduce(&mut self.flat.grads, comm) }?;
                     grad_sent += s.comm.bytes_sent() - before;
                     marks.mark(Phase::Reduce);
                 }
@@ -434,6 +448,10 @@ impl<'c> Trainer<'c> {
                 Ok((out.loss, out.correct1))
             })??;
             times.push(marks.compute(), marks.reduce());
+            if tracing {
+                self.timeline
+                    .step(self.step, &marks, &calls, times.len() - 1);
+            }
             if self.board.is_some() {
                 step_loss.push(loss.shallow_clone());
                 steps.wall_time.push(mnist_tensorboard::now());
@@ -535,6 +553,7 @@ impl<'c> Trainer<'c> {
         };
         s.comm.all_reduce_f32(&mut totals, ReduceOp::Sum)?;
         let all_times = breakdown::gather(s.comm.as_mut(), &stats.times)?;
+        self.timeline.epoch_times(&all_times);
         let ntrain = totals[3] as f64;
         let (train_loss, train_top1, train_top5) = (
             totals[0] as f64 / ntrain,
@@ -546,6 +565,7 @@ impl<'c> Trainer<'c> {
             crate::batchnorm::broadcast_buffers(&mut self.model, s.comm.as_mut())?;
         }
         self.threads.evaluation();
+        let eval_start = Instant::now();
         let test = guarded("evaluation", || {
             evaluate(
                 &self.model,
@@ -556,6 +576,18 @@ impl<'c> Trainer<'c> {
         });
         self.threads.training();
         let test = test??;
+        if self
+            .step
+            .checked_sub(1)
+            .is_some_and(|s| self.timeline.active(s))
+        {
+            self.timeline.evaluation(eval_start);
+        }
+        let trace = if self.timeline.due(self.step, epoch + 1 == self.last_epoch) {
+            self.timeline.write(s.comm.as_mut(), &cfg.path)?
+        } else {
+            None
+        };
         if rank != 0 {
             self.best_acc = self.best_acc.max(test.top1());
             return Ok(());
@@ -594,6 +626,14 @@ impl<'c> Trainer<'c> {
             "Current best test accuracy: {:.2}%",
             self.best_acc
         ));
+        if let (Some(path), Some(w)) = (trace, cfg.profile_steps) {
+            s.log.info(&format!(
+                "Timeline of steps {}..{} on every rank: {} (open in ui.perfetto.dev or chrome://tracing)",
+                w.start,
+                w.end,
+                path.display()
+            ));
+        }
         let rec = EpochRecord {
             epoch: epoch + 1,
             lr: stats.lr,
