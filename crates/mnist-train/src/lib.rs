@@ -4,6 +4,8 @@
 
 pub mod batchnorm;
 pub mod cuda_runtime;
+pub mod board;
+pub mod breakdown;
 pub mod dataset;
 pub mod device;
 mod error;
@@ -16,12 +18,14 @@ pub mod interrupt;
 pub mod metrics;
 pub mod optim;
 pub mod report;
+pub mod phases;
 pub mod resume;
 pub mod schedule;
 pub mod session;
 pub mod split;
 pub mod state;
 pub mod sync;
+pub mod timeline;
 pub mod trainer;
 
 pub use error::TrainError;
