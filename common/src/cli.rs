@@ -48,7 +48,7 @@ pub struct TrainArgs {
     /// Random seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Model to train: LeNet or MLP.
+    /// Model to train: LeNet, MLP, or Net (the DDP example's CNN with BatchNorm and dropout).
     #[arg(long, value_enum, default_value = "LeNet", ignore_case = true)]
     pub model: ModelKind,
     /// Folder for mnist_train.log, metrics.jsonl and mnist_model.pt.
@@ -96,6 +96,10 @@ pub struct TrainArgs {
     /// Compare parameter checksums across ranks every N steps (0: never).
     #[arg(long, default_value_t = 0)]
     pub check_sync: usize,
+    /// Also write the resumable checkpoint (rank 0, atomically) every STEPS optimizer steps
+    /// inside an epoch, so a failure loses at most that many steps (0: only after each epoch).
+    #[arg(long, value_name = "STEPS", default_value_t = 0)]
+    pub checkpoint_every: usize,
     /// Seconds a collective waits for an unresponsive peer before failing.
     #[arg(long, default_value_t = 120.0)]
     pub timeout: f64,
@@ -114,6 +118,14 @@ pub struct TrainArgs {
     /// --resume).
     #[arg(long, hide = true)]
     pub stop_after_epochs: Option<usize>,
+    /// Synchronise BatchNorm batch statistics across all processes, like nn.SyncBatchNorm
+    /// (--model Net only; the default with more than one process).
+    #[arg(long, overrides_with = "no_sync_bn")]
+    pub sync_bn: bool,
+    /// Normalise each process's batch with its own statistics; rank 0's running statistics
+    /// are broadcast every step, as DDP's broadcast_buffers does (--model Net only).
+    #[arg(long, overrides_with = "sync_bn")]
+    pub no_sync_bn: bool,
 }
 
 impl TrainArgs {
@@ -148,11 +160,17 @@ impl TrainArgs {
             powersgd_rank: self.powersgd_rank,
             powersgd_start_iter: self.powersgd_start_iter,
             check_sync: self.check_sync,
+            checkpoint_every: self.checkpoint_every,
             timeout_s: self.timeout,
             threads: self.threads,
             batch_threads: self.batch_threads,
             progress: self.progress,
             stop_after: self.stop_after_epochs,
+            sync_bn: match (self.sync_bn, self.no_sync_bn) {
+                (true, _) => Some(true),
+                (false, true) => Some(false),
+                (false, false) => None,
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -243,6 +261,7 @@ mod tests {
             "powersgd-rank" => "4",
             "powersgd-start-iter" => "10",
             "check-sync" => "2",
+            "checkpoint-every" => "50",
             "timeout" => "30",
             "threads" => "3",
             "batch-threads" => "2",
@@ -293,11 +312,28 @@ mod tests {
         let defs = TrainArgs::augment_args(Command::new("t"));
         let mut all = Vec::new();
         for arg in defs.get_arguments() {
-            let argv = flag_with_sample(arg);
+            let mut argv = flag_with_sample(arg);
+            // The BatchNorm switches are only valid with --model Net: tested with it, alone.
+            let bn_switch = matches!(arg.get_long(), Some("sync-bn" | "no-sync-bn"));
+            if bn_switch {
+                argv.extend(["--model", "Net"].map(String::from));
+            }
             let (given, worker) = round_trip(&argv);
             assert_ne!(given, defaults, "{argv:?} must change the configuration");
             assert_eq!(given, worker, "{argv:?} did not survive forwarding");
-            all.extend(argv);
+            if !bn_switch {
+                all.extend(argv);
+            }
+        }
+        // The later of the two BatchNorm switches wins, also after forwarding.
+        for (argv, expect) in [
+            (["--model", "Net", "--sync-bn", "--no-sync-bn"], Some(false)),
+            (["--model", "Net", "--no-sync-bn", "--sync-bn"], Some(true)),
+        ] {
+            let argv = argv.map(String::from);
+            let (given, worker) = round_trip(&argv);
+            assert_eq!(given, worker);
+            assert!(given.contains(&format!("sync_bn: {expect:?}")), "{given}");
         }
         // All at once, a repeated flag, and the reference's `--wd` alias.
         all.extend(["--mirror", "http://127.0.0.1:9/two/", "--wd", "0.002"].map(String::from));
@@ -336,5 +372,29 @@ mod tests {
             let e = Cli::parse_from(["x", flag, val]).t.resolve().unwrap_err();
             assert_eq!(e.flag, flag);
         }
+        // BatchNorm switches without BatchNorm, and a split batch with BatchNorm.
+        for (args, flag) in [
+            (&["--sync-bn"][..], "--sync-bn"),
+            (&["--model", "MLP", "--no-sync-bn"][..], "--no-sync-bn"),
+            (
+                &["--model", "Net", "--batch-threads", "2"][..],
+                "--batch-threads",
+            ),
+        ] {
+            let e = Cli::parse_from(std::iter::once(&"x").chain(args))
+                .t
+                .resolve()
+                .unwrap_err();
+            assert_eq!(e.flag, flag);
+            assert!(e.to_string().contains("Net"), "{e}");
+        }
+        let net = Cli::parse_from(["x", "--model", "net"])
+            .t
+            .resolve()
+            .unwrap();
+        assert_eq!(net.batch_parts(4), 1);
+        assert!(net.sync_bn_for(2) && !net.sync_bn_for(1));
+        let off = Cli::parse_from(["x", "--model", "Net", "--no-sync-bn"]);
+        assert!(!off.t.resolve().unwrap().sync_bn_for(2));
     }
 }

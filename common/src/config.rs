@@ -15,16 +15,29 @@ pub enum ModelKind {
     /// Multi-layer perceptron 784→500→250→10.
     #[value(name = "MLP")]
     Mlp,
+    /// The DDP example's CNN: conv 1→32 k3, BatchNorm, relu, conv 32→64 k3, BatchNorm, relu,
+    /// pool, dropout 0.25, fc 9216→128, relu, dropout 0.5, fc 128→10, log_softmax.
+    #[value(name = "Net")]
+    Net,
 }
 
 impl ModelKind {
+    /// Every network, in `--model`'s order.
+    pub const ALL: [ModelKind; 3] = [ModelKind::LeNet, ModelKind::Mlp, ModelKind::Net];
+
     /// The name the reference uses on its command line (`LeNet`, `MLP`); the same as the
     /// `--model` value (tested).
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::LeNet => "LeNet",
             ModelKind::Mlp => "MLP",
+            ModelKind::Net => "Net",
         }
+    }
+
+    /// Whether the network has BatchNorm layers (running statistics, `--sync-bn`).
+    pub fn has_batch_norm(self) -> bool {
+        self == ModelKind::Net
     }
 }
 
@@ -167,6 +180,9 @@ pub struct TrainConfig {
     pub powersgd_start_iter: usize,
     /// Compare parameter checksums across ranks every N steps (0: never).
     pub check_sync: usize,
+    /// Also write the resumable checkpoint every this many optimizer steps inside an epoch
+    /// (0: only after each epoch).
+    pub checkpoint_every: usize,
     /// Seconds a collective may wait for a peer.
     pub timeout_s: f64,
     /// Intra-op threads (None: cores / local world size, or OMP_NUM_THREADS).
@@ -177,15 +193,29 @@ pub struct TrainConfig {
     pub progress: ProgressMode,
     /// Stop after this many epochs of the schedule (simulates an interrupted run; tests).
     pub stop_after: Option<usize>,
+    /// `--sync-bn` (`Some(true)`) or `--no-sync-bn` (`Some(false)`); None: the default, on
+    /// with more than one process (see [`TrainConfig::sync_bn_for`]).
+    pub sync_bn: Option<bool>,
 }
 
 impl TrainConfig {
     /// Parts each training batch is split into on a CPU with `threads` threads per process:
     /// `--batch-threads`, else `threads`, as long as each part keeps at least 16 images.
+    /// A network with BatchNorm is never split: its batch statistics need the whole batch.
     pub fn batch_parts(&self, threads: usize) -> usize {
+        if self.model.has_batch_norm() {
+            return 1;
+        }
         self.batch_threads
             .unwrap_or_else(|| threads.min(self.batch_size / 16))
             .max(1)
+    }
+
+    /// Whether BatchNorm statistics are synchronised across `world` processes: `--sync-bn` /
+    /// `--no-sync-bn`, by default on with more than one process (as the DDP example converts
+    /// to `SyncBatchNorm` unconditionally); never for one process or a model without BatchNorm.
+    pub fn sync_bn_for(&self, world: usize) -> bool {
+        self.model.has_batch_norm() && world > 1 && self.sync_bn.unwrap_or(true)
     }
 
     /// Check ranges that clap's types cannot express.
@@ -248,6 +278,22 @@ impl TrainConfig {
         if self.batch_threads == Some(0) {
             return Err(bad("--batch-threads", 0, "an integer ≥ 1"));
         }
+        if let (Some(n), true) = (self.batch_threads, self.model.has_batch_norm()) {
+            if n > 1 {
+                return Err(bad(
+                    "--batch-threads",
+                    n,
+                    "1 with --model Net (BatchNorm needs each batch whole; leave it out)",
+                ));
+            }
+        }
+        if let (Some(on), false) = (self.sync_bn, self.model.has_batch_norm()) {
+            return Err(bad(
+                if on { "--sync-bn" } else { "--no-sync-bn" },
+                self.model.name(),
+                "--model Net (only Net has BatchNorm layers)",
+            ));
+        }
         Ok(())
     }
 }
@@ -265,6 +311,7 @@ mod tests {
         for m in ModelKind::value_variants() {
             assert_eq!(m.name(), clap_name(m));
         }
+        assert_eq!(ModelKind::value_variants(), ModelKind::ALL);
         for c in CompressionKind::value_variants() {
             assert_eq!(c.name(), clap_name(c));
         }

@@ -45,6 +45,9 @@ pub const ENV_STORE: &str = "MNIST_STORE";
 pub const ENV_SOCKET_IFNAME: &str = "MNIST_SOCKET_IFNAME";
 /// Identifier of this run; a rendezvous file with another id is stale.
 pub const ENV_RUN_ID: &str = "MNIST_RUN_ID";
+/// The launcher's restart round of this worker: 0 for the first attempt, N after the Nth
+/// restart (`--max-restarts`; torchrun's `TORCHELASTIC_RESTART_COUNT`). Default 0.
+pub const ENV_RESTART_ROUND: &str = "MNIST_RESTART_ROUND";
 /// Seconds a worker waits at the rendezvous for its peers.
 pub const ENV_RENDEZVOUS_TIMEOUT: &str = "MNIST_RENDEZVOUS_TIMEOUT";
 /// The IP address rank 0 advertises to ranks on other hosts (default: the first non-loopback
@@ -62,6 +65,13 @@ pub const ENV_OMP_NUM_THREADS: &str = "OMP_NUM_THREADS";
 /// The GPUs visible to the job (CUDA's own variable; the launcher counts them, the workers'
 /// CUDA runtime applies it).
 pub const ENV_CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
+
+// ---- Environment: test hooks ----
+
+/// Fault injection for tests: `<rank>:<step>:<kind>[=value][@round]`, several separated by `,`
+/// (kinds `crash`, `abort`, `exit-code[=N]`, `hang`, `slow[=MS]`, `corrupt-gradient`; see
+/// [`crate::fault`]). Read by the worker only; nothing is injected unless it is set.
+pub const ENV_FAULT: &str = "MNIST_FAULT";
 
 // ---- Environment: tuning of the shared-memory backend (rarely needed) ----
 
@@ -82,6 +92,10 @@ pub const LOG_FILE: &str = "mnist_train.log";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The resumable checkpoint inside `--path`.
 pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
+/// The launcher's report of a failed launch inside `--path` (torchrun's error file): the root
+/// cause (node, rank, pid, exit code or signal, message, time, last log lines) and how each
+/// restart round ended.
+pub const ERROR_FILE: &str = "error.json";
 /// Folder of the shared-memory segments.
 pub const SHM_DIR: &str = "/dev/shm";
 

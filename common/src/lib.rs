@@ -6,6 +6,7 @@ pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod fault;
 pub mod logging;
 pub mod panics;
 pub mod rendezvous;

@@ -68,6 +68,11 @@ pub struct LaunchArgs {
         allow_negative_numbers = true
     )]
     pub grace_period: f64,
+    /// Restart all workers up to N times when one fails (exit, signal, lost peer, hang past
+    /// --timeout), each time resuming from the newest checkpoint of this job (see
+    /// --checkpoint-every); after N restarts the launch fails with the last root cause.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_restarts: u32,
     /// The worker program [default: mnist-worker next to this executable].
     #[arg(long, hide = true, env = mnist_common::contract::ENV_WORKER_BIN, value_name = "PATH")]
     pub worker_bin: Option<PathBuf>,
@@ -113,6 +118,8 @@ pub struct LaunchConfig {
     pub notes: Vec<String>,
     /// With `--nnodes` above 1: this node's part in the job.
     pub multi: Option<MultiNode>,
+    /// `--max-restarts`: how often a failed worker group is restarted.
+    pub max_restarts: u32,
 }
 
 /// A job spanning several machines, as this node sees it.
@@ -362,9 +369,21 @@ impl LaunchArgs {
                 .join(WORKER_PROGRAM),
         };
         check_executable(&worker_bin)?;
-        let multi = self
-            .with_engine_nodes(env, &mut notes)?
-            .multi_node(&train, env, nproc)?;
+        let nodes = self.with_engine_nodes(env, &mut notes)?;
+        let multi = nodes.multi_node(&train, env, nproc)?;
+        if self.max_restarts > 0 && multi.is_some() {
+            return Err(ArgsError::Nodes {
+                flag: "--max-restarts",
+                value: self.max_restarts.to_string(),
+                expected: format!(
+                    "0 with --nnodes {} (restarting the workers of several machines in a new rendezvous round is not built yet)",
+                    nodes.nnodes
+                ),
+            });
+        }
+        if self.max_restarts > 0 && self.train.evaluate.is_some() {
+            notes.push("--max-restarts has no effect with --evaluate".into());
+        }
         Ok(LaunchConfig {
             nproc,
             gpus,
@@ -383,6 +402,11 @@ impl LaunchArgs {
             grace_period,
             notes,
             multi,
+            max_restarts: if self.train.evaluate.is_some() {
+                0
+            } else {
+                self.max_restarts
+            },
         })
     }
 

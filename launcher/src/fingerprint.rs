@@ -45,6 +45,7 @@ pub fn of(cfg: &TrainConfig, _nproc: usize) -> Result<Fingerprint, ArgsError> {
         _ => {}
     }
     put("--check-sync", cfg.check_sync.to_string());
+    put("--checkpoint-every", cfg.checkpoint_every.to_string());
     put(
         "--stop-after-epochs",
         cfg.stop_after.map_or("-".into(), |n| n.to_string()),

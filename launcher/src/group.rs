@@ -106,6 +106,41 @@ pub struct Exited {
     pub exit: Exit,
     /// Whether the launcher stopped it (SIGTERM/SIGKILL after another failure or a signal).
     pub stopped: bool,
+    /// Set when it was still running at the end of the grace period after SIGTERM and had to
+    /// be killed: why it did not stop ([`Unresponsive`]).
+    pub unresponsive: Option<Unresponsive>,
+}
+
+/// Why a worker ignored the launcher's SIGTERM until the SIGKILL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unresponsive {
+    /// It was stopped (SIGSTOP, SIGTSTP; `/proc/<pid>/stat` state `T`) or traced (`t`).
+    Stopped,
+    /// It was running or asleep but did not end within the grace period: stuck (deadlocked,
+    /// blocked forever) or ignoring SIGTERM.
+    NoProgress,
+}
+
+impl fmt::Display for Unresponsive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unresponsive::Stopped => write!(f, "it was stopped (SIGSTOP)"),
+            Unresponsive::NoProgress => {
+                write!(
+                    f,
+                    "it made no progress and ignored SIGTERM for the grace period"
+                )
+            }
+        }
+    }
+}
+
+/// The state letter of process `pid` in `/proc/<pid>/stat` (`R`, `S`, `D`, `T`, `t`, `Z`…).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) S …`: the command may hold spaces and parentheses; the state follows the
+    // last `)`.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// How supervision ended.
@@ -128,6 +163,7 @@ struct Member {
     child: Child,
     exit: Option<Exit>,
     stopped: bool,
+    unresponsive: Option<Unresponsive>,
 }
 
 /// The running workers.
@@ -175,6 +211,7 @@ impl ProcessGroup {
             child,
             exit: None,
             stopped: false,
+            unresponsive: None,
         });
         match pipes {
             (Some(out), Some(err)) => Ok((out, err)),
@@ -206,6 +243,7 @@ impl ProcessGroup {
             pid: m.pid,
             exit,
             stopped: m.stopped,
+            unresponsive: m.unresponsive,
         })
     }
 
@@ -289,9 +327,23 @@ impl ProcessGroup {
             }
         }
         let deadline = Instant::now() + grace;
-        while self.running() > 0 && Instant::now() < deadline && !hurry() {
+        let mut hurried = false;
+        while self.running() > 0 && Instant::now() < deadline {
+            if hurry() {
+                hurried = true;
+                break;
+            }
             std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
             self.reap();
+        }
+        if !hurried {
+            // Whoever is still here ignored SIGTERM for the whole grace period: note why.
+            for m in self.members.iter_mut().filter(|m| m.exit.is_none()) {
+                m.unresponsive = Some(match proc_state(m.pid) {
+                    Some('T' | 't') => Unresponsive::Stopped,
+                    _ => Unresponsive::NoProgress,
+                });
+            }
         }
         self.kill_all();
     }
@@ -360,5 +412,57 @@ mod tests {
         drop(g);
         // Reaped, not a zombie: the pid no longer exists.
         assert_eq!(kill(pid, None), Err(nix::errno::Errno::ESRCH));
+    }
+
+    #[test]
+    fn a_stopped_worker_is_told_from_a_stuck_one() {
+        let spec = |prog: &str, args: &[&str]| WorkerSpec {
+            identity: mnist_common::contract::WorkerIdentity::single(),
+            program: prog.into(),
+            args: args.iter().map(Into::into).collect(),
+            env: vec![],
+        };
+        let mut g = ProcessGroup::new();
+        // One ignores SIGTERM (a stuck rank), one is stopped, one stops when asked.
+        let _a = g
+            .spawn(&spec(
+                "/bin/sh",
+                &["-c", "trap '' TERM; while :; do sleep 1; done"],
+            ))
+            .unwrap();
+        let _b = g.spawn(&spec("/bin/sleep", &["30"])).unwrap();
+        let _c = g.spawn(&spec("/bin/sleep", &["30"])).unwrap();
+        let pids = g.pids();
+        let stopped = Pid::from_raw(pids[1].1 as i32);
+        kill(stopped, Signal::SIGSTOP).unwrap();
+        // Wait until the shell has set its trap and the stop has taken effect (events, not a
+        // sleep: the trap is in place once the shell runs `sleep`).
+        let t0 = Instant::now();
+        while !(proc_state(pids[1].1) == Some('T')
+            && std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                std::fs::read_to_string(e.path().join("stat"))
+                    .is_ok_and(|s| s.contains("(sleep)") && s.contains(&format!(" {} ", pids[0].1)))
+            }))
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "set-up did not finish"
+            );
+            std::thread::sleep(POLL);
+        }
+        g.stop(Duration::from_secs(1), &|| false);
+        let exits = g.exits();
+        assert_eq!(
+            exits[0].unresponsive,
+            Some(Unresponsive::NoProgress),
+            "{exits:?}"
+        );
+        assert_eq!(
+            exits[1].unresponsive,
+            Some(Unresponsive::Stopped),
+            "{exits:?}"
+        );
+        assert_eq!(exits[2].unresponsive, None, "{exits:?}");
+        assert!(exits.iter().all(|e| e.stopped));
     }
 }

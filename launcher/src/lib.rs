@@ -10,12 +10,14 @@
 //! was stopped by SIGINT (130), SIGTERM (143) or SIGHUP (129).
 
 pub mod args;
+pub mod error_file;
 pub mod fingerprint;
 pub mod gpus;
 pub mod group;
 pub mod multinode;
 pub mod oom;
 pub mod output;
+pub mod restart;
 pub mod signals;
 pub mod spec;
 pub mod status;
@@ -116,6 +118,8 @@ pub struct WorkerFailure {
     pub others: Vec<Exited>,
     /// Why it was killed, when the launcher can tell ([`oom`]: the out-of-memory killer).
     pub cause: Option<String>,
+    /// Restarts done before this failure, when they are used up (`--max-restarts`); 0 else.
+    pub restarts: u32,
 }
 
 impl std::fmt::Display for WorkerFailure {
@@ -123,7 +127,7 @@ impl std::fmt::Display for WorkerFailure {
         let e = &self.first;
         write!(
             f,
-            "worker rank {} (pid {}) {}{} (first failure; log: {})",
+            "worker rank {} (pid {}) {}{} (first failure{}; log: {})",
             e.rank,
             e.pid,
             e.exit,
@@ -131,6 +135,10 @@ impl std::fmt::Display for WorkerFailure {
                 .as_ref()
                 .map(|c| format!(", {c}"))
                 .unwrap_or_default(),
+            match self.restarts {
+                0 => String::new(),
+                n => format!(" of the last round, after {n} restart(s): --max-restarts exhausted"),
+            },
             self.log.display()
         )
     }
@@ -230,6 +238,8 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
     for note in &cfg.notes {
         eprintln!("mnist-launch: note: {note}");
     }
+    error_file::remove_stale(&cfg.log_dir);
+    let signals = signals::install().map_err(LaunchError::Signals)?;
     // Several machines: meet the other nodes first (node 0 serves the rendezvous).
     let node = match &cfg.multi {
         Some(m) => Some(
@@ -240,11 +250,23 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
         ),
         None => None,
     };
-    let (run_id, layout) = match &node {
-        Some(n) => (n.session.plan.run_id.clone(), n.layout()),
-        None => (spec::new_run_id(), spec::Layout::single(cfg.nproc)),
+    let mut rounds = restart::History::default();
+    let result = match &node {
+        Some(n) => {
+            let run_id = n.session.plan.run_id.clone();
+            rounds.start(0, &run_id, false);
+            let r = run_workers(cfg, &run_id, &n.layout(), Some(n), 0, &signals);
+            rounds.end(&r);
+            r
+        }
+        None => restart::run_rounds(cfg, &signals, &mut rounds),
     };
-    let result = run_workers(cfg, &run_id, &layout, node.as_ref());
+    if let Err(LaunchError::WorkerFailed(f)) = &result {
+        let node_rank = cfg.multi.as_ref().map_or(0, |m| m.node_rank);
+        if let Err(e) = error_file::write(&cfg.log_dir, node_rank, f, &rounds) {
+            eprintln!("mnist-launch: warning: cannot write the error file: {e}");
+        }
+    }
     if let Some(n) = &node {
         let detail = match &result {
             Ok(()) => String::new(),
@@ -261,6 +283,8 @@ fn run_workers(
     run_id: &str,
     layout: &spec::Layout,
     node: Option<&multinode::Node>,
+    round: u32,
+    signals: &signals::SignalGuard,
 ) -> Result<(), LaunchError> {
     let rendezvous = (node.is_none() && cfg.nproc > 1).then(|| spec::rendezvous_path(run_id));
     let _remove_rendezvous = RemoveOnDrop(
@@ -276,11 +300,11 @@ fn run_workers(
     let _remove_data = RemoveShmData(mnist_common::contract::shm_data_prefix(run_id));
     let _remove_node_segments = RemoveShmData(mnist_common::contract::shm_node_prefix(run_id));
     let ranks = layout.first_rank..layout.first_rank + cfg.nproc;
-    let logs = create_logs(&cfg.log_dir, ranks.clone())?;
+    let logs = create_logs(&cfg.log_dir, ranks.clone(), round)?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let specs = spec::worker_specs(
+    let mut specs = spec::worker_specs(
         cfg,
         run_id,
         rendezvous.as_deref(),
@@ -288,9 +312,14 @@ fn run_workers(
         std::env::vars_os(),
         cores,
     );
+    for s in &mut specs {
+        s.env.push((
+            mnist_common::contract::ENV_RESTART_ROUND.into(),
+            round.to_string().into(),
+        ));
+    }
     log_config(cfg, run_id, rendezvous.as_deref(), &specs, node);
 
-    let signals = signals::install().map_err(LaunchError::Signals)?;
     let mut pumps = Pumps::new();
     let oom_watch = oom::OomWatch::start();
     let mut group = group::ProcessGroup::new();
@@ -314,7 +343,7 @@ fn run_workers(
         .filter(|_| layout.first_rank > 0)
         .map(|n| status::StatusLine::start(n, ranks.clone(), logs.first().cloned()));
     let abort = || node.and_then(|n| n.session.abort_reason());
-    let outcome = group.supervise(cfg.grace_period, &signals, &abort);
+    let outcome = group.supervise(cfg.grace_period, signals, &abort);
     if !pumps.finish(DRAIN_TIMEOUT) {
         eprintln!("mnist-launch: warning: a worker's output pipe stayed open after it exited (a child process of it?); not waiting for it");
     }
@@ -344,14 +373,34 @@ fn run_workers(
                     }
                 }
             }
-            let log = &logs[first.rank - layout.first_rank];
+            let log_of = |rank: usize| &logs[rank - layout.first_rank];
+            // A worker that only saw a peer fail, while another one had to be killed after
+            // ignoring SIGTERM: the unresponsive one (hung or stopped) is the root cause, and
+            // the peer's message names the operation that timed out waiting for it.
+            let hung = group.exits().into_iter().find(|e| e.unresponsive.is_some());
+            let (first, hang_cause) = match hung {
+                Some(h) if first.exit == Exit::Code(mnist_common::contract::EXIT_PEER_FAILED) => {
+                    let reported = error_file::worker_message(&log_of(first.rank).tail())
+                        .unwrap_or_else(|| first.exit.to_string());
+                    let why = h.unresponsive.map(|u| u.to_string()).unwrap_or_default();
+                    let cause = format!(
+                        "unresponsive: {why}; rank {} reported: {reported}",
+                        first.rank
+                    );
+                    (h, Some(cause))
+                }
+                _ => (first, None),
+            };
+            let log = log_of(first.rank);
             let sigkill = Exit::Signal {
                 signo: Signal::SIGKILL as i32,
                 core_dumped: false,
             };
-            let cause = (first.exit == sigkill && !first.stopped)
-                .then(|| oom_watch.note())
-                .flatten();
+            let cause = hang_cause.or_else(|| {
+                (first.exit == sigkill && !first.stopped)
+                    .then(|| oom_watch.note())
+                    .flatten()
+            });
             let others = group
                 .exits()
                 .into_iter()
@@ -363,6 +412,7 @@ fn run_workers(
                 first,
                 others,
                 cause,
+                restarts: 0,
             })))
         }
     }
@@ -384,10 +434,12 @@ fn wait_for_abort(n: &multinode::Node) -> Option<String> {
     }
 }
 
-/// `rank<N>.log` for each of this node's global `ranks`; global rank 0's is echoed.
+/// `rank<N>.log` for each of this node's global `ranks`; global rank 0's is echoed. Restart
+/// round 0 creates them, later rounds append behind a marker line.
 fn create_logs(
     dir: &Path,
     ranks: std::ops::Range<usize>,
+    round: u32,
 ) -> Result<Vec<Arc<RankLog>>, LaunchError> {
     std::fs::create_dir_all(dir).map_err(|source| LaunchError::LogDir {
         path: dir.to_path_buf(),
@@ -395,12 +447,16 @@ fn create_logs(
     })?;
     ranks
         .map(|rank| {
-            RankLog::create(dir, rank, rank == 0)
-                .map(Arc::new)
-                .map_err(|source| LaunchError::LogFile {
-                    path: rank_log_path(dir, rank),
-                    source,
-                })
+            let log = if round == 0 {
+                RankLog::create(dir, rank, rank == 0)
+            } else {
+                let marker = format!("---- mnist-launch: restart round {round} ----");
+                RankLog::append(dir, rank, rank == 0, &marker)
+            };
+            log.map(Arc::new).map_err(|source| LaunchError::LogFile {
+                path: rank_log_path(dir, rank),
+                source,
+            })
         })
         .collect()
 }

@@ -49,14 +49,31 @@ impl RankLog {
     pub fn create(dir: &Path, rank: usize, echo: bool) -> io::Result<Self> {
         let path = rank_log_path(dir, rank);
         let file = File::create(&path)?;
-        Ok(RankLog {
+        Ok(Self::with_file(rank, path, file, echo))
+    }
+
+    /// Open `<dir>/rank<rank>.log` for appending after a restart, writing the line `marker`
+    /// first so each round's output stays apart; the tail starts empty.
+    pub fn append(dir: &Path, rank: usize, echo: bool, marker: &str) -> io::Result<Self> {
+        use std::io::Write;
+        let path = rank_log_path(dir, rank);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        writeln!(file, "{marker}")?;
+        Ok(Self::with_file(rank, path, file, echo))
+    }
+
+    fn with_file(rank: usize, path: PathBuf, file: File, echo: bool) -> Self {
+        RankLog {
             rank,
             path,
             file: Mutex::new(BufWriter::new(file)),
             tail: Mutex::new(VecDeque::with_capacity(TAIL_LINES)),
             echo,
             write_failed: AtomicBool::new(false),
-        })
+        }
     }
 
     /// The log file.

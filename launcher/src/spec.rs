@@ -6,7 +6,7 @@ use crate::args::LaunchConfig;
 use mnist_common::contract::{
     WorkerIdentity, ENV_GPUS, ENV_LOCAL_RANK, ENV_LOCAL_WORLD_SIZE, ENV_NNODES, ENV_NODE_RANK,
     ENV_OMP_NUM_THREADS, ENV_RANK, ENV_RENDEZVOUS, ENV_RENDEZVOUS_ADDR, ENV_RENDEZVOUS_TIMEOUT,
-    ENV_RUN_ID, ENV_STORE, ENV_WORLD_SIZE,
+    ENV_RESTART_ROUND, ENV_RUN_ID, ENV_STORE, ENV_WORLD_SIZE,
 };
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -28,6 +28,7 @@ const OWNED: &[&str] = &[
     ENV_STORE,
     ENV_NODE_RANK,
     ENV_NNODES,
+    ENV_RESTART_ROUND,
 ];
 
 /// Where this node's workers sit in the job.
@@ -176,6 +177,7 @@ mod tests {
             grace_period: Duration::from_secs(1),
             notes: vec![],
             multi: None,
+            max_restarts: 0,
         }
     }
 

@@ -1,12 +1,21 @@
-"""PyTorch side of worker/tests/interop.rs: the reference LeNet, in plain PyTorch.
+"""PyTorch side of worker/tests/interop.rs and worker/tests/net.rs: the reference LeNet and
+the DDP example's Net (--arch, default LeNet), in plain PyTorch.
 
 Subcommands (all print one JSON object on stdout):
-  init  --out M [--seed S]                       save a freshly initialised LeNet state_dict
-  train --data D --out M [--seed S --steps N]    train LeNet with SGD on D's training split, save it
+  init  --out M [--seed S --prefix]              save a freshly initialised state_dict
+  train --data D --out M [--seed S --steps N --prefix]
+        train with SGD on D's training split (train mode: BatchNorm batch statistics,
+        dropout), save the state_dict (--prefix: keys with DDP's `module.` prefix, as
+        `torch.save(ddp_model.state_dict())` writes them)
   eval  --data D --model M [--n K --logits-out L]
-        load M strictly into LeNet, evaluate D's test split like `mnist-worker --evaluate`
+        load M strictly (keys with a `module.` prefix into a DDP-shaped wrapper whose child
+        is `module`), evaluate D's test split in eval mode like `mnist-worker --evaluate`
         (batches of 1000, loss summed per sample), print correct/count/avg_loss, and write the
-        logits of the first K test images to L (raw little-endian float32, K x 10)
+        outputs of the first K test images to L (raw little-endian float32, K x 10)
+  grads --data D --model M --n K --out G
+        load M strictly, eval mode; forward the first K test images, backward the mean
+        cross-entropy; write to G the outputs (K x 10) and then every parameter's gradient in
+        named_parameters order (raw little-endian float32); print the loss
 
 Run: $MNIST_PYTHON scripts/ref/interop_logits.py eval --data DIR --model mnist_model.pt
 """
@@ -21,8 +30,29 @@ import torch
 import torch.nn.functional as F
 
 
-# The reference network, shared with the benchmark scripts.
-from torch_loop import LeNet  # noqa: E402
+# The reference networks, shared with the benchmark scripts.
+from torch_loop import MODELS  # noqa: E402
+
+
+class Wrapped(torch.nn.Module):
+    """What DDP's state_dict keys describe: the model as the child `module`."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.module = inner
+
+
+def save(model, path, prefix):
+    torch.save((Wrapped(model) if prefix else model).state_dict(), path)
+
+
+def load_strict(arch, path):
+    """The model of `arch` with M's weights, loaded strictly (prefixed keys via Wrapped)."""
+    model = MODELS[arch]()
+    sd = torch.load(path, weights_only=True)
+    target = Wrapped(model) if all(k.startswith("module.") for k in sd) else model
+    target.load_state_dict(sd, strict=True)
+    return model
 
 
 def read_idx(path):
@@ -56,13 +86,14 @@ def load_split(data, prefix):
 
 def cmd_init(a):
     torch.manual_seed(a.seed)
-    torch.save(LeNet().state_dict(), a.out)
+    save(MODELS[a.arch](), a.out, a.prefix)
     print(json.dumps({"saved": a.out}))
 
 
 def cmd_train(a):
     torch.manual_seed(a.seed)
-    model = LeNet()
+    model = MODELS[a.arch]()
+    model.train()
     x, y = load_split(a.data, "train")
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
     g = torch.Generator().manual_seed(a.seed)
@@ -75,14 +106,26 @@ def cmd_train(a):
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
             step += 1
-    torch.save(model.state_dict(), a.out)
+    save(model, a.out, a.prefix)
     print(json.dumps({"saved": a.out, "steps": step}))
+
+
+def cmd_grads(a):
+    model = load_strict(a.arch, a.model)
+    model.eval()
+    x, y = load_split(a.data, "t10k")
+    out = model(x[: a.n])
+    loss = F.cross_entropy(out, y[: a.n])
+    loss.backward()
+    parts = [out.detach().reshape(-1)] + [p.grad.reshape(-1) for _, p in model.named_parameters()]
+    torch.cat(parts).contiguous().numpy().astype("<f4").tofile(a.out)
+    names = [n for n, _ in model.named_parameters()]
+    print(json.dumps({"loss": loss.item(), "parameters": names}))
 
 
 @torch.no_grad()
 def cmd_eval(a):
-    model = LeNet()
-    model.load_state_dict(torch.load(a.model, weights_only=True), strict=True)
+    model = load_strict(a.arch, a.model)
     model.eval()
     x, y = load_split(a.data, "t10k")
     loss_sum, correct = 0.0, 0
@@ -100,9 +143,11 @@ def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("init")
+    i.add_argument("--prefix", action="store_true")
     i.add_argument("--out", required=True)
     i.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("train")
+    t.add_argument("--prefix", action="store_true")
     t.add_argument("--data", required=True)
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=0)
@@ -114,8 +159,15 @@ def main():
     e.add_argument("--model", required=True)
     e.add_argument("--n", type=int, default=64)
     e.add_argument("--logits-out")
+    g = sub.add_parser("grads")
+    g.add_argument("--data", required=True)
+    g.add_argument("--model", required=True)
+    g.add_argument("--n", type=int, default=64)
+    g.add_argument("--out", required=True)
+    for q in (i, t, e, g):
+        q.add_argument("--arch", choices=sorted(MODELS), default="LeNet")
     a = p.parse_args()
-    {"init": cmd_init, "train": cmd_train, "eval": cmd_eval}[a.cmd](a)
+    {"init": cmd_init, "train": cmd_train, "eval": cmd_eval, "grads": cmd_grads}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,35 @@ class LeNet(nn.Module):
         return self.fc3(x)
 
 
+class Net(nn.Module):
+    """The DDP example's Net: two 3x3 convolutions with BatchNorm, dropout, two linear layers,
+    log_softmax (mnist-ddp's `--model Net`, same state_dict names)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = self.dropout2(x)
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+MODELS = {"LeNet": LeNet, "Net": Net}
+
+
 def read_idx(path):
     """Read one gzipped (or raw) IDX file into a numpy array, checking its header."""
     opener = gzip.open if str(path).endswith(".gz") else open
@@ -105,6 +134,7 @@ def parse_common(description, threads, epochs):
         help="stop each epoch after this many batches (0: full epochs; for smoke tests)",
     )
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--model", choices=sorted(MODELS), default="LeNet", help="network to train")
     return p
 
 
@@ -130,7 +160,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     x, y = normalised_tensors(args.data)
-    model = LeNet()
+    model = MODELS[args.model]()
     opt = make_optimizer(model)
     model.train()
     times, images = [], 0

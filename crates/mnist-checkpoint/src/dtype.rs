@@ -55,6 +55,35 @@ impl DType {
         })
     }
 
+    /// PyTorch's legacy storage class name for this dtype (inverse of
+    /// [`DType::from_torch_storage`]).
+    pub fn torch_storage(self) -> &'static str {
+        match self {
+            DType::F32 => "FloatStorage",
+            DType::F64 => "DoubleStorage",
+            DType::F16 => "HalfStorage",
+            DType::BF16 => "BFloat16Storage",
+            DType::I64 => "LongStorage",
+            DType::I32 => "IntStorage",
+            DType::I16 => "ShortStorage",
+            DType::I8 => "CharStorage",
+            DType::U8 => "ByteStorage",
+            DType::Bool => "BoolStorage",
+        }
+    }
+
+    /// `v` as this dtype's little-endian bytes, for the dtypes checkpoints are written in
+    /// (float32, float64, int64, int32; integers rounded); None for the others.
+    pub(crate) fn write_le(self, v: f32) -> Option<Vec<u8>> {
+        Some(match self {
+            DType::F32 => v.to_le_bytes().to_vec(),
+            DType::F64 => f64::from(v).to_le_bytes().to_vec(),
+            DType::I64 => (v.round() as i64).to_le_bytes().to_vec(),
+            DType::I32 => (v.round() as i32).to_le_bytes().to_vec(),
+            _ => return None,
+        })
+    }
+
     /// Decodes element `index` of `bytes` (little-endian unless `big_endian`) as `f32`.
     /// The caller guarantees `(index + 1) * self.size() <= bytes.len()`.
     pub(crate) fn read_f32(self, bytes: &[u8], index: usize, big_endian: bool) -> f32 {

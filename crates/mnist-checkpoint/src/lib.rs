@@ -68,10 +68,45 @@ pub enum CheckpointFormat {
 ///
 /// Errors: duplicate names, `shape` not matching `data.len()`, or I/O failure.
 pub fn save_state_dict(path: &Path, tensors: &[NamedTensor]) -> Result<(), CheckpointError> {
+    save_state_dict_with_dtypes(path, tensors, &vec![DType::F32; tensors.len()])
+}
+
+/// Like [`save_state_dict`], with tensor `i` stored as `dtypes[i]`: float32, float64, int64
+/// or int32 (integers from rounded values), e.g. int64 for BatchNorm's
+/// `num_batches_tracked` as PyTorch stores it.
+///
+/// Errors: as [`save_state_dict`], a dtype list of another length, or another dtype.
+pub fn save_state_dict_with_dtypes(
+    path: &Path,
+    tensors: &[NamedTensor],
+    dtypes: &[DType],
+) -> Result<(), CheckpointError> {
     validate_tensors(path, tensors)?;
+    for (i, t) in tensors.iter().enumerate() {
+        let invalid = |message: String| CheckpointError::InvalidTensor {
+            path: path.to_path_buf(),
+            name: t.name.clone(),
+            message,
+        };
+        match dtypes.get(i) {
+            None => {
+                return Err(invalid(format!(
+                    "no dtype given ({} dtypes for {} tensors)",
+                    dtypes.len(),
+                    tensors.len()
+                )))
+            }
+            Some(d) if d.write_le(0.0).is_none() => {
+                return Err(invalid(format!(
+                    "cannot write dtype {d} (float32, float64, int64 or int32 expected)"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
     let archive_name = torch_zip::archive_name(path);
     atomic_write(path, |file| {
-        torch_zip::write_archive(file, &archive_name, tensors)
+        torch_zip::write_archive(file, &archive_name, tensors, dtypes)
     })
 }
 

@@ -422,11 +422,13 @@ mod tests {
                 name: "a",
                 key: "0".into(),
                 shape: &[2, 3],
+                dtype: DType::F32,
             },
             TensorEntry {
                 name: "b",
                 key: "1".into(),
                 shape: &[],
+                dtype: DType::F32,
             },
         ];
         let v = decode(&encode_state_dict(&entries)).unwrap();

@@ -1,5 +1,5 @@
-//! Pickle (protocol 2) encoder for a `torch.save` `data.pkl`: an `OrderedDict` of float32
-//! tensors whose storages are persistent ids, using only opcodes that PyTorch's
+//! Pickle (protocol 2) encoder for a `torch.save` `data.pkl`: an `OrderedDict` of tensors
+//! (float32 or another [`DType`]) whose storages are persistent ids, using only opcodes that PyTorch's
 //! `weights_only` unpickler accepts.
 
 /// Opcodes we emit (names as in Python's `pickletools`).
@@ -24,7 +24,9 @@ mod op {
     pub const STOP: u8 = b'.';
 }
 
-/// One tensor as `data.pkl` describes it: contiguous float32 storage `key` of `shape`.
+use crate::DType;
+
+/// One tensor as `data.pkl` describes it: contiguous storage `key` of `shape` and `dtype`.
 pub(crate) struct TensorEntry<'a> {
     /// State-dict key.
     pub name: &'a str,
@@ -32,6 +34,8 @@ pub(crate) struct TensorEntry<'a> {
     pub key: String,
     /// Tensor dimensions.
     pub shape: &'a [usize],
+    /// Element type of the storage.
+    pub dtype: DType,
 }
 
 /// Byte sink with one method per pickle construct.
@@ -114,14 +118,14 @@ impl Pickler {
     }
 
     /// `torch._utils._rebuild_tensor_v2(storage, 0, shape, stride, False, OrderedDict())`.
-    fn tensor(&mut self, key: &str, shape: &[usize]) {
+    fn tensor(&mut self, key: &str, shape: &[usize], dtype: DType) {
         let numel: usize = shape.iter().product();
         self.global("torch._utils", "_rebuild_tensor_v2");
         self.op(op::MARK);
         // Persistent id ('storage', torch.FloatStorage, key, 'cpu', numel).
         self.op(op::MARK);
         self.str("storage");
-        self.global("torch", "FloatStorage");
+        self.global("torch", dtype.torch_storage());
         self.str(key);
         self.str("cpu");
         self.int(numel as u64);
@@ -155,7 +159,7 @@ pub(crate) fn encode_state_dict(entries: &[TensorEntry<'_>]) -> Vec<u8> {
     p.op(op::MARK);
     for e in entries {
         p.str(e.name);
-        p.tensor(&e.key, e.shape);
+        p.tensor(&e.key, e.shape, e.dtype);
     }
     p.op(op::SETITEMS);
     p.op(op::STOP);

@@ -3,7 +3,7 @@
 //!
 //! Records written, in torch's order: `data.pkl`, `.format_version` (`1`),
 //! `.storage_alignment` (`64`), `byteorder` (`little`), `data/<key>` (one raw little-endian
-//! float32 storage per tensor), `version` (`3\n`), `.data/serialization_id`.
+//! storage per tensor, float32 unless another dtype is asked for), `version` (`3\n`), `.data/serialization_id`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -43,19 +43,23 @@ pub(crate) fn archive_name(path: &Path) -> String {
     }
 }
 
-/// Writes the whole archive for `tensors` (already validated) into `file`.
+/// Writes the whole archive for `tensors` (already validated, `dtypes[i]` one that
+/// [`DType::write_le`] supports) into `file`.
 pub(crate) fn write_archive(
     file: &mut File,
     archive: &str,
     tensors: &[NamedTensor],
+    dtypes: &[DType],
 ) -> io::Result<()> {
     let entries: Vec<TensorEntry<'_>> = tensors
         .iter()
+        .zip(dtypes)
         .enumerate()
-        .map(|(i, t)| TensorEntry {
+        .map(|(i, (t, &dtype))| TensorEntry {
             name: &t.name,
             key: i.to_string(),
             shape: &t.shape,
+            dtype,
         })
         .collect();
     let pickle = encode_state_dict(&entries);
@@ -75,7 +79,11 @@ pub(crate) fn write_archive(
     record("byteorder", b"little")?;
     let mut hash = Fnv::default();
     for (entry, t) in entries.iter().zip(tensors) {
-        let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = t
+            .data
+            .iter()
+            .flat_map(|&v| entry.dtype.write_le(v).unwrap_or_default())
+            .collect();
         hash.update(&bytes);
         record(&format!("data/{}", entry.key), &bytes)?;
     }

@@ -177,3 +177,40 @@ fn atomic_write_into_missing_folder_is_an_error_naming_it() {
     let msg = atomic_write(&path, |_| Ok(())).unwrap_err().to_string();
     assert!(msg.contains("no_such_dir"), "{msg}");
 }
+
+/// Tensors written as int64, float64 and int32 come back with that dtype and their values
+/// (integers rounded); a dtype the writer does not produce, or a missing one, is refused
+/// with the tensor's name and nothing is written.
+#[test]
+fn other_dtypes_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typed.pt");
+    let tensors = vec![
+        NamedTensor::new("bn.running_mean", vec![2], vec![0.5, -1.25]),
+        NamedTensor::new("bn.num_batches_tracked", vec![], vec![18760.0]),
+        NamedTensor::new("wide", vec![2], vec![0.1, 3.0]),
+        NamedTensor::new("count32", vec![1], vec![-7.4]),
+    ];
+    let dtypes = [DType::F32, DType::I64, DType::F64, DType::I32];
+    mnist_checkpoint::save_state_dict_with_dtypes(&path, &tensors, &dtypes).unwrap();
+    let back = load_state_dict_with_dtypes(&path).unwrap();
+    let got: Vec<DType> = back.iter().map(|(_, d)| *d).collect();
+    assert_eq!(got, dtypes);
+    assert_eq!(back[0].0, tensors[0]);
+    assert_eq!(back[1].0, tensors[1]);
+    assert_eq!(back[2].0.data, vec![0.1f32, 3.0]);
+    assert_eq!(back[3].0.data, vec![-7.0]);
+
+    let bad = dir.path().join("bad.pt");
+    for dtypes in [
+        &[DType::F32, DType::F16, DType::F32, DType::F32][..],
+        &[DType::F32],
+    ] {
+        let e = mnist_checkpoint::save_state_dict_with_dtypes(&bad, &tensors, dtypes)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad.pt"), "{e}");
+        assert!(e.contains("bn.num_batches_tracked"), "{e}");
+        assert!(!bad.exists());
+    }
+}

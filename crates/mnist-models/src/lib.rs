@@ -1,14 +1,19 @@
-//! The reference's two networks, LeNet and MLP, on tch with PyTorch's parameter names
-//! (`conv1.weight`, `fc1.bias`, …) and PyTorch's default initialisation.
+//! The reference's two networks, LeNet and MLP, and the DDP example's `Net` (BatchNorm and
+//! dropout), on tch with PyTorch's parameter names (`conv1.weight`, `bn1.running_mean`, …) and
+//! PyTorch's default initialisation.
 //!
 //! Parameters are created in a [`tch::nn::VarStore`] and listed in `state_dict` order by
-//! [`Model::parameters`]. [`Model::forward_reference`] is written with functional ops so the
-//! graph is exactly the reference's: `relu(maxpool(conv))` twice, then three linear layers.
-//! [`Model::forward`] computes the same function; for LeNet on the CPU it uses the cheaper
-//! kernels of [`lenet_cpu`].
+//! [`Model::parameters`]; Net's BatchNorm buffers (running statistics, `num_batches_tracked`)
+//! are not trained and live apart in [`Model::buffers`]; [`state_layout`] interleaves both in
+//! PyTorch's `state_dict` order. [`Model::forward_reference`] is written with functional ops so
+//! the graph is exactly the reference's; [`Model::forward`] computes the same function (for
+//! LeNet on the CPU with the cheaper kernels of [`lenet_cpu`]) and is the evaluation-mode
+//! forward pass (Net: running statistics, no dropout). Net's training step, with batch
+//! statistics that may be summed over ranks, is [`net::train_step`].
 
 pub mod batchnorm;
 pub mod lenet_cpu;
+pub mod net;
 
 use tch::{nn, Device, Kind, Tensor};
 
@@ -37,7 +42,81 @@ pub fn parameter_shapes(kind: ModelKind) -> Vec<(&'static str, Vec<i64>)> {
             ("fc3.weight", vec![10, 250]),
             ("fc3.bias", vec![10]),
         ],
+        ModelKind::Net => state_layout(kind)
+            .into_iter()
+            .filter(|e| e.kind == EntryKind::Parameter)
+            .map(|e| (e.name, e.shape))
+            .collect(),
     }
+}
+
+/// What a `state_dict` entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A trained parameter (float32, has a gradient).
+    Parameter,
+    /// A BatchNorm running statistic (float32 buffer).
+    RunningStat,
+    /// BatchNorm's `num_batches_tracked` (int64 scalar buffer).
+    Counter,
+}
+
+/// One `state_dict` entry: PyTorch name, shape and kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateEntry {
+    /// PyTorch name, e.g. `bn1.running_var`.
+    pub name: &'static str,
+    /// Shape (empty for a scalar).
+    pub shape: Vec<i64>,
+    /// Parameter or buffer.
+    pub kind: EntryKind,
+}
+
+/// Every `state_dict` entry of network `kind` (parameters and buffers) in PyTorch's order: a
+/// module's parameters, then its buffers, module by module in registration order. For Net the
+/// modules are registered as the example does: conv1, bn1, conv2, bn2, (dropouts), fc1, fc2.
+pub fn state_layout(kind: ModelKind) -> Vec<StateEntry> {
+    let param = |name, shape: &[i64]| StateEntry {
+        name,
+        shape: shape.to_vec(),
+        kind: EntryKind::Parameter,
+    };
+    if kind != ModelKind::Net {
+        return parameter_shapes(kind)
+            .into_iter()
+            .map(|(n, s)| param(n, &s))
+            .collect();
+    }
+    let stat = |name, c: i64| StateEntry {
+        name,
+        shape: vec![c],
+        kind: EntryKind::RunningStat,
+    };
+    let counter = |name| StateEntry {
+        name,
+        shape: vec![],
+        kind: EntryKind::Counter,
+    };
+    vec![
+        param("conv1.weight", &[32, 1, 3, 3]),
+        param("conv1.bias", &[32]),
+        param("bn1.weight", &[32]),
+        param("bn1.bias", &[32]),
+        stat("bn1.running_mean", 32),
+        stat("bn1.running_var", 32),
+        counter("bn1.num_batches_tracked"),
+        param("conv2.weight", &[64, 32, 3, 3]),
+        param("conv2.bias", &[64]),
+        param("bn2.weight", &[64]),
+        param("bn2.bias", &[64]),
+        stat("bn2.running_mean", 64),
+        stat("bn2.running_var", 64),
+        counter("bn2.num_batches_tracked"),
+        param("fc1.weight", &[128, 9216]),
+        param("fc1.bias", &[128]),
+        param("fc2.weight", &[10, 128]),
+        param("fc2.bias", &[10]),
+    ]
 }
 
 /// One named parameter of a model.
@@ -49,12 +128,25 @@ pub struct Parameter {
     pub tensor: Tensor,
 }
 
-/// A network with its parameters.
+/// One named buffer of a model (not trained): a BatchNorm running statistic (float32) or
+/// `num_batches_tracked` (int64).
+#[derive(Debug)]
+pub struct Buffer {
+    /// PyTorch name, e.g. `bn1.running_mean`.
+    pub name: &'static str,
+    /// Running statistic or counter.
+    pub kind: EntryKind,
+    /// The values (no gradient).
+    pub tensor: Tensor,
+}
+
+/// A network with its parameters and buffers.
 pub struct Model {
     kind: ModelKind,
     /// Holds the variables; kept so they stay alive and trainable.
     pub vs: nn::VarStore,
     params: Vec<Parameter>,
+    buffers: Vec<Buffer>,
 }
 
 impl std::fmt::Debug for Model {
@@ -71,23 +163,91 @@ impl Model {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let mut params = Vec::new();
-        for (name, shape) in parameter_shapes(kind) {
-            let (layer, leaf) = name
+        let mut buffers = Vec::new();
+        for e in state_layout(kind) {
+            let (layer, leaf) = e
+                .name
                 .split_once('.')
-                .expect("parameter names are layer.leaf");
-            let fan_in = fan_in(kind, layer);
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            let t = (&root / layer).var(
-                leaf,
-                &shape,
-                nn::Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-            );
-            params.push(Parameter { name, tensor: t });
+                .expect("state_dict names are layer.leaf");
+            match e.kind {
+                EntryKind::Parameter => {
+                    let init = if layer.starts_with("bn") {
+                        // BatchNorm: weight 1, bias 0.
+                        nn::Init::Const(if leaf == "weight" { 1.0 } else { 0.0 })
+                    } else {
+                        let bound = 1.0 / (fan_in(kind, layer) as f64).sqrt();
+                        nn::Init::Uniform {
+                            lo: -bound,
+                            up: bound,
+                        }
+                    };
+                    let t = (&root / layer).var(leaf, &e.shape, init);
+                    params.push(Parameter {
+                        name: e.name,
+                        tensor: t,
+                    });
+                }
+                EntryKind::RunningStat => {
+                    let t = if leaf == "running_var" {
+                        Tensor::ones(e.shape.as_slice(), (Kind::Float, device))
+                    } else {
+                        Tensor::zeros(e.shape.as_slice(), (Kind::Float, device))
+                    };
+                    buffers.push(Buffer {
+                        name: e.name,
+                        kind: e.kind,
+                        tensor: t,
+                    });
+                }
+                EntryKind::Counter => buffers.push(Buffer {
+                    name: e.name,
+                    kind: e.kind,
+                    tensor: Tensor::zeros([], (Kind::Int64, device)),
+                }),
+            }
         }
-        Model { kind, vs, params }
+        Model {
+            kind,
+            vs,
+            params,
+            buffers,
+        }
+    }
+
+    /// Buffers in `state_dict` order (empty for LeNet and MLP).
+    pub fn buffers(&self) -> &[Buffer] {
+        &self.buffers
+    }
+
+    /// The buffers' values as `f32`, flattened, in `state_dict` order (counters converted).
+    pub fn buffer_values(&self) -> Vec<Vec<f32>> {
+        self.buffers.iter().map(|b| host_f32(&b.tensor)).collect()
+    }
+
+    /// Copy `values` (in `state_dict` order, flattened, counters as whole numbers) into the
+    /// buffers.
+    pub fn load_buffer_values(&mut self, values: &[Vec<f32>]) -> Result<(), ModelError> {
+        if values.len() != self.buffers.len() {
+            return Err(ModelError::Count {
+                expected: self.buffers.len(),
+                found: values.len(),
+            });
+        }
+        for (b, v) in self.buffers.iter_mut().zip(values) {
+            if v.len() != b.tensor.numel() {
+                return Err(ModelError::Size {
+                    name: b.name,
+                    expected: b.tensor.size(),
+                    found: v.len(),
+                });
+            }
+            let src = Tensor::from_slice(v)
+                .view(b.tensor.size().as_slice())
+                .to_kind(b.tensor.kind())
+                .to_device(b.tensor.device());
+            tch::no_grad(|| b.tensor.copy_(&src));
+        }
+        Ok(())
     }
 
     /// Which network this is.
@@ -109,7 +269,12 @@ impl Model {
         &self.params[i].tensor
     }
 
-    /// Logits `[N, 10]` for normalised images `[N, 1, 28, 28]`.
+    fn buf(&self, i: usize) -> &Tensor {
+        &self.buffers[i].tensor
+    }
+
+    /// Logits `[N, 10]` for normalised images `[N, 1, 28, 28]` (Net: log-probabilities, as the
+    /// example's `forward` ends in `log_softmax`; evaluation mode).
     ///
     /// For LeNet on the CPU (inputs that need no gradient) this is [`lenet_cpu::forward`]: the
     /// same values and gradients as [`Model::forward_reference`] up to float rounding, about
@@ -146,6 +311,28 @@ impl Model {
                 let x = x.linear(self.p(2), Some(self.p(3))).relu();
                 x.linear(self.p(4), Some(self.p(5)))
             }
+            ModelKind::Net => {
+                // Evaluation mode: running statistics, dropout off.
+                let bn = |x: Tensor, w: usize, stats: usize| {
+                    x.batch_norm(
+                        Some(self.p(w)),
+                        Some(self.p(w + 1)),
+                        Some(self.buf(stats)),
+                        Some(self.buf(stats + 1)),
+                        false,
+                        batchnorm::MOMENTUM,
+                        batchnorm::EPS,
+                        false,
+                    )
+                };
+                let x = x.conv2d(self.p(0), Some(self.p(1)), [1, 1], [0, 0], [1, 1], 1);
+                let x = bn(x, 2, 0).relu();
+                let x = x.conv2d(self.p(4), Some(self.p(5)), [1, 1], [0, 0], [1, 1], 1);
+                let x = bn(x, 6, 3).relu().max_pool2d_default(2).flatten(1, -1);
+                let x = x.linear(self.p(8), Some(self.p(9))).relu();
+                x.linear(self.p(10), Some(self.p(11)))
+                    .log_softmax(-1, Kind::Float)
+            }
         }
     }
 
@@ -177,21 +364,20 @@ impl Model {
 
     /// The parameters' values, flattened, in `state_dict` order.
     pub fn values(&self) -> Vec<Vec<f32>> {
-        self.params
-            .iter()
-            .map(|p| {
-                let t = p
-                    .tensor
-                    .detach()
-                    .to_device(Device::Cpu)
-                    .to_kind(Kind::Float)
-                    .contiguous();
-                let mut v = vec![0f32; t.numel()];
-                t.copy_data(&mut v, t.numel());
-                v
-            })
-            .collect()
+        self.params.iter().map(|p| host_f32(&p.tensor)).collect()
     }
+}
+
+/// A tensor's values as host `f32`, flattened.
+fn host_f32(t: &Tensor) -> Vec<f32> {
+    let t = t
+        .detach()
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous();
+    let mut v = vec![0f32; t.numel()];
+    t.copy_data(&mut v, t.numel());
+    v
 }
 
 fn fan_in(kind: ModelKind, layer: &str) -> usize {
@@ -204,6 +390,10 @@ fn fan_in(kind: ModelKind, layer: &str) -> usize {
         (ModelKind::Mlp, "fc1") => 784,
         (ModelKind::Mlp, "fc2") => 500,
         (ModelKind::Mlp, "fc3") => 250,
+        (ModelKind::Net, "conv1") => 9,
+        (ModelKind::Net, "conv2") => 32 * 9,
+        (ModelKind::Net, "fc1") => 9216,
+        (ModelKind::Net, "fc2") => 128,
         _ => unreachable!("unknown layer {layer}"),
     }
 }

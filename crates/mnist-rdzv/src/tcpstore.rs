@@ -16,6 +16,9 @@
 //! | `CANCEL_WAIT` (12) | — | `u8` 1 (`WAIT_CANCELED`) |
 //! | `PING` (13) | `u32` nonce | the nonce |
 //!
+//! Keys travel with PyTorch's client-side prefix `/` (`TCPStore::keyPrefix_`), so a key `k`
+//! set here is the key `k` of a Python `TCPStore` client and vice versa.
+//!
 //! Like PyTorch's own client, [`TcpStoreClient::get`] waits for the key and then reads it;
 //! when the wait times out it cancels the wait so the connection stays usable.
 
@@ -36,6 +39,9 @@ const CANCEL_WAIT: u8 = 12;
 const PING: u8 = 13;
 const STOP_WAITING: u8 = 0;
 const WAIT_CANCELED: u8 = 1;
+
+/// What PyTorch's `TCPStore` client puts before every key on the wire.
+const KEY_PREFIX: &str = "/";
 
 /// Largest value accepted from the server.
 const MAX_VALUE: u64 = 64 << 20;
@@ -94,9 +100,9 @@ impl TcpStoreClient {
 
     fn key(&self, key: &str) -> String {
         if self.prefix.is_empty() {
-            key.to_string()
+            format!("{KEY_PREFIX}{key}")
         } else {
-            format!("{}/{key}", self.prefix)
+            format!("{KEY_PREFIX}{}/{key}", self.prefix)
         }
     }
 

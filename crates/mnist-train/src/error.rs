@@ -81,6 +81,19 @@ pub enum TrainError {
         /// Checksums per rank.
         detail: String,
     },
+    /// This rank's own gradient was NaN or Inf before the all-reduce ([`crate::guard`]).
+    /// (The worker's message names the rank: `rank R: the local gradient …`, and a peer's says
+    /// `peer rank R aborted: …`.)
+    #[error("the local gradient of step {step} holds NaN or Inf before the all-reduce (the model diverged on this rank's data, or the gradient was corrupted)")]
+    NonFiniteGradient {
+        /// The rank whose gradient it was.
+        rank: usize,
+        /// Global step (steps done before it).
+        step: u64,
+    },
+    /// `MNIST_FAULT` cannot be understood or names a rank the job lacks.
+    #[error(transparent)]
+    Fault(#[from] mnist_common::fault::FaultError),
     /// The data does not fit the models.
     #[error("{0}")]
     Shape(String),
@@ -122,7 +135,8 @@ impl TrainError {
             | TrainError::StateDict { .. }
             | TrainError::Device(_)
             | TrainError::Resume { .. }
-            | TrainError::Shape(_) => FailureKind::BadInput,
+            | TrainError::Shape(_)
+            | TrainError::Fault(_) => FailureKind::BadInput,
             TrainError::Data(D::Download { .. }) => FailureKind::OwnFault,
             TrainError::Data(_) => FailureKind::BadInput,
             // Reading a model file the user named is input; writing ours is our own fault.
@@ -133,6 +147,7 @@ impl TrainError {
             TrainError::Interrupted { signal } => FailureKind::Interrupted(*signal),
             TrainError::Torch { .. }
             | TrainError::OutOfSync { .. }
+            | TrainError::NonFiniteGradient { .. }
             | TrainError::Internal(_)
             | TrainError::SharedData(_) => FailureKind::OwnFault,
         }

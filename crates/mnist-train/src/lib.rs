@@ -2,11 +2,14 @@
 //! PyTorch's semantics and a cosine schedule, gradient averaging through a communicator,
 //! evaluation, logs, metrics and checkpoints. `mnist-worker` calls [`run`].
 
+pub mod batchnorm;
 pub mod dataset;
 pub mod device;
 mod error;
 pub mod evaluate;
+pub mod fault;
 pub mod flat;
+pub mod guard;
 pub mod host;
 pub mod interrupt;
 pub mod metrics;

@@ -35,6 +35,8 @@ pub struct EpochRecord {
     pub bytes_sent_per_step: f64,
     /// Bytes `none` would send per step divided by `bytes_sent_per_step` (null for one process).
     pub compression_ratio: Option<f64>,
+    /// Restarts of the job so far (the launcher's restart round, `--max-restarts`).
+    pub restarts: u32,
 }
 
 /// Append `rec` to the JSON-lines file at `path`.

@@ -1,13 +1,21 @@
-//! The resumable checkpoint `<path>/checkpoint.bin`, written atomically after every epoch:
-//! weights, momentum buffer, the next epoch, the best accuracy so far and the settings that
-//! must not change on resume. Shuffling is a pure function of `--seed` and the epoch, so no
-//! random-number state needs saving; `--resume` continues exactly where the run stopped.
+//! The resumable checkpoint `<path>/checkpoint.bin`, written atomically by rank 0 after every
+//! epoch and, with `--checkpoint-every STEPS`, every that many steps inside an epoch: weights,
+//! momentum buffer, the epoch and the position inside its sample order, the epoch's figures
+//! so far, the best accuracy and the settings that must not change on resume. Shuffling is a
+//! pure function of `--seed` and the epoch, so no random-number state needs saving; `--resume`
+//! continues exactly where the checkpoint was written (bit for bit on the CPU backend).
+//!
+//! Format: 8 magic bytes, then a bincode record. `MNISTCK2` is [`ResumeState`];
+//! `MNISTCK1` (written before mid-epoch checkpoints existed) is still read, as a checkpoint at
+//! an epoch boundary.
 
 use crate::TrainError;
+use mnist_common::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"MNISTCK1";
+const MAGIC: &[u8; 8] = b"MNISTCK2";
+const MAGIC_V1: &[u8; 8] = b"MNISTCK1";
 
 /// File name of the resumable checkpoint inside `--path`.
 pub use mnist_common::contract::CHECKPOINT_FILE as FILE_NAME;
@@ -23,8 +31,17 @@ pub struct ResumeState {
     pub seed: u64,
     /// World size of the run (the shard layout depends on it).
     pub world_size: usize,
-    /// First epoch (0-based) still to train.
+    /// `--batch-size` of the run (a position inside an epoch counts its batches; None in a
+    /// checkpoint of the first format).
+    pub batch_size: Option<usize>,
+    /// First epoch (0-based) still to train (or to finish, see `batches_done`).
     pub next_epoch: usize,
+    /// Batches of `next_epoch` already trained by every rank (0 at an epoch boundary).
+    pub batches_done: usize,
+    /// Over all ranks, the summed loss, top-1 and top-5 counts of those batches.
+    pub epoch_sums: [f64; 3],
+    /// Seconds spent training those batches.
+    pub epoch_seconds: f64,
     /// Optimizer steps taken so far.
     pub step: u64,
     /// Best test accuracy so far, percent (negative before any evaluation).
@@ -33,6 +50,44 @@ pub struct ResumeState {
     pub params: Vec<f32>,
     /// Flat momentum buffer (None before the first step).
     pub momentum: Option<Vec<f32>>,
+    /// The model's buffers (Net's BatchNorm running statistics and counters), concatenated
+    /// in `state_dict` order; empty for LeNet and MLP.
+    pub buffers: Vec<f32>,
+}
+
+/// The record of a `MNISTCK1` file.
+#[derive(Deserialize)]
+struct StateV1 {
+    model: String,
+    epochs: usize,
+    seed: u64,
+    world_size: usize,
+    next_epoch: usize,
+    step: u64,
+    best_acc: f64,
+    params: Vec<f32>,
+    momentum: Option<Vec<f32>>,
+}
+
+impl From<StateV1> for ResumeState {
+    fn from(v: StateV1) -> ResumeState {
+        ResumeState {
+            model: v.model,
+            epochs: v.epochs,
+            seed: v.seed,
+            world_size: v.world_size,
+            batch_size: None,
+            next_epoch: v.next_epoch,
+            batches_done: 0,
+            epoch_sums: [0.0; 3],
+            epoch_seconds: 0.0,
+            step: v.step,
+            best_acc: v.best_acc,
+            params: v.params,
+            momentum: v.momentum,
+            buffers: Vec::new(),
+        }
+    }
 }
 
 /// Path of the checkpoint for output folder `dir`.
@@ -42,6 +97,16 @@ pub fn path_in(dir: &Path) -> PathBuf {
 
 /// Write `state` atomically to `path`.
 pub fn save(path: &Path, state: &ResumeState) -> Result<(), TrainError> {
+    save_with_hook(path, state, || {})
+}
+
+/// [`save`], calling `written` once the whole temporary file is written, before it is synced
+/// and renamed onto `path` (the fault hook `crash-in-checkpoint` dies there).
+pub fn save_with_hook(
+    path: &Path,
+    state: &ResumeState,
+    written: impl FnOnce(),
+) -> Result<(), TrainError> {
     let body = bincode::serialize(state).map_err(|e| TrainError::Resume {
         file: path.into(),
         detail: e.to_string(),
@@ -49,12 +114,34 @@ pub fn save(path: &Path, state: &ResumeState) -> Result<(), TrainError> {
     mnist_checkpoint::atomic_write(path, |f| {
         use std::io::Write;
         f.write_all(MAGIC)?;
-        f.write_all(&body)
+        f.write_all(&body)?;
+        f.flush()?;
+        written();
+        Ok(())
     })?;
     Ok(())
 }
 
-/// Read a checkpoint written by [`save`].
+/// Remove temporary files that a writer of the checkpoint in `dir` left when it died before
+/// its rename (`.checkpoint.bin.<random>.tmp`); returns how many. Errors are ignored: the
+/// files are only litter.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let prefix = format!(".{FILE_NAME}.");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with(&prefix) && n.ends_with(".tmp")
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// Read a checkpoint written by [`save`] (or by the first format).
 pub fn load(path: &Path) -> Result<ResumeState, TrainError> {
     let err = |detail: String| TrainError::Resume {
         file: path.into(),
@@ -65,10 +152,65 @@ pub fn load(path: &Path) -> Result<ResumeState, TrainError> {
             "cannot read it: {e} (was the run started with this --path?)"
         ))
     })?;
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(err("not a resumable checkpoint of mnist-ddp".into()));
+    let corrupt = |e: bincode::Error| err(format!("corrupt checkpoint: {e}"));
+    match bytes.split_at_checked(MAGIC.len()) {
+        Some((m, body)) if m == MAGIC => bincode::deserialize(body).map_err(corrupt),
+        Some((m, body)) if m == MAGIC_V1 => bincode::deserialize::<StateV1>(body)
+            .map(ResumeState::from)
+            .map_err(corrupt),
+        _ => Err(err("not a resumable checkpoint of mnist-ddp".into())),
     }
-    bincode::deserialize(&bytes[MAGIC.len()..]).map_err(|e| err(format!("corrupt checkpoint: {e}")))
+}
+
+/// Whether `st` (read from `file`) can be resumed with `cfg` and `world` processes; the error
+/// names the setting that differs.
+pub fn check(
+    cfg: &TrainConfig,
+    world: usize,
+    st: &ResumeState,
+    file: &std::path::Path,
+) -> Result<(), TrainError> {
+    let bad = |what: String| {
+        Err(TrainError::Resume {
+            file: file.into(),
+            detail: what,
+        })
+    };
+    if st.model != cfg.model.name() {
+        return bad(format!(
+            "it holds a {} model but --model is {}",
+            st.model,
+            cfg.model.name()
+        ));
+    }
+    if st.epochs != cfg.epochs {
+        return bad(format!(
+            "it was made with --epochs {} but --epochs is {} (the cosine schedule would differ)",
+            st.epochs, cfg.epochs
+        ));
+    }
+    if st.seed != cfg.seed || st.world_size != world {
+        return bad(format!(
+            "it was made with --seed {} and {} process(es); this run has --seed {} and {} (the data order would differ)",
+            st.seed, st.world_size, cfg.seed, world
+        ));
+    }
+    if st.batches_done > 0 && st.batch_size != Some(cfg.batch_size) {
+        return bad(format!(
+            "it stopped inside epoch {} after {} batches of --batch-size {}; this run has --batch-size {} (the position in the epoch would differ)",
+            st.next_epoch + 1,
+            st.batches_done,
+            st.batch_size.map_or("?".into(), |b| b.to_string()),
+            cfg.batch_size
+        ));
+    }
+    if st.next_epoch >= cfg.epochs {
+        return bad(format!(
+            "training already finished all {} epochs",
+            cfg.epochs
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -85,11 +227,16 @@ mod tests {
             epochs: 3,
             seed: 1,
             world_size: 1,
+            batch_size: Some(32),
             next_epoch: 2,
+            batches_done: 5,
+            epoch_sums: [1.5, 100.0, 150.0],
+            epoch_seconds: 0.5,
             step: 10,
             best_acc: 97.5,
             params: vec![1.0, 2.0],
             momentum: Some(vec![0.5, 0.25]),
+            buffers: vec![0.0, 1.0, 3.0],
         };
         save(&p, &s).unwrap();
         assert_eq!(load(&p).unwrap(), s);
@@ -98,8 +245,92 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a resumable checkpoint"));
+        std::fs::write(&p, b"MNISTCK2\x01").unwrap();
+        assert!(load(&p).unwrap_err().to_string().contains("corrupt"));
         std::fs::write(&p, b"MNISTCK1\x01").unwrap();
         assert!(load(&p).unwrap_err().to_string().contains("corrupt"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A checkpoint of the first format (no position inside an epoch) loads as one written at
+    /// an epoch boundary.
+    #[test]
+    fn the_first_format_still_loads() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            model: &'a str,
+            epochs: usize,
+            seed: u64,
+            world_size: usize,
+            next_epoch: usize,
+            step: u64,
+            best_acc: f64,
+            params: Vec<f32>,
+            momentum: Option<Vec<f32>>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = path_in(dir.path());
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend(
+            bincode::serialize(&V1 {
+                model: "MLP",
+                epochs: 4,
+                seed: 3,
+                world_size: 2,
+                next_epoch: 1,
+                step: 40,
+                best_acc: 91.0,
+                params: vec![0.5],
+                momentum: None,
+            })
+            .unwrap(),
+        );
+        std::fs::write(&p, bytes).unwrap();
+        let s = load(&p).unwrap();
+        assert_eq!(
+            (
+                s.model.as_str(),
+                s.next_epoch,
+                s.batches_done,
+                s.batch_size,
+                s.step
+            ),
+            ("MLP", 1, 0, None, 40)
+        );
+    }
+
+    #[test]
+    fn a_writer_dying_before_the_rename_leaves_the_old_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path_in(dir.path());
+        let mut s = ResumeState {
+            model: "LeNet".into(),
+            epochs: 3,
+            seed: 1,
+            world_size: 1,
+            batch_size: Some(32),
+            next_epoch: 0,
+            batches_done: 4,
+            epoch_sums: [0.0; 3],
+            epoch_seconds: 0.0,
+            step: 4,
+            best_acc: -1.0,
+            params: vec![1.0; 1000],
+            momentum: None,
+            buffers: Vec::new(),
+        };
+        save(&p, &s).unwrap();
+        // A panic in the hook stands in for the process dying between write and rename.
+        s.step = 8;
+        let died = std::panic::catch_unwind(|| {
+            let _ = save_with_hook(&p, &s, || panic!("died"));
+        });
+        assert!(died.is_err());
+        assert_eq!(load(&p).unwrap().step, 4, "the old checkpoint is intact");
+        // A real death leaves its temporary file; the next writer's clean-up removes it.
+        std::fs::write(dir.path().join(".checkpoint.bin.abc123.tmp"), b"partial").unwrap();
+        std::fs::write(dir.path().join("other.tmp"), b"keep").unwrap();
+        assert_eq!(remove_stale_temporaries(dir.path()), 1);
+        assert!(dir.path().join("other.tmp").exists());
     }
 }

@@ -5,6 +5,7 @@ use crate::{device, TrainError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use mnist_comm::{Communicator, Solo};
 use mnist_common::contract::WorkerIdentity;
+use mnist_common::fault::FaultPlan;
 use mnist_common::logging::RunLog;
 use mnist_common::{BackendKind, ProgressMode, TrainConfig};
 use mnist_nccl::NcclGroup;
@@ -25,6 +26,10 @@ pub struct Session {
     pub threads: usize,
     /// Who this worker is (ranks, run id).
     pub identity: WorkerIdentity,
+    /// The faults `MNIST_FAULT` asks for (a test hook; empty unless set).
+    pub faults: FaultPlan,
+    /// The launcher's restart round (`MNIST_RESTART_ROUND`; 0: the first attempt).
+    pub restart_round: u32,
     progress: bool,
 }
 
@@ -37,6 +42,19 @@ pub fn wants_nccl(backend: BackendKind, device: Device, world_size: usize) -> bo
             BackendKind::Auto => world_size > 1,
             BackendKind::Cpu => false,
         }
+}
+
+/// The restart round the launcher gave (`MNIST_RESTART_ROUND`), 0 when unset.
+fn restart_round() -> Result<u32, mnist_common::ConfigError> {
+    use mnist_common::contract::ENV_RESTART_ROUND;
+    match std::env::var(ENV_RESTART_ROUND) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| mnist_common::ConfigError {
+            flag: ENV_RESTART_ROUND,
+            value: v,
+            expected: "a whole number ≥ 0",
+        }),
+        _ => Ok(0),
+    }
 }
 
 /// Intra-op threads: `--threads`, else `OMP_NUM_THREADS`, else cores / processes here.
@@ -57,6 +75,9 @@ pub fn thread_count(cfg: &TrainConfig, local_world_size: usize) -> usize {
 impl Session {
     /// Set everything up for `identity` under `cfg`.
     pub fn start(cfg: &TrainConfig, identity: &WorkerIdentity) -> Result<Session, TrainError> {
+        let faults = FaultPlan::from_env()?;
+        faults.check_world(identity.world_size)?;
+        let restart_round = restart_round()?;
         let threads = thread_count(cfg, identity.local_world_size);
         tch::set_num_threads(threads as i32);
         let gpus = std::env::var(mnist_common::contract::ENV_GPUS).ok();
@@ -86,6 +107,18 @@ impl Session {
         };
         let mut use_nccl = wants_nccl(cfg.backend, device, identity.world_size);
         let mut notes = Vec::new();
+        if restart_round > 0 {
+            notes.push(format!(
+                "Restart round {restart_round} ({}): the launcher restarted the workers after a failure",
+                mnist_common::contract::ENV_RESTART_ROUND
+            ));
+        }
+        if !faults.is_empty() {
+            notes.push(format!(
+                "Fault injection ({}, a test hook): {faults}",
+                mnist_common::contract::ENV_FAULT
+            ));
+        }
         if use_nccl {
             if let Err(e) = mnist_nccl::available() {
                 if cfg.backend == BackendKind::Nccl {
@@ -169,6 +202,8 @@ impl Session {
             log,
             threads,
             identity: identity.clone(),
+            faults,
+            restart_round,
             progress,
         })
     }

@@ -1,26 +1,56 @@
 //! Moving weights between a [`Model`] and model files: `mnist_model.pt` (PyTorch state_dict),
 //! PyTorch-saved state_dicts and `.safetensors`. Mismatches name the key and both shapes.
+//! A state_dict holds parameters and buffers (Net's BatchNorm running statistics and int64
+//! `num_batches_tracked`) in PyTorch's order ([`mnist_models::state_layout`]).
 
 use crate::TrainError;
-use mnist_checkpoint::NamedTensor;
-use mnist_models::{Model, ModelKind};
+use mnist_checkpoint::{DType, NamedTensor};
+use mnist_models::{EntryKind, Model, ModelKind};
+use std::collections::HashMap;
 use std::path::Path;
 
-/// The model's weights as named tensors, in `state_dict` order.
+/// The model's `state_dict` (parameters and buffers) as named tensors, in PyTorch's order.
 pub fn named_tensors(model: &Model) -> Vec<NamedTensor> {
-    model
-        .parameters()
-        .iter()
-        .zip(model.values())
-        .map(|(p, data)| NamedTensor {
-            name: p.name.to_string(),
-            shape: p.tensor.size().iter().map(|&d| d as usize).collect(),
-            data,
+    let mut params = model.values().into_iter();
+    let mut buffers = model.buffer_values().into_iter();
+    mnist_models::state_layout(model.kind())
+        .into_iter()
+        .map(|e| NamedTensor {
+            name: e.name.to_string(),
+            shape: e.shape.iter().map(|&d| d as usize).collect(),
+            data: match e.kind {
+                EntryKind::Parameter => params.next(),
+                _ => buffers.next(),
+            }
+            .expect("the layout lists every parameter and buffer once"),
         })
         .collect()
 }
 
-/// Check `tensors` against model `kind` and return their values in `state_dict` order.
+/// The dtype PyTorch stores each entry of model `kind`'s `state_dict` in (float32, int64 for
+/// `num_batches_tracked`), in [`named_tensors`]' order.
+pub fn state_dtypes(kind: ModelKind) -> Vec<DType> {
+    mnist_models::state_layout(kind)
+        .iter()
+        .map(|e| match e.kind {
+            EntryKind::Counter => DType::I64,
+            _ => DType::F32,
+        })
+        .collect()
+}
+
+/// Save `model`'s `state_dict` as PyTorch does (`torch.save` zip, buffers included).
+pub fn save(model: &Model, file: &Path) -> Result<(), TrainError> {
+    mnist_checkpoint::save_state_dict_with_dtypes(
+        file,
+        &named_tensors(model),
+        &state_dtypes(model.kind()),
+    )?;
+    Ok(())
+}
+
+/// Check `tensors` against model `kind` and return their values in `state_dict` order
+/// (parameters and buffers, as [`mnist_models::state_layout`] lists them).
 pub fn match_state_dict(
     file: &Path,
     kind: ModelKind,
@@ -30,7 +60,7 @@ pub fn match_state_dict(
         file: file.to_path_buf(),
         detail,
     };
-    let mut by_name: std::collections::HashMap<String, NamedTensor> =
+    let mut by_name: HashMap<String, NamedTensor> =
         tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
     // DDP-wrapped PyTorch models save keys with a "module." prefix; accept them.
     if by_name.keys().all(|k| k.starts_with("module.")) && !by_name.is_empty() {
@@ -39,15 +69,20 @@ pub fn match_state_dict(
             .map(|(k, v)| (k["module.".len()..].to_string(), v))
             .collect();
     }
-    let expected = mnist_models::parameter_shapes(kind);
+    let shapes: HashMap<String, Vec<usize>> = by_name
+        .iter()
+        .map(|(k, t)| (k.clone(), t.shape.clone()))
+        .collect();
+    let hint = |kind| hint(&shapes, kind);
     let mut values = Vec::new();
-    for (name, shape) in &expected {
-        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        let Some(t) = by_name.remove(*name) else {
+    for e in mnist_models::state_layout(kind) {
+        let name = e.name;
+        let shape: Vec<usize> = e.shape.iter().map(|&d| d as usize).collect();
+        let Some(t) = by_name.remove(name) else {
             return Err(err(format!(
                 "missing key {name} (shape {shape:?}) for model {}; {}",
                 kind.name(),
-                hint(&by_name, kind)
+                hint(kind)
             )));
         };
         if t.shape != shape {
@@ -55,7 +90,7 @@ pub fn match_state_dict(
                 "key {name} has shape {:?} in the file but model {} expects {shape:?}; {}",
                 t.shape,
                 kind.name(),
-                hint(&by_name, kind)
+                hint(kind)
             )));
         }
         values.push(t.data);
@@ -64,42 +99,48 @@ pub fn match_state_dict(
         return Err(err(format!(
             "unexpected key {extra} for model {}; {}",
             kind.name(),
-            hint(&by_name, kind)
+            hint(kind)
         )));
     }
     Ok(values)
 }
 
-fn hint(rest: &std::collections::HashMap<String, NamedTensor>, kind: ModelKind) -> String {
-    let other = match kind {
-        ModelKind::LeNet => ModelKind::Mlp,
-        ModelKind::Mlp => ModelKind::LeNet,
+/// Which other model the file's keys and shapes (`shapes`, prefix removed) fit, if any.
+fn hint(shapes: &HashMap<String, Vec<usize>>, kind: ModelKind) -> String {
+    let fits = |other: ModelKind| {
+        mnist_models::parameter_shapes(other).iter().all(|(n, s)| {
+            shapes
+                .get(*n)
+                .is_some_and(|f| f.iter().map(|&d| d as i64).eq(s.iter().copied()))
+        })
     };
-    let looks_other = rest.contains_key("conv1.weight") == (other == ModelKind::LeNet)
-        && mnist_models::parameter_shapes(other)
-            .iter()
-            .any(|(n, _)| rest.contains_key(*n));
-    if looks_other {
-        format!(
+    match ModelKind::ALL.iter().find(|&&o| o != kind && fits(o)) {
+        Some(other) => format!(
             "the file looks like a {} model: try --model {}",
             other.name(),
             other.name()
-        )
-    } else {
-        "is it a checkpoint of this project's LeNet or MLP?".to_string()
+        ),
+        None => "is it a checkpoint of this project's LeNet, MLP or Net?".to_string(),
     }
 }
 
-/// Load the weights in `file` into `model`.
+/// Load the weights (and buffers) in `file` into `model`.
 pub fn load_into(model: &mut Model, file: &Path) -> Result<(), TrainError> {
     let tensors = mnist_checkpoint::load_state_dict(file)?;
     let values = match_state_dict(file, model.kind(), tensors)?;
-    model
-        .load_values(&values)
-        .map_err(|e| TrainError::StateDict {
-            file: file.to_path_buf(),
-            detail: e.to_string(),
-        })
+    let (mut params, mut buffers) = (Vec::new(), Vec::new());
+    for (e, v) in mnist_models::state_layout(model.kind()).iter().zip(values) {
+        match e.kind {
+            EntryKind::Parameter => params.push(v),
+            _ => buffers.push(v),
+        }
+    }
+    let bad = |e: mnist_models::ModelError| TrainError::StateDict {
+        file: file.to_path_buf(),
+        detail: e.to_string(),
+    };
+    model.load_values(&params).map_err(bad)?;
+    model.load_buffer_values(&buffers).map_err(bad)
 }
 
 #[cfg(test)]
@@ -128,6 +169,47 @@ mod tests {
             e.contains("missing key conv1.weight") && e.contains("--model MLP"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn net_state_dict_holds_buffers_in_pytorch_order() {
+        let mut m = Model::new(ModelKind::Net, Device::Cpu);
+        let names: Vec<_> = named_tensors(&m).iter().map(|t| t.name.clone()).collect();
+        assert_eq!(
+            names[..8],
+            [
+                "conv1.weight",
+                "conv1.bias",
+                "bn1.weight",
+                "bn1.bias",
+                "bn1.running_mean",
+                "bn1.running_var",
+                "bn1.num_batches_tracked",
+                "conv2.weight"
+            ]
+        );
+        assert_eq!(names.len(), 18);
+        let dtypes = state_dtypes(ModelKind::Net);
+        assert_eq!(dtypes[6], DType::I64);
+        assert_eq!(dtypes.iter().filter(|&&d| d == DType::I64).count(), 2);
+        // Buffers survive a save and a load.
+        let mut t = named_tensors(&m);
+        t[5].data[3] = 2.5; // bn1.running_var
+        t[6].data[0] = 17.0; // bn1.num_batches_tracked
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("net.pt");
+        mnist_checkpoint::save_state_dict_with_dtypes(&file, &t, &dtypes).unwrap();
+        load_into(&mut m, &file).unwrap();
+        assert_eq!(m.buffer_values()[1][3], 2.5);
+        assert_eq!(m.buffers()[2].tensor.int64_value(&[]), 17);
+        save(&m, &file).unwrap();
+        assert_eq!(mnist_checkpoint::load_state_dict(&file).unwrap(), t);
+        // A Net file for LeNet, and a LeNet file for Net, suggest the right model.
+        let e = match_state_dict(&file, ModelKind::LeNet, t).unwrap_err();
+        assert!(e.to_string().contains("--model Net"), "{e}");
+        let lenet = named_tensors(&Model::new(ModelKind::LeNet, Device::Cpu));
+        let e = match_state_dict(&file, ModelKind::Net, lenet).unwrap_err();
+        assert!(e.to_string().contains("--model LeNet"), "{e}");
     }
 
     #[test]

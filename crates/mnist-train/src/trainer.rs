@@ -5,13 +5,15 @@
 //! records metrics, keeps the best model and writes the resumable checkpoint.
 
 use crate::dataset::TensorDataset;
-use crate::evaluate::{evaluate, EvalResult};
+use crate::evaluate::{correct_counts, evaluate, EvalResult};
+use crate::fault::Injector;
 use crate::flat::FlatParams;
+use crate::guard::GradGuard;
 use crate::metrics::{self, EpochRecord};
 use crate::optim::Sgd;
 use crate::schedule::cosine_lr;
 use crate::session::Session;
-use crate::split::BatchSplitter;
+use crate::split::{BatchSplitter, StepOutput};
 use crate::sync::{broadcast_tensor, GradReducer};
 use crate::{interrupt, resume, state, TrainError};
 use mnist_comm::{Communicator, ReduceOp};
@@ -19,6 +21,7 @@ use mnist_common::contract::{METRICS_FILE, MODEL_FILE};
 use mnist_common::panics;
 use mnist_common::TrainConfig;
 use mnist_data::{DistributedSampler, Split};
+use mnist_models::net::{self, Dropout};
 use mnist_models::Model;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -126,7 +129,16 @@ pub struct Trainer<'c> {
     threads: CpuThreads,
     splitter: BatchSplitter,
     sampler: DistributedSampler,
+    /// Net's dropout stream (seeded from `--seed`, the rank and the epoch); None for LeNet
+    /// and MLP.
+    dropout: Option<Dropout>,
+    /// Whether BatchNorm statistics are summed over ranks (`--sync-bn`).
+    sync_bn: bool,
     ckpt_path: PathBuf,
+    /// Where inside `start_epoch` a mid-epoch checkpoint left off (taken by the first epoch).
+    resume_point: Option<ResumePoint>,
+    faults: Injector,
+    guard: GradGuard,
     /// First epoch (0-based) this run trains.
     pub start_epoch: usize,
     /// Epoch (exclusive) this run stops at.
@@ -162,26 +174,58 @@ impl<'c> Trainer<'c> {
         let mut flat = FlatParams::new(&mut model);
         let mut sgd = Sgd::new(cfg.momentum, cfg.weight_decay);
         let (mut start_epoch, mut step, mut best_acc) = (0usize, 0u64, -1.0f64);
+        let mut resume_point = None;
         let ckpt_path = resume::path_in(&cfg.path);
+        if rank == 0 {
+            let n = resume::remove_stale_temporaries(&cfg.path);
+            if n > 0 {
+                s.log.info(&format!("Removed {n} temporary checkpoint file(s) left by a writer that died before its rename"));
+            }
+        }
         if cfg.resume {
             let st = resume::load(&ckpt_path)?;
-            check_resumable(cfg, world, &st, &ckpt_path)?;
+            resume::check(cfg, world, &st, &ckpt_path)?;
             flat.params_from_slice(&st.params);
+            load_buffers(&mut model, &st.buffers).map_err(|detail| TrainError::Resume {
+                file: ckpt_path.clone(),
+                detail,
+            })?;
             sgd.set_momentum_buffer(
                 st.momentum
                     .as_ref()
                     .map(|m| Tensor::from_slice(m).to_device(s.device)),
             );
             (start_epoch, step, best_acc) = (st.next_epoch, st.step, st.best_acc);
+            let within = if st.batches_done > 0 {
+                resume_point = Some(ResumePoint {
+                    batches_done: st.batches_done,
+                    sums: st.epoch_sums,
+                    seconds: st.epoch_seconds,
+                });
+                format!(", batch {}", st.batches_done + 1)
+            } else {
+                String::new()
+            };
             s.log.info(&format!(
-                "Resuming from {} at epoch {} (best so far {:.2}%)",
+                "Resuming from {} at epoch {}{within} (step {step}; best so far {:.2}%)",
                 ckpt_path.display(),
                 start_epoch + 1,
                 best_acc.max(0.0)
             ));
         }
-        // Every rank starts from rank 0's parameters.
+        // Every rank starts from rank 0's parameters (and buffers).
         broadcast_tensor(s.comm.as_mut(), &mut flat.params, 0)?;
+        crate::batchnorm::broadcast_buffers(&mut model, s.comm.as_mut())?;
+        let sync_bn = cfg.sync_bn_for(world);
+        if cfg.model.has_batch_norm() {
+            s.log.info(&if sync_bn {
+                format!("BatchNorm: batch statistics synchronised across {world} processes (SyncBatchNorm)")
+            } else if world > 1 {
+                "BatchNorm: each process normalises with its own batch; rank 0's running statistics are broadcast every step".to_string()
+            } else {
+                "BatchNorm: statistics of this process's batch".to_string()
+            });
+        }
         let cap = (cfg.bucket_cap_mb * 1024.0 * 1024.0) as usize;
         let reducer = GradReducer::new(
             flat.slots(),
@@ -230,7 +274,16 @@ impl<'c> Trainer<'c> {
             threads,
             splitter,
             sampler,
+            // Set per epoch in `train_epoch`.
+            dropout: cfg
+                .model
+                .has_batch_norm()
+                .then(|| Dropout::new(cfg.seed, rank, 0)),
+            sync_bn,
             ckpt_path,
+            resume_point,
+            faults: Injector::new(&s.faults, rank, s.restart_round),
+            guard: GradGuard::new(rank, s.device),
             start_epoch,
             last_epoch,
             step,
@@ -259,18 +312,63 @@ impl<'c> Trainer<'c> {
         let bar = s.progress_bar(batches as u64, epoch + 1);
         let mut grad_sent = 0u64;
         let mut sums = Tensor::zeros([3], (Kind::Double, s.device));
+        // A mid-epoch checkpoint: start at its batch; rank 0 carries every rank's figures so
+        // far (the epoch's totals are summed over ranks at its end).
+        let resumed = self.resume_point.take().unwrap_or_default();
+        if rank == 0 {
+            sums += Tensor::from_slice(&resumed.sums).to_device(s.device);
+        }
+        if let Some(pb) = &bar {
+            pb.set_position(resumed.batches_done as u64);
+        }
         let t0 = Instant::now();
-        for b in 0..batches {
+        for b in resumed.batches_done..batches {
             if let Some(signal) = interrupt::pending() {
                 return Err(TrainError::Interrupted { signal });
+            }
+            self.faults.before_step(self.step);
+            if let Some(d) = self.dropout.as_mut() {
+                // Each batch's masks are a function of seed, rank, epoch and batch (as is the
+                // data order), so a run resumed at an epoch or inside one continues exactly.
+                *d = Dropout::at_batch(cfg.seed, rank, epoch, b);
             }
             let lo = b * cfg.batch_size;
             let n = cfg.batch_size.min(per_rank - lo);
             let (loss, c1) = guarded("training step", || -> Result<_, TrainError> {
                 let (x, y) = self.train_set.gather(&order.narrow(0, lo as i64, n as i64));
-                let out = self
-                    .splitter
-                    .forward_backward(&self.model, &mut self.flat, &x, &y)?;
+                let out = match self.dropout.as_mut() {
+                    // Net: one thread, BatchNorm statistics through the communicator.
+                    Some(dropout) => {
+                        self.flat.zero_grads();
+                        if world > 1 && !self.sync_bn {
+                            crate::batchnorm::broadcast_buffers(&mut self.model, s.comm.as_mut())?;
+                        }
+                        let sync = self.sync_bn;
+                        let comm = s.comm.as_mut();
+                        let mut reduce = |v: &mut [f64]| {
+                            if sync {
+                                crate::batchnorm::sum_over_ranks(comm, v)
+                            } else {
+                                Ok(())
+                            }
+                        };
+                        let st =
+                            net::train_step(&self.model, &x, &y, 1.0, Some(dropout), &mut reduce)?;
+                        let (correct1, correct5) = tch::no_grad(|| correct_counts(&st.output, &y));
+                        StepOutput {
+                            loss: st.loss.to_kind(Kind::Float),
+                            correct1,
+                            correct5,
+                        }
+                    }
+                    None => self
+                        .splitter
+                        .forward_backward(&self.model, &mut self.flat, &x, &y)?,
+                };
+                if self.faults.corrupts_gradient(self.step) {
+                    let _ = self.flat.grads.fill_(f64::NAN);
+                }
+                self.guard.observe(&self.flat.grads, self.step)?;
                 if world > 1 {
                     let before = s.comm.bytes_sent();
                     // SAFETY: the batch-split helpers only touch the gradient buffers inside
@@ -292,8 +390,26 @@ impl<'c> Trainer<'c> {
                 Ok((out.loss, out.correct1))
             })??;
             self.step += 1;
+            if cfg.checkpoint_every > 0
+                && self.step.is_multiple_of(cfg.checkpoint_every as u64)
+                && b + 1 < batches
+            {
+                let point = ResumePoint {
+                    batches_done: b + 1,
+                    sums: [0.0; 3],
+                    seconds: resumed.seconds + t0.elapsed().as_secs_f64(),
+                };
+                self.save_within_epoch(s, epoch, point, &sums)?;
+            }
             if cfg.check_sync > 0 && self.step.is_multiple_of(cfg.check_sync as u64) {
-                check_sync(&self.flat, s.comm.as_mut(), self.step)?;
+                self.guard.check()?;
+                // With SyncBatchNorm the running statistics must agree too.
+                let buffers = if self.sync_bn {
+                    self.model.buffer_values().concat()
+                } else {
+                    Vec::new()
+                };
+                check_sync(&self.flat, &buffers, s.comm.as_mut(), self.step)?;
             }
             if b % cfg.log_interval == 0 && rank == 0 {
                 let l = loss.double_value(&[]);
@@ -327,7 +443,8 @@ impl<'c> Trainer<'c> {
                 pb.inc(1);
             }
         }
-        let seconds = t0.elapsed().as_secs_f64();
+        self.guard.check()?;
+        let seconds = resumed.seconds + t0.elapsed().as_secs_f64();
         if let Some(pb) = bar {
             pb.finish_and_clear();
         }
@@ -336,7 +453,7 @@ impl<'c> Trainer<'c> {
             sums,
             samples: per_rank,
             seconds,
-            bytes_per_step: grad_sent as f64 / batches as f64,
+            bytes_per_step: grad_sent as f64 / (batches - resumed.batches_done).max(1) as f64,
         })
     }
 
@@ -365,6 +482,10 @@ impl<'c> Trainer<'c> {
             100.0 * totals[1] as f64 / ntrain,
             100.0 * totals[2] as f64 / ntrain,
         );
+        if world > 1 && !self.sync_bn {
+            // Evaluate and save with rank 0's running statistics, as the next step would use.
+            crate::batchnorm::broadcast_buffers(&mut self.model, s.comm.as_mut())?;
+        }
         self.threads.evaluation();
         let test = guarded("evaluation", || {
             evaluate(
@@ -401,7 +522,7 @@ impl<'c> Trainer<'c> {
         if test.top1() > self.best_acc {
             self.best_acc = test.top1();
             let file = cfg.path.join(MODEL_FILE);
-            mnist_checkpoint::save_state_dict(&file, &state::named_tensors(&self.model))?;
+            state::save(&self.model, &file)?;
             s.log.info(&format!(
                 "Save model with best accuracy: {:.2}% to {}",
                 self.best_acc,
@@ -429,26 +550,74 @@ impl<'c> Trainer<'c> {
                 compression: self.reducer.method().to_string(),
                 bytes_sent_per_step: stats.bytes_per_step,
                 compression_ratio,
+                restarts: s.restart_round,
             },
         )
         .map_err(|e| TrainError::OutputDir {
             path: cfg.path.clone(),
             source: e,
         })?;
-        resume::save(
-            &self.ckpt_path,
-            &resume::ResumeState {
-                model: cfg.model.name().into(),
-                epochs: cfg.epochs,
-                seed: cfg.seed,
-                world_size: world,
-                next_epoch: epoch + 1,
-                step: self.step,
-                best_acc: self.best_acc,
-                params: self.flat.params_to_vec(),
-                momentum: self.sgd.momentum_buffer().map(crate::flat::tensor_to_vec),
-            },
-        )
+        let state = self.resume_state(world, epoch + 1, ResumePoint::default());
+        resume::save_with_hook(&self.ckpt_path, &state, || {
+            self.faults.in_checkpoint_write(self.step)
+        })
+    }
+
+    /// The checkpoint of this moment: `next_epoch` with `point` (0 batches done: its start).
+    fn resume_state(
+        &self,
+        world: usize,
+        next_epoch: usize,
+        point: ResumePoint,
+    ) -> resume::ResumeState {
+        let cfg = self.cfg;
+        resume::ResumeState {
+            model: cfg.model.name().into(),
+            epochs: cfg.epochs,
+            seed: cfg.seed,
+            world_size: world,
+            batch_size: Some(cfg.batch_size),
+            next_epoch,
+            batches_done: point.batches_done,
+            epoch_sums: point.sums,
+            epoch_seconds: point.seconds,
+            step: self.step,
+            best_acc: self.best_acc,
+            params: self.flat.params_to_vec(),
+            buffers: self.model.buffer_values().concat(),
+            momentum: self.sgd.momentum_buffer().map(crate::flat::tensor_to_vec),
+        }
+    }
+
+    /// `--checkpoint-every`: sum the epoch's figures so far over the ranks (every rank takes
+    /// part) and let rank 0 write the checkpoint at `point` inside `epoch`.
+    fn save_within_epoch(
+        &mut self,
+        s: &mut Session,
+        epoch: usize,
+        mut point: ResumePoint,
+        sums: &Tensor,
+    ) -> Result<(), TrainError> {
+        // Never write a checkpoint with a gradient the guard has not cleared (GPU: deferred).
+        self.guard.check()?;
+        let mut v = crate::flat::tensor_to_vec(&sums.to_kind(Kind::Float));
+        s.comm.all_reduce_f32(&mut v, ReduceOp::Sum)?;
+        if s.comm.rank() != 0 {
+            return Ok(());
+        }
+        point.sums = [v[0] as f64, v[1] as f64, v[2] as f64];
+        let state = self.resume_state(s.comm.world_size(), epoch, point);
+        resume::save_with_hook(&self.ckpt_path, &state, || {
+            self.faults.in_checkpoint_write(self.step)
+        })?;
+        s.log.file_only(&format!(
+            "Checkpoint: epoch {}, {} batch(es) done, step {} -> {}",
+            epoch + 1,
+            state.batches_done,
+            self.step,
+            self.ckpt_path.display()
+        ));
+        Ok(())
     }
 
     /// Log the end of the run and wait for every rank.
@@ -468,6 +637,17 @@ impl<'c> Trainer<'c> {
         s.comm.barrier()?;
         Ok(())
     }
+}
+
+/// A position inside an epoch that a mid-epoch checkpoint records.
+#[derive(Clone, Copy, Debug, Default)]
+struct ResumePoint {
+    /// Batches of the epoch every rank has trained.
+    batches_done: usize,
+    /// Over all ranks, summed loss, top-1 and top-5 counts of those batches.
+    sums: [f64; 3],
+    /// Seconds spent on them.
+    seconds: f64,
 }
 
 /// How this process uses its CPU threads: while training, each batch is split into `parts`
@@ -511,51 +691,39 @@ impl CpuThreads {
     }
 }
 
-fn check_resumable(
-    cfg: &TrainConfig,
-    world: usize,
-    st: &resume::ResumeState,
-    file: &std::path::Path,
-) -> Result<(), TrainError> {
-    let bad = |what: String| {
-        Err(TrainError::Resume {
-            file: file.into(),
-            detail: what,
-        })
-    };
-    if st.model != cfg.model.name() {
-        return bad(format!(
-            "it holds a {} model but --model is {}",
-            st.model,
-            cfg.model.name()
+/// Copy the flat buffer values of a resumable checkpoint into `model`.
+fn load_buffers(model: &mut Model, flat: &[f32]) -> Result<(), String> {
+    let sizes: Vec<usize> = model.buffers().iter().map(|b| b.tensor.numel()).collect();
+    if flat.len() != sizes.iter().sum::<usize>() {
+        return Err(format!(
+            "it holds {} buffer values but model {} has {}",
+            flat.len(),
+            model.kind().name(),
+            sizes.iter().sum::<usize>()
         ));
     }
-    if st.epochs != cfg.epochs {
-        return bad(format!(
-            "it was made with --epochs {} but --epochs is {} (the cosine schedule would differ)",
-            st.epochs, cfg.epochs
-        ));
+    let mut rest = flat;
+    let mut values = Vec::new();
+    for n in sizes {
+        let (head, tail) = rest.split_at(n);
+        values.push(head.to_vec());
+        rest = tail;
     }
-    if st.seed != cfg.seed || st.world_size != world {
-        return bad(format!(
-            "it was made with --seed {} and {} process(es); this run has --seed {} and {} (the data order would differ)",
-            st.seed, st.world_size, cfg.seed, world
-        ));
-    }
-    if st.next_epoch >= cfg.epochs {
-        return bad(format!(
-            "training already finished all {} epochs",
-            cfg.epochs
-        ));
-    }
-    Ok(())
+    model.load_buffer_values(&values).map_err(|e| e.to_string())
 }
 
-/// Compare a checksum of the parameters across ranks; a mismatch is an error on every rank.
-fn check_sync(flat: &FlatParams, comm: &mut dyn Communicator, step: u64) -> Result<(), TrainError> {
+/// Compare a checksum of the parameters (and `buffers`) across ranks; a mismatch is an error
+/// on every rank.
+fn check_sync(
+    flat: &FlatParams,
+    buffers: &[f32],
+    comm: &mut dyn Communicator,
+    step: u64,
+) -> Result<(), TrainError> {
     let sum = flat
         .params_to_vec()
         .iter()
+        .chain(buffers)
         .fold(0xcbf29ce484222325u64, |h, v| {
             (h ^ v.to_bits() as u64).wrapping_mul(0x100000001b3)
         });

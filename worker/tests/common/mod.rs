@@ -291,3 +291,32 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// Processes whose command line holds `needle` (an argument), as (pid, argv).
+pub fn processes_with(needle: &str) -> Vec<(u32, Vec<String>)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = raw
+            .split(|&b| b == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        if argv.iter().any(|a| a == needle) {
+            v.push((pid, argv));
+        }
+    }
+    v
+}
+
+/// The `RANK` the launcher gave process `pid` (its identity is in its environment).
+pub fn rank_of(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    raw.split(|&b| b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| kv.strip_prefix("RANK=").map(str::to_string))
+}

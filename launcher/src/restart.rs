@@ -1,0 +1,136 @@
+//! `--max-restarts N` on one machine, torchrun's restart policy: when a worker fails (exits
+//! non-zero, dies by a signal, or stops because a peer failed or hung past `--timeout`), the
+//! whole group is stopped (see [`crate::group`]) and started again in a new round: a new run
+//! id (so a new rendezvous file and shared-memory segment), `MNIST_RESTART_ROUND` set to the
+//! round, and `--resume` when this job has written a checkpoint (`--checkpoint-every` bounds
+//! what is lost). A worker refusing its input (exit 2) is not restarted: the same input would
+//! fail again. After N restarts the launch fails with the last round's root cause; every
+//! round's end is kept in a [`History`] for the error file ([`crate::error_file`]).
+
+use crate::signals::SignalGuard;
+use crate::{run_workers, spec, Exit, LaunchConfig, LaunchError, WorkerFailure};
+use mnist_common::contract::CHECKPOINT_FILE;
+use mnist_common::FailureKind;
+use std::path::Path;
+use std::time::SystemTime;
+
+/// One round of workers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Round {
+    /// 0 for the first attempt, N after the Nth restart.
+    pub round: u32,
+    /// Its run id.
+    pub run_id: String,
+    /// Whether its workers resumed from a checkpoint.
+    pub resumed: bool,
+    /// When it started.
+    pub started: SystemTime,
+    /// When it ended (None while running).
+    pub ended: Option<SystemTime>,
+    /// How it ended: `succeeded`, or the launcher's one-line error.
+    pub status: Option<String>,
+}
+
+/// The rounds of one launch, in order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    /// Every round started.
+    pub rounds: Vec<Round>,
+}
+
+impl History {
+    /// Note that `round` starts now.
+    pub fn start(&mut self, round: u32, run_id: &str, resumed: bool) {
+        self.rounds.push(Round {
+            round,
+            run_id: run_id.to_string(),
+            resumed,
+            started: SystemTime::now(),
+            ended: None,
+            status: None,
+        });
+    }
+
+    /// Note how the last round started ended.
+    pub fn end(&mut self, result: &Result<(), LaunchError>) {
+        if let Some(r) = self.rounds.last_mut() {
+            r.ended = Some(SystemTime::now());
+            r.status = Some(match result {
+                Ok(()) => "succeeded".to_string(),
+                Err(e) => mnist_common::error_line(e),
+            });
+        }
+    }
+}
+
+/// What identifies one version of the checkpoint file: a new atomic write is a new file.
+fn checkpoint_version(path: &Path) -> Option<(u64, SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.modified().ok()?))
+}
+
+/// Whether `failure` may be retried: anything but a worker refusing its input.
+pub fn restartable(failure: &WorkerFailure) -> bool {
+    failure.first.exit != Exit::Code(FailureKind::BadInput.exit_code())
+}
+
+/// Run rounds of this machine's workers until one succeeds, a failure cannot be retried,
+/// the launcher is told to stop, or `cfg.max_restarts` restarts are used up (see the module
+/// docs). Each round is recorded in `history`.
+pub fn run_rounds(
+    cfg: &LaunchConfig,
+    signals: &SignalGuard,
+    history: &mut History,
+) -> Result<(), LaunchError> {
+    let checkpoint = cfg.log_dir.join(CHECKPOINT_FILE);
+    // A checkpoint already there belongs to an earlier job, unless the user resumes it.
+    let before = checkpoint_version(&checkpoint);
+    let user_resume = cfg.worker_args.iter().any(|a| a == "--resume");
+    let layout = spec::Layout::single(cfg.nproc);
+    let mut round = 0u32;
+    loop {
+        let ours = checkpoint_version(&checkpoint).is_some_and(|v| Some(v) != before);
+        let resume = round > 0 && (user_resume || ours);
+        let mut this = cfg.clone();
+        if resume && !user_resume {
+            this.worker_args.push("--resume".into());
+        }
+        let run_id = spec::new_run_id();
+        history.start(round, &run_id, resume || (round == 0 && user_resume));
+        let result = run_workers(&this, &run_id, &layout, None, round, signals);
+        history.end(&result);
+        let failure = match result {
+            Err(LaunchError::WorkerFailed(f)) => f,
+            other => return other,
+        };
+        if !restartable(&failure) {
+            if cfg.max_restarts > 0 {
+                eprintln!(
+                    "mnist-launch: not restarting: worker rank {} refused its input (exit {}); the same input would fail again",
+                    failure.first.rank,
+                    FailureKind::BadInput.exit_code()
+                );
+            }
+            return Err(LaunchError::WorkerFailed(failure));
+        }
+        if round >= cfg.max_restarts || signals.received().is_some() {
+            let mut failure = failure;
+            failure.restarts = round;
+            return Err(LaunchError::WorkerFailed(failure));
+        }
+        round += 1;
+        let from =
+            if user_resume || checkpoint_version(&checkpoint).is_some_and(|v| Some(v) != before) {
+                format!("resuming from {}", checkpoint.display())
+            } else {
+                "from the beginning (this job has written no checkpoint yet)".to_string()
+            };
+        eprintln!(
+            "mnist-launch: restart {round} of {} (--max-restarts) after: {}; starting {} worker(s) again {from}",
+            cfg.max_restarts,
+            failure,
+            cfg.nproc
+        );
+    }
+}
