@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # A real single-machine Slurm cluster for the engine checks, self-contained in one folder:
-# munged with its own key and socket, slurmctld and one slurmd (NodeName=localhost) started
-# from a generated slurm.conf; nothing under /etc is changed.
+# munged with its own key and socket, slurmctld and one slurmd per node started from a
+# generated slurm.conf; nothing under /etc is changed.
 #
-#   scripts/engines/slurm-cluster.sh start DIR [CPUS]   # prints "export SLURM_CONF=DIR/slurm.conf"
-#   scripts/engines/slurm-cluster.sh stop DIR           # stops the daemons it started, by pid
+#   scripts/engines/slurm-cluster.sh start DIR [CPUS] [NODES]  # prints "export SLURM_CONF=DIR/slurm.conf"
+#   scripts/engines/slurm-cluster.sh stop DIR                  # stops the daemons it started, by pid
+#
+# One node is NodeName=localhost. NODES > 1 runs that many slurmd on this machine (Debian's
+# Slurm is built with multiple-slurmd support: `slurmd -N NAME`), node i named and addressed
+# 127.0.0.i (any 127.0.0.0/8 address is loopback on Linux, and a name that is an address
+# resolves without /etc/hosts), each with CPUS CPUs and its own port: a several-node
+# cluster for `srun --nodes N` whose step node list is `127.0.0.[1-N]`.
 #
 # Needs Debian's slurm-wlm and munge (scripts/engines-check.sh installs them) and root.
 set -euo pipefail
 
-cmd=${1:?usage: slurm-cluster.sh start|stop DIR [CPUS]}
-dir=${2:?usage: slurm-cluster.sh start|stop DIR [CPUS]}
+usage="usage: slurm-cluster.sh start|stop DIR [CPUS] [NODES]"
+cmd=${1:?$usage}
+dir=${2:?$usage}
 cpus=${3:-2}
+nodes=${4:-1}
+[[ $cpus =~ ^[1-9][0-9]*$ && $nodes =~ ^[1-9][0-9]*$ && $nodes -le 254 ]] ||
+    { echo "slurm-cluster: CPUS and NODES must be positive integers (NODES ≤ 254); got CPUS=$cpus NODES=$nodes" >&2; exit 2; }
 
 stop_pid() { # stop_pid FILE NAME: SIGTERM, wait up to 20 s, then SIGKILL
     local f=$1 name=$2 pid
@@ -33,7 +43,14 @@ start)
     for p in munged slurmctld slurmd srun sbatch; do
         command -v "$p" >/dev/null || [[ -x /usr/sbin/$p ]] || { echo "slurm-cluster: $p not installed (apt-get install slurm-wlm munge)" >&2; exit 2; }
     done
-    mkdir -p "$dir"/{state,spool/localhost,log,munge}
+    if [[ $nodes == 1 ]]; then
+        names=(localhost)
+    else
+        names=()
+        for i in $(seq "$nodes"); do names+=("127.0.0.$i"); done
+    fi
+    mkdir -p "$dir"/{state,log,munge}
+    for n in "${names[@]}"; do mkdir -p "$dir/spool/$n"; done
     dir=$(cd "$dir" && pwd)
     chmod 755 "$dir/munge"   # the socket must be reachable; the key stays 0400
     # munge refuses keys and folders others can write; a fresh key per cluster.
@@ -75,21 +92,28 @@ InactiveLimit=0
 KillWait=5
 MinJobAge=30
 PlugStackConfig=$dir/plugstack.conf
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
+    if [[ $nodes == 1 ]]; then
+        echo "NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN" >> "$dir/slurm.conf"
+    else
+        for i in $(seq "$nodes"); do
+            echo "NodeName=127.0.0.$i NodeHostname=localhost NodeAddr=127.0.0.$i Port=$((d_port + i - 1)) CPUs=$cpus State=UNKNOWN"
+        done >> "$dir/slurm.conf"
+    fi
+    echo "PartitionName=debug Nodes=$(IFS=,; echo "${names[*]}") Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES" >> "$dir/slurm.conf"
     : > "$dir/plugstack.conf"
     export SLURM_CONF=$dir/slurm.conf
     /usr/sbin/slurmctld -i -f "$dir/slurm.conf"
-    /usr/sbin/slurmd -f "$dir/slurm.conf" -N localhost
+    for n in "${names[@]}"; do /usr/sbin/slurmd -f "$dir/slurm.conf" -N "$n"; done
     for _ in $(seq 300); do
-        if sinfo -h -o '%t' 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then
+        # Every node up: sinfo prints one "STATE COUNT" line per state; all idle.
+        if [[ $(sinfo -h -o '%t %D' 2>/dev/null) == "idle $nodes" ]]; then
             echo "export SLURM_CONF=$dir/slurm.conf"
             exit 0
         fi
         sleep 0.1
     done
-    echo "slurm-cluster: node did not become idle within 30 s; sinfo says: $(sinfo -h 2>&1 | tr '\n' ' ')" >&2
+    echo "slurm-cluster: the $nodes node(s) did not all become idle within 30 s; sinfo says: $(sinfo -h 2>&1 | tr '\n' ' ')" >&2
     tail -5 "$dir/log/slurmctld.log" "$dir"/log/slurmd-*.log >&2 || true
     exit 1
     ;;
