@@ -2,7 +2,8 @@
 # mnist-worker started by torchrun, the way PyTorch users start DDP scripts.
 #
 #   examples/torchrun.sh [TRAINING FLAGS…]                 one machine, NPROC workers (default 2)
-#   NNODES=2 NODE_RANK=0 MASTER=host0:29400 examples/torchrun.sh   on each of several machines
+#   NNODES=2 MASTER=host0:29400 examples/torchrun.sh [FLAGS…]   on each of several machines
+#     (torchrun's c10d rendezvous at MASTER; it numbers the machines itself)
 #
 # torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, … and serves its own TCPStore at
 # MASTER_ADDR:MASTER_PORT; the workers read those and meet through that store (README

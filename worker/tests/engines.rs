@@ -122,6 +122,18 @@ fn check(what: &str, o: &Output, out: &Path, engine: &str, world: usize) {
     );
 }
 
+/// `examples/torchrun.sh` with the project's Python as torchrun and the tests' worker.
+fn torchrun_example(py: &Path) -> Command {
+    let mut cmd = Command::new(mnist_testkit::repo_root().join("examples/torchrun.sh"));
+    cmd.env(
+        "TORCHRUN",
+        format!("{} -m torch.distributed.run", py.display()),
+    )
+    .env("MNIST_WORKER", worker_bin());
+    cmd
+}
+
+/// `examples/torchrun.sh`: `torchrun --nproc-per-node 2 --no-python mnist-worker …`.
 #[test]
 fn torchrun_one_node_uses_its_agent_store() {
     let Some(py) = python("torchrun_one_node_uses_its_agent_store") else {
@@ -129,23 +141,19 @@ fn torchrun_one_node_uses_its_agent_store() {
     };
     let j = job();
     let out = j.dir.join("torchrun");
-    let mut cmd = Command::new(py);
-    cmd.args(args![
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        2,
-        "--master-port",
-        free_port(),
-        "--no-python",
-        worker_bin().display()
-    ])
-    .args(train_args(&j.data, &out));
-    let o = spawn(cmd).wait(DEADLINE).ok("torchrun --nproc-per-node 2");
+    let mut cmd = torchrun_example(&py);
+    cmd.env("NPROC", "2")
+        .env("MASTER_PORT", free_port().to_string())
+        .args(train_args(&j.data, &out));
+    let o = spawn(cmd)
+        .wait(DEADLINE)
+        .ok("examples/torchrun.sh (torchrun --nproc-per-node 2)");
     assert!(o.stdout.contains("torchrun's TCPStore"), "{}", o.stdout);
-    check("torchrun", &o, &out, "torchrun", 2);
+    check("torchrun --nproc-per-node 2", &o, &out, "torchrun", 2);
 }
 
+/// `NNODES=2 examples/torchrun.sh` twice: two torchrun agents meeting through c10d on
+/// loopback, one worker each.
 #[test]
 fn torchrun_two_agents_meet_through_c10d() {
     let Some(py) = python("torchrun_two_agents_meet_through_c10d") else {
@@ -154,24 +162,12 @@ fn torchrun_two_agents_meet_through_c10d() {
     let j = job();
     let port = free_port();
     let agent = |n: usize| {
-        let mut cmd = Command::new(&py);
-        cmd.args(args![
-            "-m",
-            "torch.distributed.run",
-            "--nnodes",
-            2,
-            "--nproc-per-node",
-            1,
-            "--rdzv-backend",
-            "c10d",
-            "--rdzv-endpoint",
-            format!("127.0.0.1:{port}"),
-            "--rdzv-id",
-            format!("engines-{}", std::process::id()),
-            "--no-python",
-            worker_bin().display()
-        ])
-        .args(train_args(&j.data, &j.dir.join(format!("agent{n}"))));
+        let mut cmd = torchrun_example(&py);
+        cmd.env("NNODES", "2")
+            .env("NPROC", "1")
+            .env("MASTER", format!("127.0.0.1:{port}"))
+            .env("RDZV_ID", format!("engines-{}", std::process::id()))
+            .args(train_args(&j.data, &j.dir.join(format!("agent{n}"))));
         spawn(cmd)
     };
     let (a0, a1) = (agent(0), agent(1));

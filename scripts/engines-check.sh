@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Run mnist-ddp under the engines people already use, for real, on this machine: 1 epoch on
+# a subset of MNIST each, printing what ran, the worker's first line (the environment it
+# detected), the test accuracy and PASS/FAIL per engine; exits 1 if any failed.
+#
+#   scripts/engines-check.sh [--no-install] [ENGINE…]
+#
+# ENGINE: mpirun, slurm, torchrun, kubernetes (default: all). Installs what it needs first
+# (needs root): Debian's openmpi-bin, slurm-wlm and munge; kubernetes-validate and PyYAML
+# into the project's Python (torch is there already: scripts/env.sh). The Slurm cluster is
+# two slurmd "nodes" on this machine (scripts/engines/slurm-cluster.sh), stopped at the end
+# whatever happens. Data: MNIST_DATA_DIR, data/mnist or ../shared/data/mnist (first 6000
+# training and 1000 test images). Binaries: cargo's dev profile (optimized) in target/debug.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+root=$(pwd)
+
+install=1
+engines=()
+for a in "$@"; do
+    case $a in
+    --no-install) install=0 ;;
+    mpirun | slurm | torchrun | kubernetes) engines+=("$a") ;;
+    *) echo "engines-check: unknown argument '$a' (expected --no-install or mpirun, slurm, torchrun, kubernetes)" >&2; exit 2 ;;
+    esac
+done
+[[ ${#engines[@]} -gt 0 ]] || engines=(mpirun slurm torchrun kubernetes)
+want() { [[ " ${engines[*]} " == *" $1 "* ]]; }
+
+# shellcheck source=scripts/env.sh
+source scripts/env.sh || { echo "engines-check: scripts/env.sh failed (torch for the project's Python)" >&2; exit 2; }
+
+if [[ $install == 1 ]]; then
+    pkgs=()
+    want mpirun && ! command -v mpirun >/dev/null && pkgs+=(openmpi-bin)
+    if want slurm; then
+        command -v srun >/dev/null && [[ -x /usr/sbin/slurmd && -x /usr/sbin/slurmctld ]] || pkgs+=(slurm-wlm)
+        [[ -x /usr/sbin/munged ]] || pkgs+=(munge)
+    fi
+    if [[ ${#pkgs[@]} -gt 0 ]]; then
+        echo "engines-check: apt-get install ${pkgs[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q "${pkgs[@]}" >/dev/null ||
+            { apt-get update -q >/dev/null && apt-get install -y -q "${pkgs[@]}" >/dev/null; } ||
+            { echo "engines-check: apt-get install ${pkgs[*]} failed" >&2; exit 2; }
+    fi
+    if want kubernetes && ! "$MNIST_PYTHON" -c 'import kubernetes_validate, yaml, jsonschema' 2>/dev/null; then
+        echo "engines-check: pip install kubernetes-validate pyyaml"
+        "$MNIST_PYTHON" -m pip install --quiet --disable-pip-version-check kubernetes-validate pyyaml ||
+            { echo "engines-check: pip install kubernetes-validate failed" >&2; exit 2; }
+    fi
+fi
+
+echo "engines-check: cargo build -p mnist-worker -p mnist-launch"
+cargo build --quiet -p mnist-worker -p mnist-launch || { echo "engines-check: build failed" >&2; exit 2; }
+bin=$root/target/debug
+worker=$bin/mnist-worker
+launch=$bin/mnist-launch
+
+src=
+for d in "${MNIST_DATA_DIR:-}" data/mnist ../shared/data/mnist; do
+    [[ -n $d && ( -e $d/train-images-idx3-ubyte.gz || -e $d/train-images-idx3-ubyte ) ]] && { src=$d; break; }
+done
+[[ -n $src ]] || { echo "engines-check: no MNIST files in MNIST_DATA_DIR, data/mnist or ../shared/data/mnist (scripts/setup.sh --download fetches them)" >&2; exit 2; }
+work=$(mktemp -d /tmp/engines-check.XXXXXX)
+slurm_dir=$work/slurm
+# shellcheck disable=SC2317  # called by the EXIT trap
+cleanup() {
+    [[ -f $slurm_dir/slurm.conf ]] && scripts/engines/slurm-cluster.sh stop "$slurm_dir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+data=$work/data
+"$MNIST_PYTHON" scripts/engines/subset.py "$src" "$data" 6000 1000 || exit 2
+train=(--data "$data" --epochs 1 --device cpu --threads 1 --progress never)
+echo "engines-check: data $data (6000/1000 images of $src), work folder $work"
+
+results=()
+# check NAME OUTFILE RC [MUST-CONTAIN…]: PASS when the command succeeded, the first log line
+# is the environment line, an epoch finished, the model was tested, and the output has
+# each MUST-CONTAIN text.
+check() {
+    local name=$1 out=$2 rc=$3 ok=1 why=()
+    shift 3
+    local first acc
+    first=$(grep -m1 -E '^[0-9]{2}/[0-9]{2} [0-9:]{8} [AP]M \| ' "$out" || true)
+    acc=$(grep -m1 '| Test set:' "$out" | sed 's/.*| //' || true)
+    [[ $rc == 0 ]] || { ok=0; why+=("exit status $rc"); }
+    [[ $first == *"| Worker environment:"* ]] || { ok=0; why+=("the first log line is not the environment line"); }
+    grep -q 'Train Epoch: 1 done' "$out" || { ok=0; why+=("no finished epoch"); }
+    [[ -n $acc ]] || { ok=0; why+=("no test line"); }
+    for m in "$@"; do grep -qF -- "$m" "$out" || { ok=0; why+=("no '$m'"); }; done
+    echo "  first line: ${first#*| }"
+    echo "  ${acc:-no test line}"
+    if [[ $ok == 1 ]]; then
+        echo "  PASS $name"
+        results+=("PASS $name (${acc#Test set: })")
+    else
+        echo "  FAIL $name: ${why[*]}; output: $out"
+        tail -n 15 "$out" | sed 's/^/    /'
+        results+=("FAIL $name: ${why[*]}")
+    fi
+}
+# run NAME OUTFILE COMMAND…: print and run COMMAND (output to OUTFILE, 10 min at most).
+run() {
+    local name=$1 out=$2
+    shift 2
+    echo
+    echo "== $name"
+    echo "  \$ $*"
+    timeout 600 "$@" >"$out" 2>&1
+}
+free_port() { "$MNIST_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+if want mpirun; then
+    run "mpirun -np 2" "$work/mpirun.out" mpirun --allow-run-as-root --oversubscribe -np 2 "$worker" "${train[@]}" --path "$work/mpirun"
+    check "mpirun -np 2 mnist-worker" "$work/mpirun.out" $? "Worker environment: Open MPI"
+fi
+
+if want slurm; then
+    echo
+    echo "== Slurm: a two-node cluster on this machine"
+    if out=$(SLURM_CHECK_CTLD_PORT=$(free_port) SLURM_CHECK_SLURMD_PORT=$(free_port) scripts/engines/slurm-cluster.sh start "$slurm_dir" 2 2); then
+        eval "$out"
+        echo "  $(sinfo -h -o 'nodes %N: %t, %c CPUs each' | head -1)"
+        run "srun --ntasks 2 mnist-worker" "$work/srun.out" srun --ntasks 2 --time 10 "$worker" "${train[@]}" --path "$work/srun"
+        check "srun --ntasks 2 mnist-worker" "$work/srun.out" $? "Worker environment: Slurm (srun task)" "-> rank 1 of 2"
+        run "srun --nodes 2 --ntasks-per-node 1 mnist-launch" "$work/srun-launch.out" \
+            srun --nodes 2 --ntasks-per-node 1 --time 10 "$launch" --nproc 2 "${train[@]}" --path "$work/srun-launch"
+        check "srun --nodes 2 --ntasks-per-node 1 mnist-launch --nproc 2" "$work/srun-launch.out" $? \
+            "Slurm: node 0 of 2" "Slurm: node 1 of 2" "Worker environment: mnist-launch" "-> rank 0 of 4"
+        echo
+        echo "== sbatch examples/slurm/mnist.sbatch"
+        echo "  \$ (cd $work && MNIST_BIN=$bin NPROC=2 sbatch --wait examples/slurm/mnist.sbatch ${train[*]} --path $work/sbatch)"
+        (cd "$work" && MNIST_BIN=$bin NPROC=2 timeout 600 sbatch --wait --output "$work/sbatch.out" \
+            "$root/examples/slurm/mnist.sbatch" "${train[@]}" --path "$work/sbatch") >"$work/sbatch.submit" 2>&1
+        rc=$?
+        sed 's/^/  /' "$work/sbatch.submit"
+        [[ -f $work/sbatch.out ]] || echo "no output" >"$work/sbatch.out"
+        check "sbatch examples/slurm/mnist.sbatch (2 nodes x 2 workers)" "$work/sbatch.out" $rc \
+            "on 2 node(s): 127.0.0.[1-2]" "-> rank 0 of 4"
+        echo
+        echo "== Slurm: shutting the cluster down"
+        scripts/engines/slurm-cluster.sh stop "$slurm_dir"
+        left=$(pgrep -f "$slurm_dir/" || true)
+        if [[ -z $left ]]; then
+            echo "  PASS Slurm cluster stopped (no munged/slurmctld/slurmd of $slurm_dir left)"
+            results+=("PASS Slurm cluster shut down cleanly")
+        else
+            echo "  FAIL processes left: $left"
+            results+=("FAIL Slurm cluster shutdown: pids $left left")
+        fi
+        rm -f "$slurm_dir/slurm.conf"
+    else
+        tail -n 20 "$slurm_dir"/log/*.log 2>/dev/null | sed 's/^/    /'
+        results+=("FAIL Slurm cluster did not start")
+    fi
+fi
+
+if want torchrun; then
+    run "examples/torchrun.sh (torchrun --nproc-per-node 2)" "$work/torchrun.out" \
+        env NPROC=2 MASTER_PORT="$(free_port)" MNIST_WORKER="$worker" examples/torchrun.sh "${train[@]}" --path "$work/torchrun"
+    check "torchrun --nproc-per-node 2 --no-python mnist-worker" "$work/torchrun.out" $? \
+        "Worker environment: torchrun" "torchrun's TCPStore"
+    port=$(free_port)
+    echo
+    echo "== NNODES=2 examples/torchrun.sh, twice (2 torchrun agents, c10d rendezvous on 127.0.0.1:$port)"
+    pids=()
+    for n in 0 1; do
+        echo "  \$ NNODES=2 NPROC=1 MASTER=127.0.0.1:$port examples/torchrun.sh ${train[*]} --path $work/c10d$n"
+        NNODES=2 NPROC=1 MASTER=127.0.0.1:$port RDZV_ID=engines-check-$$ MNIST_WORKER=$worker \
+            timeout 600 examples/torchrun.sh "${train[@]}" --path "$work/c10d$n" >"$work/c10d$n.out" 2>&1 &
+        pids+=($!)
+    done
+    rc=0
+    for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+    # The agent whose worker got rank 0 tested the model.
+    r0=$work/c10d0.out
+    grep -q '| Test set:' "$r0" || r0=$work/c10d1.out
+    grep -q 'node 1 of 2' "$work/c10d0.out" "$work/c10d1.out" || rc=1
+    check "torchrun --nnodes 2 --rdzv-backend c10d (2 agents)" "$r0" $rc "Worker environment: torchrun" "-> rank 0 of 2"
+fi
+
+if want kubernetes; then
+    echo
+    echo "== Kubernetes examples: schemas, then their pods run here"
+    echo "  \$ scripts/engines/kubernetes-check.py examples/kubernetes/*.yaml --run $worker --data $data --out $work/k8s -- --threads 1 --progress never"
+    "$MNIST_PYTHON" scripts/engines/kubernetes-check.py examples/kubernetes/*.yaml \
+        --run "$worker" --data "$data" --out "$work/k8s" -- --threads 1 --progress never >"$work/k8s.out" 2>&1
+    rc=$?
+    sed 's/^/  /' "$work/k8s.out"
+    while read -r verdict what rest; do
+        [[ $verdict == PASS || $verdict == FAIL ]] && results+=("$verdict kubernetes $what $rest")
+    done <"$work/k8s.out"
+    [[ $rc == 0 ]] || grep -q '^FAIL' "$work/k8s.out" || results+=("FAIL kubernetes-check.py exited $rc")
+fi
+
+echo
+echo "== engines-check summary (outputs in $work)"
+failed=0
+for r in "${results[@]}"; do
+    echo "  $r"
+    [[ $r == FAIL* ]] && failed=1
+done
+exit $failed
