@@ -5,11 +5,12 @@
 #
 #   scripts/engines-check.sh [--no-install] [ENGINE…]
 #
-# ENGINE: mpirun, slurm, torchrun, kubernetes (default: all). Installs what it needs first
-# (needs root): Debian's openmpi-bin, slurm-wlm and munge; kubernetes-validate and PyYAML
-# into the project's Python (torch is there already: scripts/env.sh). The Slurm cluster is
-# two slurmd "nodes" on this machine (scripts/engines/slurm-cluster.sh), stopped at the end
-# whatever happens. Data: MNIST_DATA_DIR, data/mnist or ../shared/data/mnist (first 6000
+# ENGINE: mpirun, slurm, slurm-netns, torchrun, kubernetes (default: all). Installs what it
+# needs first (needs root): Debian's openmpi-bin, slurm-wlm and munge (and iproute2 for
+# slurm-netns); kubernetes-validate and PyYAML into the project's Python (torch is there
+# already: scripts/env.sh). The Slurm clusters (scripts/engines/slurm-cluster.sh) have two
+# nodes: two slurmd on loopback addresses (slurm), or each in its own network namespace with
+# the controller and srun/sbatch in a third (slurm-netns); stopped at the end whatever happens. Data: MNIST_DATA_DIR, data/mnist or ../shared/data/mnist (first 6000
 # training and 1000 test images). Binaries: cargo's dev profile (optimized) in target/debug.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -20,11 +21,11 @@ engines=()
 for a in "$@"; do
     case $a in
     --no-install) install=0 ;;
-    mpirun | slurm | torchrun | kubernetes) engines+=("$a") ;;
-    *) echo "engines-check: unknown argument '$a' (expected --no-install or mpirun, slurm, torchrun, kubernetes)" >&2; exit 2 ;;
+    mpirun | slurm | slurm-netns | torchrun | kubernetes) engines+=("$a") ;;
+    *) echo "engines-check: unknown argument '$a' (expected --no-install or mpirun, slurm, slurm-netns, torchrun, kubernetes)" >&2; exit 2 ;;
     esac
 done
-[[ ${#engines[@]} -gt 0 ]] || engines=(mpirun slurm torchrun kubernetes)
+[[ ${#engines[@]} -gt 0 ]] || engines=(mpirun slurm slurm-netns torchrun kubernetes)
 want() { [[ " ${engines[*]} " == *" $1 "* ]]; }
 
 # shellcheck source=scripts/env.sh
@@ -33,9 +34,13 @@ source scripts/env.sh || { echo "engines-check: scripts/env.sh failed (torch for
 if [[ $install == 1 ]]; then
     pkgs=()
     want mpirun && ! command -v mpirun >/dev/null && pkgs+=(openmpi-bin)
-    if want slurm; then
+    if want slurm || want slurm-netns; then
         command -v srun >/dev/null && [[ -x /usr/sbin/slurmd && -x /usr/sbin/slurmctld ]] || pkgs+=(slurm-wlm)
         [[ -x /usr/sbin/munged ]] || pkgs+=(munge)
+    fi
+    if want slurm-netns; then
+        command -v ip >/dev/null || pkgs+=(iproute2)
+        command -v nsenter >/dev/null || pkgs+=(util-linux)
     fi
     if [[ ${#pkgs[@]} -gt 0 ]]; then
         echo "engines-check: apt-get install ${pkgs[*]}"
@@ -63,10 +68,12 @@ for d in "${MNIST_DATA_DIR:-}" data/mnist ../shared/data/mnist; do
 done
 [[ -n $src ]] || { echo "engines-check: no MNIST files in MNIST_DATA_DIR, data/mnist or ../shared/data/mnist (scripts/setup.sh --download fetches them)" >&2; exit 2; }
 work=$(mktemp -d /tmp/engines-check.XXXXXX)
-slurm_dir=$work/slurm
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
-    [[ -f $slurm_dir/slurm.conf ]] && scripts/engines/slurm-cluster.sh stop "$slurm_dir"
+    local d
+    for d in "${slurm_dirs[@]}"; do
+        [[ -d $d ]] && scripts/engines/slurm-cluster.sh stop "$d"
+    done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -117,45 +124,63 @@ if want mpirun; then
     check "mpirun -np 2 mnist-worker" "$work/mpirun.out" $? "Worker environment: Open MPI"
 fi
 
-if want slurm; then
+# slurm_checks MODE: a two-node cluster (MODE "" = two slurmd on loopback addresses, "netns" =
+# each node in its own network namespace, commands on the login node), then srun starting the
+# workers, srun starting one launcher per node, the example batch script, and the shutdown.
+slurm_checks() {
+    local mode=$1 dir=$work/slurm$1 tag=${1:+ [netns]} on=() out rc left nodes
+    slurm_dirs+=("$dir")
     echo
-    echo "== Slurm: a two-node cluster on this machine"
-    if out=$(SLURM_CHECK_CTLD_PORT=$(free_port) SLURM_CHECK_SLURMD_PORT=$(free_port) scripts/engines/slurm-cluster.sh start "$slurm_dir" 2 2); then
-        eval "$out"
-        echo "  $(sinfo -h -o 'nodes %N: %t, %c CPUs each' | head -1)"
-        run "srun --ntasks 2 mnist-worker" "$work/srun.out" srun --ntasks 2 --time 10 "$worker" "${train[@]}" --path "$work/srun"
-        check "srun --ntasks 2 mnist-worker" "$work/srun.out" $? "Worker environment: Slurm (srun task)" "-> rank 1 of 2"
-        run "srun --nodes 2 --ntasks-per-node 1 mnist-launch" "$work/srun-launch.out" \
-            srun --nodes 2 --ntasks-per-node 1 --time 10 "$launch" --nproc 2 "${train[@]}" --path "$work/srun-launch"
-        check "srun --nodes 2 --ntasks-per-node 1 mnist-launch --nproc 2" "$work/srun-launch.out" $? \
-            "Slurm: node 0 of 2" "Slurm: node 1 of 2" "Worker environment: mnist-launch" "-> rank 0 of 4"
-        echo
-        echo "== sbatch examples/slurm/mnist.sbatch"
-        echo "  \$ (cd $work && MNIST_BIN=$bin NPROC=2 sbatch --wait examples/slurm/mnist.sbatch ${train[*]} --path $work/sbatch)"
-        (cd "$work" && MNIST_BIN=$bin NPROC=2 timeout 600 sbatch --wait --output "$work/sbatch.out" \
-            "$root/examples/slurm/mnist.sbatch" "${train[@]}" --path "$work/sbatch") >"$work/sbatch.submit" 2>&1
-        rc=$?
-        sed 's/^/  /' "$work/sbatch.submit"
-        [[ -f $work/sbatch.out ]] || echo "no output" >"$work/sbatch.out"
-        check "sbatch examples/slurm/mnist.sbatch (2 nodes x 2 workers)" "$work/sbatch.out" $rc \
-            "on 2 node(s): 127.0.0.[1-2]" "-> rank 0 of 4"
-        echo
-        echo "== Slurm: shutting the cluster down"
-        scripts/engines/slurm-cluster.sh stop "$slurm_dir"
-        left=$(pgrep -f "$slurm_dir/" || true)
-        if [[ -z $left ]]; then
-            echo "  PASS Slurm cluster stopped (no munged/slurmctld/slurmd of $slurm_dir left)"
-            results+=("PASS Slurm cluster shut down cleanly")
-        else
-            echo "  FAIL processes left: $left"
-            results+=("FAIL Slurm cluster shutdown: pids $left left")
-        fi
-        rm -f "$slurm_dir/slurm.conf"
+    if [[ -n $mode ]]; then
+        echo "== Slurm$tag: two nodes, each in its own network namespace (10.77.0.2, 10.77.0.3), srun/sbatch on the login namespace (10.77.0.1)"
     else
-        tail -n 20 "$slurm_dir"/log/*.log 2>/dev/null | sed 's/^/    /'
-        results+=("FAIL Slurm cluster did not start")
+        echo "== Slurm: two nodes on this machine (two slurmd, 127.0.0.1 and 127.0.0.2)"
     fi
-fi
+    if ! out=$(SLURM_CHECK_CTLD_PORT=$(free_port) SLURM_CHECK_SLURMD_PORT=$(free_port) scripts/engines/slurm-cluster.sh start "$dir" 2 2 "$mode"); then
+        tail -n 20 "$dir"/log/*.log 2>/dev/null | sed 's/^/    /'
+        results+=("FAIL Slurm$tag cluster did not start")
+        return
+    fi
+    eval "$out"
+    [[ -n $mode ]] && on=(nsenter "--net=$SLURM_LOGIN_NETNS")
+    nodes=$("${on[@]}" sinfo -h -o '%N')
+    echo "  $("${on[@]}" sinfo -h -o 'nodes %N: %t, %c CPUs each' | head -1)"
+    # On loopback the issue's command (both tasks on one node); across namespaces one per node.
+    local spread=(--ntasks 2) where="node 0 of 1"
+    [[ -n $mode ]] && spread=(--nodes 2 --ntasks 2) where="node 1 of 2"
+    run "srun ${spread[*]} mnist-worker$tag" "$work/srun$mode.out" \
+        "${on[@]}" srun "${spread[@]}" --time 10 "$worker" "${train[@]}" --path "$work/srun$mode"
+    check "srun ${spread[*]} mnist-worker$tag" "$work/srun$mode.out" $? \
+        "Worker environment: Slurm (srun task)" "-> rank 1 of 2" "$where"
+    run "srun --nodes 2 --ntasks-per-node 1 mnist-launch$tag" "$work/srun-launch$mode.out" \
+        "${on[@]}" srun --nodes 2 --ntasks-per-node 1 --time 10 "$launch" --nproc 2 "${train[@]}" --path "$work/srun-launch$mode"
+    check "srun --nodes 2 --ntasks-per-node 1 mnist-launch --nproc 2$tag" "$work/srun-launch$mode.out" $? \
+        "Slurm: node 0 of 2" "Slurm: node 1 of 2" "Worker environment: mnist-launch" "-> rank 0 of 4"
+    echo
+    echo "== sbatch examples/slurm/mnist.sbatch$tag"
+    echo "  \$ (cd $work && MNIST_BIN=$bin NPROC=2 ${on[*]} sbatch --wait examples/slurm/mnist.sbatch ${train[*]} --path $work/sbatch$mode)"
+    (cd "$work" && MNIST_BIN=$bin NPROC=2 timeout 600 "${on[@]}" sbatch --wait --output "$work/sbatch$mode.out" \
+        "$root/examples/slurm/mnist.sbatch" "${train[@]}" --path "$work/sbatch$mode") >"$work/sbatch$mode.submit" 2>&1
+    rc=$?
+    sed 's/^/  /' "$work/sbatch$mode.submit"
+    [[ -f $work/sbatch$mode.out ]] || echo "no output" >"$work/sbatch$mode.out"
+    check "sbatch examples/slurm/mnist.sbatch (2 nodes x 2 workers)$tag" "$work/sbatch$mode.out" $rc \
+        "on 2 node(s): $nodes" "-> rank 0 of 4"
+    echo
+    echo "== Slurm$tag: shutting the cluster down"
+    scripts/engines/slurm-cluster.sh stop "$dir"
+    left=$(pgrep -f "$dir/" || true)
+    if [[ -z $left && ! -f $dir/netns ]]; then
+        echo "  PASS Slurm$tag cluster stopped (no munged/slurmctld/slurmd of $dir left${mode:+, namespaces removed})"
+        results+=("PASS Slurm$tag cluster shut down cleanly")
+    else
+        echo "  FAIL processes left: $left"
+        results+=("FAIL Slurm$tag cluster shutdown: pids $left left")
+    fi
+}
+slurm_dirs=()
+want slurm && slurm_checks ""
+want slurm-netns && slurm_checks netns
 
 if want torchrun; then
     run "examples/torchrun.sh (torchrun --nproc-per-node 2)" "$work/torchrun.out" \

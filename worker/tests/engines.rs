@@ -362,3 +362,53 @@ fn slurm_srun_workers_launchers_and_sbatch_example() {
         2,
     );
 }
+
+/// The variables a Kubernetes pod gets (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; one
+/// process per pod), for two "pods" with their own network stacks (mnist-testkit's network
+/// namespaces): rank 0 must hand the others the master's address for the group's connections,
+/// not what its host name resolves to (127.0.0.1 in many containers, and here).
+#[test]
+fn env_vars_across_two_network_namespaces() {
+    let Some(ns) = mnist_testkit::netns::Netns::create("env_vars_across_two_network_namespaces", 2)
+    else {
+        return;
+    };
+    let j = job();
+    let master = mnist_testkit::netns::Netns::addr_of(0);
+    let pod = |rank: usize| {
+        // Through env(1): spawn() clears RANK and WORLD_SIZE of the test's own environment.
+        let mut c = ns.command(rank, "env");
+        c.args(args![
+            format!("RANK={rank}"),
+            "WORLD_SIZE=2",
+            format!("MASTER_ADDR={master}"),
+            "MASTER_PORT=29500",
+            worker_bin().display()
+        ])
+        .args(train_args(&j.data, &j.dir.join(format!("pod{rank}"))));
+        spawn(c)
+    };
+    let (p0, p1) = (pod(0), pod(1));
+    let (o0, o1) = (p0.wait(DEADLINE), p1.wait(DEADLINE));
+    let (o0, o1) = (o0.ok("pod 0"), o1.ok("pod 1"));
+    assert!(
+        o0.stdout.contains(&format!(
+            "rank 0 takes the address the others reach the master at, {master}"
+        )),
+        "{}",
+        o0.stdout
+    );
+    let both = Output {
+        status: o0.status,
+        stdout: format!("{}\n{}", o0.stdout, o1.stdout),
+        stderr: format!("{}\n{}", o0.stderr, o1.stderr),
+        secs: o0.secs.max(o1.secs),
+    };
+    check(
+        "env:// pods in two network namespaces",
+        &both,
+        &j.dir.join("pod0"),
+        "env:// variables",
+        2,
+    );
+}
