@@ -5,12 +5,13 @@
 #
 #   scripts/engines-check.sh [--no-install] [ENGINE…]
 #
-# ENGINE: mpirun, slurm, slurm-netns, torchrun, kubernetes (default: all). Installs what it
-# needs first (needs root): Debian's openmpi-bin, slurm-wlm and munge (and iproute2 for
-# slurm-netns); kubernetes-validate and PyYAML into the project's Python (torch is there
+# ENGINE: mpirun, slurm, slurm-netns, torchrun, torchrun-netns, kubernetes (default: all).
+# Installs what it needs first (needs root): Debian's openmpi-bin, slurm-wlm and munge (and
+# iproute2 for the netns checks); kubernetes-validate and PyYAML into the project's Python (torch is there
 # already: scripts/env.sh). The Slurm clusters (scripts/engines/slurm-cluster.sh) have two
 # nodes: two slurmd on loopback addresses (slurm), or each in its own network namespace with
-# the controller and srun/sbatch in a third (slurm-netns); stopped at the end whatever happens. Data: MNIST_DATA_DIR, data/mnist or ../shared/data/mnist (first 6000
+# the controller and srun/sbatch in a third (slurm-netns); stopped at the end whatever happens.
+# torchrun-netns: two torchrun agents, each in its own network namespace, meeting through c10d. Data: MNIST_DATA_DIR, data/mnist or ../shared/data/mnist (first 6000
 # training and 1000 test images). Binaries: cargo's dev profile (optimized) in target/debug.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -21,11 +22,11 @@ engines=()
 for a in "$@"; do
     case $a in
     --no-install) install=0 ;;
-    mpirun | slurm | slurm-netns | torchrun | kubernetes) engines+=("$a") ;;
-    *) echo "engines-check: unknown argument '$a' (expected --no-install or mpirun, slurm, slurm-netns, torchrun, kubernetes)" >&2; exit 2 ;;
+    mpirun | slurm | slurm-netns | torchrun | torchrun-netns | kubernetes) engines+=("$a") ;;
+    *) echo "engines-check: unknown argument '$a' (expected --no-install or mpirun, slurm, slurm-netns, torchrun, torchrun-netns, kubernetes)" >&2; exit 2 ;;
     esac
 done
-[[ ${#engines[@]} -gt 0 ]] || engines=(mpirun slurm slurm-netns torchrun kubernetes)
+[[ ${#engines[@]} -gt 0 ]] || engines=(mpirun slurm slurm-netns torchrun torchrun-netns kubernetes)
 want() { [[ " ${engines[*]} " == *" $1 "* ]]; }
 
 # shellcheck source=scripts/env.sh
@@ -38,7 +39,7 @@ if [[ $install == 1 ]]; then
         command -v srun >/dev/null && [[ -x /usr/sbin/slurmd && -x /usr/sbin/slurmctld ]] || pkgs+=(slurm-wlm)
         [[ -x /usr/sbin/munged ]] || pkgs+=(munge)
     fi
-    if want slurm-netns; then
+    if want slurm-netns || want torchrun-netns; then
         command -v ip >/dev/null || pkgs+=(iproute2)
         command -v nsenter >/dev/null || pkgs+=(util-linux)
     fi
@@ -70,11 +71,17 @@ done
 work=$(mktemp -d /tmp/engines-check.XXXXXX)
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
-    local d
+    local d n
     for d in "${slurm_dirs[@]}"; do
         [[ -d $d ]] && scripts/engines/slurm-cluster.sh stop "$d"
     done
+    for d in "${netns_dirs[@]}"; do
+        for n in sw n0 n1; do ip netns del "$d-$n" 2>/dev/null; done
+    done
+    return 0
 }
+slurm_dirs=()
+netns_dirs=()
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 data=$work/data
@@ -178,7 +185,6 @@ slurm_checks() {
         results+=("FAIL Slurm$tag cluster shutdown: pids $left left")
     fi
 }
-slurm_dirs=()
 want slurm && slurm_checks ""
 want slurm-netns && slurm_checks netns
 
@@ -204,6 +210,45 @@ if want torchrun; then
     grep -q '| Test set:' "$r0" || r0=$work/c10d1.out
     grep -q 'node 1 of 2' "$work/c10d0.out" "$work/c10d1.out" || rc=1
     check "torchrun --nnodes 2 --rdzv-backend c10d (2 agents)" "$r0" $rc "Worker environment: torchrun" "-> rank 0 of 2"
+fi
+
+if want torchrun-netns; then
+    # Two "machines": network namespaces 10.77.0.1 and 10.77.0.2 on a bridge in a third.
+    pre=etr$$
+    echo
+    echo "== torchrun [netns]: 2 agents in their own network namespaces (10.77.0.1, 10.77.0.2), c10d rendezvous at 10.77.0.1:29400"
+    netns_dirs+=("$pre")
+    ip netns add "$pre-sw" && ip -n "$pre-sw" link add br0 type bridge && ip -n "$pre-sw" link set br0 up
+    for i in 0 1; do
+        ip netns add "$pre-n$i"
+        ip -n "$pre-sw" link add "p$i" type veth peer name eth0 netns "$pre-n$i"
+        ip -n "$pre-sw" link set "p$i" master br0
+        ip -n "$pre-sw" link set "p$i" up
+        ip -n "$pre-n$i" addr add "10.77.0.$((i + 1))/24" dev eth0
+        ip -n "$pre-n$i" link set eth0 up
+        ip -n "$pre-n$i" link set lo up
+    done
+    pids=()
+    for i in 0 1; do
+        # --local-addr and is_host: this machine's host name resolves to 127.0.0.1, so torchrun
+        # cannot tell by itself which agent sits at the endpoint, nor what to advertise.
+        cmd=(torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint 10.77.0.1:29400
+            --rdzv-id engines-check-$$ --rdzv-conf "is_host=$((i == 0 ? 1 : 0))" --local-addr "10.77.0.$((i + 1))"
+            --no-python "$worker" "${train[@]}" --path "$work/tr-netns$i")
+        echo "  [10.77.0.$((i + 1))] \$ ${cmd[*]}"
+        ip netns exec "$pre-n$i" timeout 600 "${cmd[@]}" >"$work/tr-netns$i.out" 2>&1 &
+        pids+=($!)
+    done
+    rc=0
+    for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+    # torchrun numbers the agents in the order they join: rank 0 is the one that tested.
+    r0=$work/tr-netns0.out
+    grep -q '| Test set:' "$r0" || r0=$work/tr-netns1.out
+    grep -q 'node 1 of 2' "$work/tr-netns0.out" "$work/tr-netns1.out" || rc=1
+    check "torchrun --nnodes 2 c10d, agents in 2 network namespaces" "$r0" $rc \
+        "Worker environment: torchrun" "-> rank 0 of 2" "rank 0 takes the address the others reach the master at, 10.77.0."
+    for n in sw n0 n1; do ip netns del "$pre-$n"; done
+    netns_dirs=()
 fi
 
 if want kubernetes; then

@@ -46,19 +46,27 @@ pub fn resolve(flags: &Explicit, rendezvous_timeout_s: f64) -> Result<Resolved, 
     let env: mnist_env::Env = std::env::vars().collect();
     let mut p = mnist_env::resolve(flags, &env)
         .map_err(|e| Failure::Input(anyhow::Error::new(e).context("cannot place this worker")))?;
-    let mut server = None;
-    if let Some(Meeting::Serve { host, port, .. }) = &p.meeting {
-        if p.rank == 0 && p.world_size > 1 {
-            if std::env::var_os(ENV_RENDEZVOUS_ADDR).is_none() {
-                if let Some(ip) = master_ip_here(host) {
-                    // Before any thread starts: mnist-comm reads it when rank 0 publishes
-                    // where the group's data connections go.
-                    std::env::set_var(ENV_RENDEZVOUS_ADDR, ip.to_string());
-                    p.notes.push(format!(
-                        "rank 0 takes the address the others reach the master at, {ip}, for the group's connections"
-                    ));
-                }
+    // Rank 0 runs on the master (env://: it serves the store there; torchrun: its agent,
+    // group rank 0, hosts the store at MASTER_ADDR), which the others already reach.
+    let master_host = match &p.meeting {
+        Some(Meeting::Serve { host, .. } | Meeting::TorchStore { host, .. }) => Some(host),
+        _ => None,
+    };
+    if let Some(host) = master_host {
+        if p.rank == 0 && p.world_size > 1 && std::env::var_os(ENV_RENDEZVOUS_ADDR).is_none() {
+            if let Some(ip) = master_ip_here(host) {
+                // Before any thread starts: mnist-comm reads it when rank 0 publishes where
+                // the group's data connections go.
+                std::env::set_var(ENV_RENDEZVOUS_ADDR, ip.to_string());
+                p.notes.push(format!(
+                    "rank 0 takes the address the others reach the master at, {ip}, for the group's connections"
+                ));
             }
+        }
+    }
+    let mut server = None;
+    if let Some(Meeting::Serve { port, .. }) = &p.meeting {
+        if p.rank == 0 && p.world_size > 1 {
             let run_id = p.run_id.as_deref().unwrap_or_default();
             let s = StoreServer::start(*port, run_id).map_err(|e| {
                 Failure::Serve(anyhow::Error::new(e).context(format!(
