@@ -5,13 +5,16 @@
 #
 #   scripts/engines-check.sh [--no-install] [ENGINE…]
 #
-# ENGINE: mpirun, slurm, slurm-netns, torchrun, torchrun-netns, kubernetes (default: all).
+# ENGINE: mpirun, mpirun-netns, slurm, slurm-netns, torchrun, torchrun-netns, kubernetes
+# (default: all).
 # Installs what it needs first (needs root): Debian's openmpi-bin, slurm-wlm and munge (and
 # iproute2 for the netns checks); kubernetes-validate and PyYAML into the project's Python (torch is there
 # already: scripts/env.sh). The Slurm clusters (scripts/engines/slurm-cluster.sh) have two
 # nodes: two slurmd on loopback addresses (slurm), or each in its own network namespace with
 # the controller and srun/sbatch in a third (slurm-netns); stopped at the end whatever happens.
-# torchrun-netns: two torchrun agents, each in its own network namespace, meeting through c10d. Data: MNIST_DATA_DIR, data/mnist or ../shared/data/mnist (first 6000
+# torchrun-netns: two torchrun agents, each in its own network namespace, meeting through c10d;
+# mpirun-netns: mpirun with one rank in each of two network namespaces (an rsh agent that
+# enters the namespace stands in for ssh). Data: MNIST_DATA_DIR, data/mnist or ../shared/data/mnist (first 6000
 # training and 1000 test images). Binaries: cargo's dev profile (optimized) in target/debug.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -22,11 +25,11 @@ engines=()
 for a in "$@"; do
     case $a in
     --no-install) install=0 ;;
-    mpirun | slurm | slurm-netns | torchrun | torchrun-netns | kubernetes) engines+=("$a") ;;
-    *) echo "engines-check: unknown argument '$a' (expected --no-install or mpirun, slurm, slurm-netns, torchrun, torchrun-netns, kubernetes)" >&2; exit 2 ;;
+    mpirun | mpirun-netns | slurm | slurm-netns | torchrun | torchrun-netns | kubernetes) engines+=("$a") ;;
+    *) echo "engines-check: unknown argument '$a' (expected --no-install or mpirun, mpirun-netns, slurm, slurm-netns, torchrun, torchrun-netns, kubernetes)" >&2; exit 2 ;;
     esac
 done
-[[ ${#engines[@]} -gt 0 ]] || engines=(mpirun slurm slurm-netns torchrun torchrun-netns kubernetes)
+[[ ${#engines[@]} -gt 0 ]] || engines=(mpirun mpirun-netns slurm slurm-netns torchrun torchrun-netns kubernetes)
 want() { [[ " ${engines[*]} " == *" $1 "* ]]; }
 
 # shellcheck source=scripts/env.sh
@@ -34,12 +37,12 @@ source scripts/env.sh || { echo "engines-check: scripts/env.sh failed (torch for
 
 if [[ $install == 1 ]]; then
     pkgs=()
-    want mpirun && ! command -v mpirun >/dev/null && pkgs+=(openmpi-bin)
+    { want mpirun || want mpirun-netns; } && ! command -v mpirun >/dev/null && pkgs+=(openmpi-bin)
     if want slurm || want slurm-netns; then
         command -v srun >/dev/null && [[ -x /usr/sbin/slurmd && -x /usr/sbin/slurmctld ]] || pkgs+=(slurm-wlm)
         [[ -x /usr/sbin/munged ]] || pkgs+=(munge)
     fi
-    if want slurm-netns || want torchrun-netns; then
+    if want slurm-netns || want torchrun-netns || want mpirun-netns; then
         command -v ip >/dev/null || pkgs+=(iproute2)
         command -v nsenter >/dev/null || pkgs+=(util-linux)
     fi
@@ -71,13 +74,11 @@ done
 work=$(mktemp -d /tmp/engines-check.XXXXXX)
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
-    local d n
+    local d
     for d in "${slurm_dirs[@]}"; do
         [[ -d $d ]] && scripts/engines/slurm-cluster.sh stop "$d"
     done
-    for d in "${netns_dirs[@]}"; do
-        for n in sw n0 n1; do ip netns del "$d-$n" 2>/dev/null; done
-    done
+    for d in "${netns_dirs[@]}"; do netns_down "$d"; done
     return 0
 }
 slurm_dirs=()
@@ -125,10 +126,54 @@ run() {
     timeout 600 "$@" >"$out" 2>&1
 }
 free_port() { "$MNIST_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# netns_up PREFIX: two "machines", network namespaces PREFIX-n0 (10.77.0.1) and PREFIX-n1
+# (10.77.0.2) on a bridge in PREFIX-sw; netns_down PREFIX removes them (also at exit).
+netns_up() {
+    local pre=$1 i
+    netns_dirs+=("$pre")
+    ip netns add "$pre-sw" && ip -n "$pre-sw" link add br0 type bridge && ip -n "$pre-sw" link set br0 up || return 1
+    for i in 0 1; do
+        ip netns add "$pre-n$i" &&
+            ip -n "$pre-sw" link add "p$i" type veth peer name eth0 netns "$pre-n$i" &&
+            ip -n "$pre-sw" link set "p$i" master br0 &&
+            ip -n "$pre-sw" link set "p$i" up &&
+            ip -n "$pre-n$i" addr add "10.77.0.$((i + 1))/24" dev eth0 &&
+            ip -n "$pre-n$i" link set eth0 up &&
+            ip -n "$pre-n$i" link set lo up || return 1
+    done
+}
+netns_down() {
+    local n
+    for n in sw n0 n1; do ip netns del "$1-$n" 2>/dev/null; done
+    return 0
+}
 
 if want mpirun; then
     run "mpirun -np 2" "$work/mpirun.out" mpirun --allow-run-as-root --oversubscribe -np 2 "$worker" "${train[@]}" --path "$work/mpirun"
     check "mpirun -np 2 mnist-worker" "$work/mpirun.out" $? "Worker environment: Open MPI"
+fi
+
+if want mpirun-netns; then
+    # Two "machines" in network namespaces; mpirun on the first starts its daemon on the other
+    # through an rsh agent that enters that machine's namespace (instead of ssh).
+    pre=emp$$
+    echo
+    echo "== mpirun [netns]: one rank on each of 2 network namespaces (10.77.0.1, 10.77.0.2)"
+    netns_up "$pre" || echo "  (could not set up the network namespaces)"
+    cat >"$work/rsh-agent.sh" <<AGENT
+#!/bin/sh
+# Open MPI's rsh agent for the check: "rsh-agent.sh HOST COMMAND…" runs COMMAND on HOST.
+host=\$1; shift
+case \$host in 10.77.0.1) ns=$pre-n0 ;; 10.77.0.2) ns=$pre-n1 ;; *) echo "rsh-agent: unknown host \$host" >&2; exit 1 ;; esac
+exec ip netns exec "\$ns" /bin/sh -c "\$*"
+AGENT
+    chmod +x "$work/rsh-agent.sh"
+    run "mpirun across 2 network namespaces" "$work/mpirun-netns.out" ip netns exec "$pre-n0" \
+        mpirun --allow-run-as-root --mca plm_rsh_agent "$work/rsh-agent.sh" --host 10.77.0.1:1,10.77.0.2:1 \
+        -np 2 -x MASTER_ADDR=10.77.0.1 "$worker" "${train[@]}" --path "$work/mpirun-netns"
+    check "mpirun --host 10.77.0.1:1,10.77.0.2:1 -np 2 -x MASTER_ADDR=10.77.0.1 mnist-worker [netns]" "$work/mpirun-netns.out" $? \
+        "Worker environment: Open MPI" "node 1 of 2" "rank 0 takes the address the others reach the master at, 10.77.0.1"
+    netns_down "$pre"
 fi
 
 # slurm_checks MODE: a two-node cluster (MODE "" = two slurmd on loopback addresses, "netns" =
@@ -217,17 +262,7 @@ if want torchrun-netns; then
     pre=etr$$
     echo
     echo "== torchrun [netns]: 2 agents in their own network namespaces (10.77.0.1, 10.77.0.2), c10d rendezvous at 10.77.0.1:29400"
-    netns_dirs+=("$pre")
-    ip netns add "$pre-sw" && ip -n "$pre-sw" link add br0 type bridge && ip -n "$pre-sw" link set br0 up
-    for i in 0 1; do
-        ip netns add "$pre-n$i"
-        ip -n "$pre-sw" link add "p$i" type veth peer name eth0 netns "$pre-n$i"
-        ip -n "$pre-sw" link set "p$i" master br0
-        ip -n "$pre-sw" link set "p$i" up
-        ip -n "$pre-n$i" addr add "10.77.0.$((i + 1))/24" dev eth0
-        ip -n "$pre-n$i" link set eth0 up
-        ip -n "$pre-n$i" link set lo up
-    done
+    netns_up "$pre" || echo "  (could not set up the network namespaces)"
     pids=()
     for i in 0 1; do
         # --local-addr and is_host: this machine's host name resolves to 127.0.0.1, so torchrun
@@ -247,8 +282,7 @@ if want torchrun-netns; then
     grep -q 'node 1 of 2' "$work/tr-netns0.out" "$work/tr-netns1.out" || rc=1
     check "torchrun --nnodes 2 c10d, agents in 2 network namespaces" "$r0" $rc \
         "Worker environment: torchrun" "-> rank 0 of 2" "rank 0 takes the address the others reach the master at, 10.77.0."
-    for n in sw n0 n1; do ip netns del "$pre-$n"; done
-    netns_dirs=()
+    netns_down "$pre"
 fi
 
 if want kubernetes; then
