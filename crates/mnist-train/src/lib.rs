@@ -3,9 +3,9 @@
 //! evaluation, logs, metrics and checkpoints. `mnist-worker` calls [`run`].
 
 pub mod batchnorm;
-pub mod cuda_runtime;
 pub mod board;
 pub mod breakdown;
+pub mod cuda_runtime;
 pub mod dataset;
 pub mod device;
 mod error;
@@ -17,8 +17,8 @@ pub mod host;
 pub mod interrupt;
 pub mod metrics;
 pub mod optim;
-pub mod report;
 pub mod phases;
+pub mod report;
 pub mod resume;
 pub mod schedule;
 pub mod session;
