@@ -227,3 +227,41 @@ fn a_resumed_run_draws_every_epoch_and_says_whose_wall_time() {
     );
     assert_eq!(markers(), 10);
 }
+
+/// Under mnist-launch the console opens with short lines: the worker's environment line names
+/// the engine and the ranks, not every variable the launcher set.
+#[test]
+fn under_the_launcher_the_console_opens_with_short_lines() {
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 320, 100);
+    let out = tmp.path().join("run");
+    let o = run(
+        &launcher_bin(),
+        with_base(args![
+            "--data",
+            data.display(),
+            "--path",
+            out.display(),
+            "--epochs",
+            1,
+            "--batch-size",
+            32
+        ]),
+    )
+    .ok("mnist-launch");
+    let env = o
+        .stdout
+        .lines()
+        .find(|l| l.contains("| Worker environment: "))
+        .unwrap_or_else(|| panic!("no environment line in {}", o.stdout));
+    assert!(
+        env.contains("Worker environment: mnist-launch -> rank 0 of 1") && !env.contains("RANK="),
+        "{env}"
+    );
+    let head: Vec<&str> = o
+        .stdout
+        .lines()
+        .take_while(|l| !l.contains("Train Epoch"))
+        .collect();
+    assert!(head.iter().all(|l| l.len() < 220), "{head:#?}");
+}
