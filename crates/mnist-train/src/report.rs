@@ -50,15 +50,25 @@ pub struct Curves {
 }
 
 impl Curves {
-    /// Start redrawing from the `metrics.jsonl` just appended (after the previous drawing).
+    /// Start redrawing from the `metrics.jsonl` just appended: read here (this thread is its
+    /// only writer, so the read never sees a record half-appended), drawn on a thread.
     pub fn redraw(&mut self, cfg: &TrainConfig, log: &RunLog) {
         self.wait(log);
-        let (dir, model) = (cfg.path.clone(), cfg.model.name());
-        debug_assert!(dir.join(METRICS_FILE).exists());
+        let run = match mnist_viz::metrics::Run::read(&cfg.path) {
+            Ok(run) => run,
+            Err(e) => {
+                log.info(&format!(
+                    "Warning: curves not drawn: {}",
+                    mnist_common::error_line(&e)
+                ));
+                return;
+            }
+        };
+        let model = cfg.model.name();
         let spawned = std::thread::Builder::new()
             .name("curves".into())
             .spawn(move || {
-                mnist_viz::curves::write(&dir, model)
+                mnist_viz::curves::draw(&run, model)
                     .map(|_| ())
                     .map_err(|e| mnist_common::error_line(&e))
             });
