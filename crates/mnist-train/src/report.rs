@@ -151,6 +151,7 @@ impl Reporter {
         BarPlan {
             images_per_step: (cfg.batch_size * world) as f64,
             epochs_after: last_epoch.saturating_sub(epoch + 1),
+            epochs_total: cfg.epochs,
             last_epoch: self.last_epoch,
         }
     }
@@ -182,6 +183,8 @@ pub struct BarPlan {
     pub images_per_step: f64,
     /// Epochs of this run after the one the bar shows.
     pub epochs_after: usize,
+    /// Epochs of the schedule (`--epochs`).
+    pub epochs_total: usize,
     /// Wall seconds the previous epoch took (training and evaluation), if one has run.
     pub last_epoch: Option<f64>,
 }
@@ -243,6 +246,7 @@ mod tests {
         let plan = BarPlan {
             images_per_step: 128.0,
             epochs_after: 2,
+            epochs_total: 5,
             last_epoch: Some(30.0),
         };
         assert_eq!(run_eta(&plan, 5.0, 100, 10.0), 65.0);
