@@ -56,6 +56,10 @@ pub const ENV_RENDEZVOUS_ADDR: &str = "MNIST_RENDEZVOUS_ADDR";
 /// With `--gpus`: the GPU of each local rank, comma-separated (local rank r uses entry r;
 /// indices inside `CUDA_VISIBLE_DEVICES`).
 pub const ENV_GPUS: &str = "MNIST_GPUS";
+/// Whether a worker loads libtorch's CUDA half (`libtorch_cuda.so` and the CUDA libraries it
+/// pulls in): `auto` (default: when an NVIDIA driver is present and `CUDA_VISIBLE_DEVICES`
+/// does not hide every GPU), `off` (never), `on` (always, even without a driver).
+pub const ENV_TORCH_CUDA: &str = "MNIST_TORCH_CUDA";
 /// The worker program the launcher starts (`--worker-bin`; default: `mnist-worker` next to
 /// the launcher).
 pub const ENV_WORKER_BIN: &str = "MNIST_WORKER_BIN";

@@ -77,6 +77,9 @@ pub fn thread_count(cfg: &TrainConfig, local_world_size: usize) -> usize {
 impl Session {
     /// Set everything up for `identity` under `cfg`.
     pub fn start(cfg: &TrainConfig, identity: &WorkerIdentity) -> Result<Session, TrainError> {
+        if let crate::cuda_runtime::CudaRuntime::BadSetting(m) = crate::cuda_runtime::load() {
+            return Err(TrainError::Device(m.clone()));
+        }
         let started = Instant::now();
         let faults = FaultPlan::from_env()?;
         faults.check_world(identity.world_size)?;
@@ -90,7 +93,13 @@ impl Session {
             gpus.as_deref(),
             identity.local_rank,
             device::cuda_count(),
-        )?;
+        )
+        .map_err(|e| match (e, crate::cuda_runtime::load()) {
+            (TrainError::Device(m), rt @ crate::cuda_runtime::CudaRuntime::Absent(_)) => {
+                TrainError::Device(format!("{m}; {rt}"))
+            }
+            (e, _) => e,
+        })?;
         if cfg.backend == BackendKind::Nccl && !device.is_cuda() {
             return Err(TrainError::Device("--backend nccl needs CUDA devices; this run is on the CPU (use --backend cpu or auto)".into()));
         }
@@ -114,6 +123,13 @@ impl Session {
             notes.push(format!(
                 "Restart round {restart_round} ({}): the launcher restarted the workers after a failure",
                 mnist_common::contract::ENV_RESTART_ROUND
+            ));
+        }
+        if !device.is_cuda() && crate::cuda_runtime::load().is_loaded() {
+            notes.push(format!(
+                "{} (CUDA runtime registered: {}), but no usable GPU: training on the CPU",
+                crate::cuda_runtime::load(),
+                tch::utils::has_cudart()
             ));
         }
         if !faults.is_empty() {
