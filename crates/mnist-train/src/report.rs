@@ -118,7 +118,7 @@ pub fn summary(cfg: &TrainConfig, log: &RunLog, wall: Duration, bytes_sent: u64,
         epochs_total: cfg.epochs,
         bytes_sent,
         resumed,
-        tensorboard: None,
+        tensorboard: cfg.tensorboard.as_deref(),
     };
     for line in mnist_viz::summary::lines(&end, &epochs) {
         log.info(&line);
