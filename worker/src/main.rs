@@ -87,12 +87,17 @@ fn main() {
                 placement::Failure::Serve(e) => (e, FailureKind::OwnFault),
             })?;
         // The first line (stdout, the log's format): what the environment said and what
-        // follows from it.
+        // follows from it. Under mnist-launch the variables it read are the launcher's own
+        // contract (and rank 0's line reaches the console): they are left out.
+        let mut shown = resolved.placement.clone();
+        if shown.engine == mnist_env::Engine::Launcher {
+            shown.evidence.clear();
+        }
         println!(
             "{}",
             mnist_common::logging::format_line(
                 &chrono::Local::now(),
-                &format!("Worker {}", resolved.placement.summary())
+                &format!("Worker {}", shown.summary())
             )
         );
         // Rank 0's store (env://) lives as long as the run.

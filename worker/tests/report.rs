@@ -187,9 +187,9 @@ fn the_progress_bar_shows_images_per_second_and_both_etas() {
     );
 }
 
-/// A run stopped after one epoch and resumed: the curves cover both epochs (five markers per
-/// epoch: test and train loss, accuracy, learning rate, images/s) and the summary says the
-/// wall time is this attempt's.
+/// A run stopped after one epoch and resumed (the second time with `--tensorboard`): the curves
+/// cover both epochs (five markers per epoch: test and train loss, accuracy, learning rate,
+/// images/s), and the summary says the wall time is this attempt's and where the event files are.
 #[test]
 fn a_resumed_run_draws_every_epoch_and_says_whose_wall_time() {
     let tmp = tempdir();
@@ -218,12 +218,56 @@ fn a_resumed_run_draws_every_epoch_and_says_whose_wall_time() {
     let first = train(args!["--stop-after-epochs", 1]).ok("first epoch");
     assert_eq!(summary_row(&first.stdout, "epochs"), Some("1 of 2"));
     assert_eq!(markers(), 5);
-    let second = train(args!["--resume"]).ok("resumed");
+    let second = train(args!["--resume", "--tensorboard"]).ok("resumed");
     assert_eq!(summary_row(&second.stdout, "epochs"), Some("2 of 2"));
+    let tb = out.join("tb").display().to_string();
+    assert_eq!(
+        summary_row(&second.stdout, "tensorboard"),
+        Some(format!("{tb} (tensorboard --logdir {tb})").as_str())
+    );
+    assert!(summary_row(&first.stdout, "tensorboard").is_none());
     assert!(
         summary_row(&second.stdout, "wall time").is_some_and(|w| w.ends_with("(this attempt)")),
         "{}",
         second.stdout
     );
     assert_eq!(markers(), 10);
+}
+
+/// Under mnist-launch the console opens with short lines: the worker's environment line names
+/// the engine and the ranks, not every variable the launcher set.
+#[test]
+fn under_the_launcher_the_console_opens_with_short_lines() {
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 320, 100);
+    let out = tmp.path().join("run");
+    let o = run(
+        &launcher_bin(),
+        with_base(args![
+            "--data",
+            data.display(),
+            "--path",
+            out.display(),
+            "--epochs",
+            1,
+            "--batch-size",
+            32
+        ]),
+    )
+    .ok("mnist-launch");
+    let env = o
+        .stdout
+        .lines()
+        .find(|l| l.contains("| Worker environment: "))
+        .unwrap_or_else(|| panic!("no environment line in {}", o.stdout));
+    assert!(
+        env.contains("Worker environment: mnist-launch -> rank 0 of 1") && !env.contains("RANK="),
+        "{env}"
+    );
+    let head: Vec<&str> = o
+        .stdout
+        .lines()
+        .take_while(|l| !l.contains("Train Epoch"))
+        .collect();
+    assert!(head.iter().all(|l| l.len() < 220), "{head:#?}");
 }

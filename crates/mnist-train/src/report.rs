@@ -50,15 +50,25 @@ pub struct Curves {
 }
 
 impl Curves {
-    /// Start redrawing from the `metrics.jsonl` just appended (after the previous drawing).
+    /// Start redrawing from the `metrics.jsonl` just appended: read here (this thread is its
+    /// only writer, so the read never sees a record half-appended), drawn on a thread.
     pub fn redraw(&mut self, cfg: &TrainConfig, log: &RunLog) {
         self.wait(log);
-        let (dir, model) = (cfg.path.clone(), cfg.model.name());
-        debug_assert!(dir.join(METRICS_FILE).exists());
+        let run = match mnist_viz::metrics::Run::read(&cfg.path) {
+            Ok(run) => run,
+            Err(e) => {
+                log.info(&format!(
+                    "Warning: curves not drawn: {}",
+                    mnist_common::error_line(&e)
+                ));
+                return;
+            }
+        };
+        let model = cfg.model.name();
         let spawned = std::thread::Builder::new()
             .name("curves".into())
             .spawn(move || {
-                mnist_viz::curves::write(&dir, model)
+                mnist_viz::curves::draw(&run, model)
                     .map(|_| ())
                     .map_err(|e| mnist_common::error_line(&e))
             });
@@ -108,6 +118,7 @@ pub fn summary(cfg: &TrainConfig, log: &RunLog, wall: Duration, bytes_sent: u64,
         epochs_total: cfg.epochs,
         bytes_sent,
         resumed,
+        tensorboard: cfg.tensorboard.as_deref(),
     };
     for line in mnist_viz::summary::lines(&end, &epochs) {
         log.info(&line);
@@ -140,6 +151,7 @@ impl Reporter {
         BarPlan {
             images_per_step: (cfg.batch_size * world) as f64,
             epochs_after: last_epoch.saturating_sub(epoch + 1),
+            epochs_total: cfg.epochs,
             last_epoch: self.last_epoch,
         }
     }
@@ -171,6 +183,8 @@ pub struct BarPlan {
     pub images_per_step: f64,
     /// Epochs of this run after the one the bar shows.
     pub epochs_after: usize,
+    /// Epochs of the schedule (`--epochs`).
+    pub epochs_total: usize,
     /// Wall seconds the previous epoch took (training and evaluation), if one has run.
     pub last_epoch: Option<f64>,
 }
@@ -232,6 +246,7 @@ mod tests {
         let plan = BarPlan {
             images_per_step: 128.0,
             epochs_after: 2,
+            epochs_total: 5,
             last_epoch: Some(30.0),
         };
         assert_eq!(run_eta(&plan, 5.0, 100, 10.0), 65.0);

@@ -249,7 +249,7 @@ impl Session {
         };
         let style = crate::report::bar_style(plan);
         pb.set_style(style);
-        pb.set_prefix(format!("{epoch}/{}", epoch + plan.epochs_after));
+        pb.set_prefix(format!("{epoch}/{}", plan.epochs_total));
         Some(pb)
     }
 }

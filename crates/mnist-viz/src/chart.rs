@@ -231,7 +231,7 @@ pub fn draw<DB: DrawingBackend>(
                     PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
                 });
             }
-            chart.draw_series(solid.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+            chart.draw_series(solid.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
             if let Some(d) = panel.dashed {
                 let dashed = points(run.epochs, d);
                 chart.draw_series(DashedLineSeries::new(
@@ -243,7 +243,7 @@ pub fn draw<DB: DrawingBackend>(
                 chart.draw_series(
                     dashed
                         .iter()
-                        .map(|&p| Circle::new(p, 3, color.stroke_width(1))),
+                        .map(|&p| Circle::new(p, 4, color.stroke_width(1))),
                 )?;
             }
         }

@@ -15,8 +15,15 @@ pub const CURVES_SVG: &str = mnist_common::contract::CURVES_SVG;
 /// Redraw `<dir>/curves.png` and `<dir>/curves.svg` from `<dir>/metrics.jsonl`; `model` names
 /// the network in the title. Returns the two paths.
 pub fn write(dir: &Path, model: &str) -> Result<[PathBuf; 2], VizError> {
-    let run = Run::read(dir)?;
-    let last = run.epochs.last().expect("a run has at least one epoch");
+    draw(&Run::read(dir)?, model)
+}
+
+/// Draw `run`'s curves into `<run.dir>/curves.png` and `curves.svg` (each atomically).
+pub fn draw(run: &Run, model: &str) -> Result<[PathBuf; 2], VizError> {
+    let dir = &run.dir;
+    let last = run.epochs.last().ok_or_else(|| VizError::Empty {
+        file: dir.join(crate::metrics::METRICS_FILE),
+    })?;
     let title = format!(
         "Training curves: {model}, {}, compression {} ({})",
         crate::console::count(last.world_size, "process", "processes"),

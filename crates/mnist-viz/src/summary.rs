@@ -27,6 +27,8 @@ pub struct RunEnd<'a> {
     /// Whether this process resumed an earlier attempt (its wall time and bytes are this
     /// attempt's only).
     pub resumed: bool,
+    /// The folder of TensorBoard event files, when the run wrote them.
+    pub tensorboard: Option<&'a Path>,
 }
 
 /// `1 h 02 min`, `3 min 07 s`, `12.3 s`.
@@ -253,6 +255,12 @@ pub fn rows(end: &RunEnd, epochs: &[EpochPoint]) -> Vec<(&'static str, String)> 
     paths("configuration", &[CONFIG_FILE]);
     paths("curves", &[CURVES_PNG, CURVES_SVG]);
     paths("trace", &[TRACE_FILE]);
+    if let Some(tb) = end.tensorboard.filter(|d| d.is_dir()) {
+        rows.push((
+            "tensorboard",
+            format!("{} (tensorboard --logdir {0})", tb.display()),
+        ));
+    }
     rows
 }
 
@@ -302,6 +310,7 @@ mod tests {
             epochs_total: 4,
             bytes_sent: 2_500_000,
             resumed: false,
+            tensorboard: None,
         };
         let epochs = [epoch(1, 90.0, ""), epoch(2, 97.5, ""), epoch(3, 97.5, "")];
         let rows = rows(&end, &epochs);
@@ -349,6 +358,7 @@ mod tests {
             epochs_total: 3,
             bytes_sent: 0,
             resumed: true,
+            tensorboard: Some(dir.path()),
         };
         // The fields of the time breakdown as the trainer writes them (flat, per epoch).
         let e1 = r#","step_compute_ms_median":10.0,"step_compute_ms_p99":30.0,"step_comm_ms_median":2.0,"step_comm_ms_p99":4.0,"step_wait_ms_median":0.5,"step_wait_ms_p99":1.0,"epoch_compute_s":6.0,"epoch_comm_s":3.0,"epoch_wait_s":1.0,"straggler_rank":1,"straggler_ms":55.0"#;
@@ -375,5 +385,7 @@ mod tests {
         );
         assert!(get("trace").unwrap().ends_with(TRACE_FILE));
         assert_eq!(get("wall time"), Some("5.0 s (this attempt)"));
+        let tb = format!("{} (tensorboard --logdir {0})", dir.path().display());
+        assert_eq!(get("tensorboard"), Some(tb.as_str()));
     }
 }

@@ -196,3 +196,35 @@ fn bad_inputs_are_errors_naming_the_folder_or_file() {
     let e = mnist_viz::compare::write(&[good], &tmp.path().join("no/such/dir/o.png")).unwrap_err();
     assert!(e.to_string().contains("no/such/dir"), "{e}");
 }
+
+/// A run of one epoch, and a run whose loss became NaN (written as null), still draw: the
+/// points that are numbers are shown, the others left out.
+#[test]
+fn one_epoch_and_diverged_runs_still_draw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = tmp.path().join("one");
+    fake_run(&one, 1, "none", 1);
+    mnist_viz::curves::write(&one, "MLP").unwrap();
+    let nan = tmp.path().join("nan");
+    fake_run(&nan, 3, "topk", 2);
+    let text = std::fs::read_to_string(nan.join("metrics.jsonl")).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 2 {
+                l.replace(r#""train_loss":0.3333333333333333"#, r#""train_loss":null"#)
+                    .replace(r#""test_loss":0.26666666666666666"#, r#""test_loss":null"#)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(lines[2].contains(r#""test_loss":null"#), "{}", lines[2]);
+    std::fs::write(nan.join("metrics.jsonl"), lines.join("\n")).unwrap();
+    mnist_viz::curves::write(&nan, "LeNet").unwrap();
+    let svg = std::fs::read_to_string(nan.join("curves.svg")).unwrap();
+    // Three epochs: 5 markers each, less the two missing losses of epoch 3.
+    assert_eq!(svg.matches("<circle").count(), 13);
+    mnist_viz::compare::write(&[one, nan], &tmp.path().join("both.png")).unwrap();
+}
