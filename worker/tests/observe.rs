@@ -111,6 +111,15 @@ fn one_process_has_a_breakdown_without_waiting() {
     // The steps are the training loop, less logging and the like.
     assert!(compute > 0.0 && compute <= secs, "{compute} of {secs} s");
     assert!(o.stdout.contains("Time per step (ms"), "{}", o.stdout);
+    // MNIST_TIME_BREAKDOWN=0 (scripts/bench-overhead.sh's baseline): no timing at all.
+    let off = tmp.path().join("off");
+    let mut cmd = Command::new(worker_bin());
+    cmd.args(train_args(&data, &off))
+        .env(mnist_common::contract::ENV_TIME_BREAKDOWN, "0");
+    let o = spawn(cmd).wait(DEADLINE).ok("breakdown off");
+    assert!(!o.stdout.contains("Time per step"), "{}", o.stdout);
+    let m = &metrics(&off)[0];
+    assert_eq!(m["epoch_compute_s"].as_f64(), Some(0.0), "{m}");
 }
 
 /// The TensorBoard event files in `dir`.
