@@ -4,14 +4,17 @@
 # --tensorboard), in one go: the two alternate (plain, observed, plain, observed, ...) so a
 # change in the machine's load hits both alike. Per pair the overhead is
 # observed / plain - 1 of the training loop's seconds (metrics.jsonl epoch_seconds; the
-# event file is written after the loop, so the whole run's wall time is shown too). The
-# target is <= 2%. On a shared machine the pairs scatter by more than that: read the median
-# and the spread, and repeat when the load is lower.
+# event file is written after the loop, so the whole run's wall time is shown too) and of the
+# whole run's CPU time (user + system of the launcher and its workers: less sensitive to
+# other load than wall time, though waiting peers spin for a while). The target is <= 2%.
+# On a shared machine wall times scatter by more than that: the verdict is then
+# INCONCLUSIVE; repeat when the load is lower, or with more pairs.
 #
 # Usage: scripts/bench-overhead.sh [--data DIR] [--reps N] [--ntrain N] [--out FILE]
 #   --data DIR    MNIST IDX files (default data/mnist)
 #   --reps N      pairs of runs (default 3)
 #   --ntrain N    train on the first N training images only (default: all 60,000)
+#   --nproc N     processes (default 2)
 #   --out FILE    also write the table to FILE
 # Environment: MNIST_PYTHON (reads the metrics), CARGO_TARGET_DIR (default ./target).
 # scripts/bench.sh runs it as its section C.
@@ -20,13 +23,14 @@ cd "$(dirname "$0")/.."
 
 die() { echo "bench-overhead: error: $*" >&2; exit 1; }
 
-DATA=data/mnist REPS=3 NTRAIN="" OUT=""
+DATA=data/mnist REPS=3 NTRAIN="" OUT="" NPROC=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) [ $# -ge 2 ] || die "--data needs a folder"; DATA=$2; shift 2 ;;
     --reps) [ $# -ge 2 ] && [ "$2" -ge 1 ] 2>/dev/null || die "--reps needs a whole number >= 1"; REPS=$2; shift 2 ;;
     --ntrain) [ $# -ge 2 ] && [ "$2" -ge 640 ] 2>/dev/null || die "--ntrain needs a whole number >= 640"; NTRAIN=$2; shift 2 ;;
     --out) [ $# -ge 2 ] || die "--out needs a file name"; OUT=$2; shift 2 ;;
+    --nproc) [ $# -ge 2 ] && [ "$2" -ge 1 ] 2>/dev/null || die "--nproc needs a whole number >= 1"; NPROC=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see $0 --help)" ;;
   esac
@@ -61,7 +65,7 @@ PYEOF
 fi
 
 # one NAME [ENV=VALUE ...] -- [FLAGS ...]: one 1-epoch run into $TMP/NAME; prints
-# "<epoch_seconds> <wall seconds>".
+# "<epoch_seconds> <wall seconds> <cpu seconds>".
 one() {
   local name=$1 dir="$TMP/$1"
   shift
@@ -69,18 +73,22 @@ one() {
   while [ "$1" != "--" ]; do envs+=("$1"); shift; done
   shift
   mkdir -p "$dir"
-  local t0 t1
-  t0=$(date +%s.%N)
-  if ! env "${envs[@]}" OMP_NUM_THREADS=1 "$LAUNCH" --nproc 2 --threads 1 --device cpu --backend cpu \
+  # Python runs the launcher and reads the CPU time of it and its (waited-for) workers.
+  if ! env "${envs[@]}" OMP_NUM_THREADS=1 "$PY" -c '
+import resource, subprocess, sys, time
+t0 = time.time()
+rc = subprocess.call(sys.argv[2:])
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(f"{time.time() - t0} {ru.ru_utime + ru.ru_stime}\n")
+sys.exit(rc)' "$dir/times" "$LAUNCH" --nproc "$NPROC" --threads 1 --device cpu --backend cpu \
       --model LeNet --batch-size 64 --epochs 1 --data "$DATA" --path "$dir" --progress never \
       "$@" >"$dir/launch.log" 2>&1; then
     echo "bench-overhead: error: run $name failed; last lines of $dir/launch.log:" >&2
     tail -n 20 "$dir/launch.log" >&2
     return 1
   fi
-  t1=$(date +%s.%N)
-  "$PY" -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]; print(r["epoch_seconds"], float(sys.argv[3])-float(sys.argv[2]))' \
-    "$dir/metrics.jsonl" "$t0" "$t1"
+  "$PY" -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]; print(r["epoch_seconds"], open(sys.argv[2]).read().strip())' \
+    "$dir/metrics.jsonl" "$dir/times"
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -99,22 +107,28 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 report() {
   echo "Overhead of --tensorboard + time breakdown ($(date -u +%FT%TZ); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $(nproc) cores)"
-  echo "LeNet, batch 64, 2 processes x 1 thread, 1 epoch on ${NTRAIN:-60000} images; $REPS alternating pairs"
+  echo "LeNet, batch 64, $NPROC process(es) x 1 thread, 1 epoch on ${NTRAIN:-60000} images; $REPS alternating pairs"
   echo "load average before: $LOAD_BEFORE   after: $LOAD_AFTER"
   "$PY" - "$TMP/pairs" <<'PYEOF'
 import statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
-print(f"{'pair':<6}{'plain loop s':>14}{'observed loop s':>17}{'overhead':>10}{'plain wall s':>14}{'observed wall s':>17}")
-over, wall = [], []
-for i, (pl, pw, ol, ow) in enumerate(rows, 1):
+print(f"{'':<6}{'training loop s':>24}{'':>9}{'whole run wall s':>22}{'whole run CPU s':>22}{'':>9}")
+print(f"{'pair':<6}{'plain':>12}{'observed':>12}{'overhead':>9}{'plain':>11}{'observed':>11}{'plain':>11}{'observed':>11}{'overhead':>9}")
+over, wall, cpu = [], [], []
+for i, (pl, pw, pc, ol, ow, oc) in enumerate(rows, 1):
     over.append(ol / pl - 1)
     wall.append(ow / pw - 1)
-    print(f"{i:<6}{pl:>14.2f}{ol:>17.2f}{100 * over[-1]:>9.1f}%{pw:>14.2f}{ow:>17.2f}")
+    cpu.append(oc / pc - 1)
+    print(f"{i:<6}{pl:>12.2f}{ol:>12.2f}{100 * over[-1]:>8.1f}%{pw:>11.2f}{ow:>11.2f}{pc:>11.2f}{oc:>11.2f}{100 * cpu[-1]:>8.1f}%")
 med = statistics.median(over)
+spread = max(over) - min(over)
 print(f"training loop: median overhead {100 * med:+.1f}% (pairs from {100 * min(over):+.1f}% to {100 * max(over):+.1f}%); "
-      f"whole run: median {100 * statistics.median(wall):+.1f}%")
-print(f"target <= 2%: {'PASS' if med <= 0.02 else 'MISS'}" + ("" if max(over) - min(over) <= 0.02 else
-      " (the pairs scatter by more than 2%: the machine was busy; repeat when it is idle)"))
+      f"whole run wall: median {100 * statistics.median(wall):+.1f}%; whole run CPU: median {100 * statistics.median(cpu):+.1f}% "
+      f"(pairs from {100 * min(cpu):+.1f}% to {100 * max(cpu):+.1f}%)")
+if spread > 0.04:
+    print(f"target <= 2%: INCONCLUSIVE: the pairs' loop times scatter by {100 * spread:.0f}% (the machine was busy); repeat when it is idle")
+else:
+    print(f"target <= 2%: {'PASS' if med <= 0.02 else 'MISS'}")
 PYEOF
 }
 if [ -n "$OUT" ]; then report | tee "$OUT"; else report; fi
