@@ -377,3 +377,35 @@ fn profile_steps_writes_a_chrome_trace_of_every_rank() {
         );
     }
 }
+
+/// An unwritable `--tensorboard` folder and a malformed `--profile-steps` are bad input: one
+/// line naming the flag, exit code 2, before any training.
+#[test]
+fn bad_output_flags_are_one_line_errors() {
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 320, 100);
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let mut a = train_args(&data, &tmp.path().join("run"));
+    a.extend(args!["--tensorboard", file.join("tb").display()]);
+    let o = run(&worker_bin(), a);
+    assert_eq!(o.status.code(), Some(2), "bad input: {}", o.stderr);
+    assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .starts_with("mnist-worker: error: --tensorboard: cannot write ")
+            && o.stderr.contains("a-file"),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stdout.contains("Train Epoch"), "{}", o.stdout);
+    let mut a = train_args(&data, &tmp.path().join("run2"));
+    a.extend(args!["--profile-steps", "7:3"]);
+    let o = run(&worker_bin(), a);
+    assert_eq!(o.status.code(), Some(2), "bad input: {}", o.stderr);
+    assert!(
+        o.stderr.contains("--profile-steps") && o.stderr.contains("A:B"),
+        "{}",
+        o.stderr
+    );
+}
