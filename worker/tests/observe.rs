@@ -392,8 +392,8 @@ fn bad_output_flags_are_one_line_errors() {
     assert_eq!(o.status.code(), Some(2), "bad input: {}", o.stderr);
     assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
     assert!(
-        o.stderr
-            .starts_with("mnist-worker: error: --tensorboard: cannot write ")
+        o.stderr.starts_with("mnist-worker: error: ")
+            && o.stderr.contains("--tensorboard: cannot write ")
             && o.stderr.contains("a-file"),
         "{}",
         o.stderr
