@@ -8,7 +8,10 @@
 # whole run's CPU time (user + system of the launcher and its workers: less sensitive to
 # other load than wall time, though waiting peers spin for a while). The target is <= 2%.
 # On a shared machine wall times scatter by more than that: the verdict is then
-# INCONCLUSIVE; repeat when the load is lower, or with more pairs.
+# INCONCLUSIVE; repeat when the load is lower, or with more pairs. So the costs are also
+# measured part by part, which a busy machine disturbs much less: the per-step bookkeeping,
+# rank 0's end-of-epoch work, and a LeNet step to compare with
+# (`cargo bench -p mnist-train --bench observe_overhead`).
 #
 # Usage: scripts/bench-overhead.sh [--data DIR] [--reps N] [--ntrain N] [--out FILE]
 #   --data DIR    MNIST IDX files (default data/mnist)
@@ -91,6 +94,8 @@ sys.exit(rc)' "$dir/times" "$LAUNCH" --nproc "$NPROC" --threads 1 --device cpu -
     "$dir/metrics.jsonl" "$dir/times"
 }
 
+echo "bench-overhead: part by part: cargo bench -p mnist-train --bench observe_overhead" >&2
+PARTS=$(cargo bench -q -p mnist-train --bench observe_overhead) || die "the observe_overhead bench failed"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 : >"$TMP/pairs"
 for i in $(seq 1 "$REPS"); do
@@ -130,5 +135,7 @@ if spread > 0.04:
 else:
     print(f"target <= 2%: {'PASS' if med <= 0.02 else 'MISS'}")
 PYEOF
+  echo "Part by part (the same code in isolation; the per-epoch all-gather of step times not included):"
+  echo "$PARTS" | sed 's/^/  /'
 }
 if [ -n "$OUT" ]; then report | tee "$OUT"; else report; fi
