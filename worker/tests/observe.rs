@@ -230,9 +230,10 @@ fn tensorboard_shows_what_metrics_jsonl_holds() {
 }
 
 /// `--profile-steps 8:12` on two ranks (10 steps per epoch, 2 epochs, rank 1 slowed by
-/// `MNIST_FAULT`): `trace.json` parses, holds both ranks, steps 8 to 11 each nest their
-/// phases, which add up to the step, with the collectives (and their bytes) inside the
-/// gradient reduction; rank 0 waits for rank 1; epoch 1's evaluation is there.
+/// `MNIST_FAULT`, batches split across 2 threads): `trace.json` parses, holds both ranks,
+/// steps 8 to 11 each nest their phases, which add up to the step, with the collectives (and
+/// their bytes) inside the gradient reduction and the helper thread's part on its own track;
+/// rank 0 waits for rank 1; epoch 1's evaluation is there.
 #[test]
 fn profile_steps_writes_a_chrome_trace_of_every_rank() {
     let tmp = tempdir();
@@ -247,7 +248,9 @@ fn profile_steps_writes_a_chrome_trace_of_every_rank() {
         "--nproc",
         2,
         "--profile-steps",
-        "8:12"
+        "8:12",
+        "--batch-threads",
+        2
     ]);
     let mut cmd = Command::new(launcher_bin());
     cmd.args(a)
@@ -264,6 +267,7 @@ fn profile_steps_writes_a_chrome_trace_of_every_rank() {
     #[derive(Debug)]
     struct Span {
         name: String,
+        tid: u64,
         ts: f64,
         dur: f64,
         args: serde_json::Value,
@@ -274,6 +278,7 @@ fn profile_steps_writes_a_chrome_trace_of_every_rank() {
             .filter(|e| e["ph"] == "X" && e["pid"].as_u64() == Some(pid))
             .map(|e| Span {
                 name: e["name"].as_str().unwrap().to_string(),
+                tid: e["tid"].as_u64().unwrap(),
                 ts: e["ts"].as_f64().unwrap(),
                 dur: e["dur"].as_f64().unwrap(),
                 args: e["args"].clone(),
@@ -288,6 +293,17 @@ fn profile_steps_writes_a_chrome_trace_of_every_rank() {
                 && e["args"]["name"] == format!("rank {rank}")
         });
         assert!(named, "no process_name for rank {rank}");
+        let helper_named = events.iter().any(|e| {
+            e["ph"] == "M"
+                && e["name"] == "thread_name"
+                && e["pid"].as_u64() == Some(rank)
+                && e["tid"].as_u64() == Some(1)
+                && e["args"]["name"] == "batch part 1"
+        });
+        assert!(
+            helper_named,
+            "no thread_name for rank {rank}'s batch part 1"
+        );
         let all = spans(rank);
         let steps: Vec<&Span> = all.iter().filter(|s| s.name.starts_with("step ")).collect();
         let numbers: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
@@ -313,8 +329,16 @@ fn profile_steps_writes_a_chrome_trace_of_every_rank() {
         for step in &steps {
             let children: Vec<&Span> = all
                 .iter()
-                .filter(|s| phases.contains(&s.name.as_str()) && inside(s, step))
+                .filter(|s| s.tid == 0 && phases.contains(&s.name.as_str()) && inside(s, step))
                 .collect();
+            // The batch's second half, on the helper thread's track, inside the step (in
+            // parallel with the calling thread's half).
+            let helper: Vec<&str> = all
+                .iter()
+                .filter(|s| s.tid == 1 && inside(s, step))
+                .map(|s| s.name.as_str())
+                .collect();
+            assert_eq!(helper, ["forward", "backward"], "rank {rank} {}", step.name);
             let names: Vec<&str> = children.iter().map(|s| s.name.as_str()).collect();
             for want in [
                 "data gather",

@@ -364,6 +364,7 @@ impl<'c> Trainer<'c> {
                 return Err(TrainError::Interrupted { signal });
             }
             let (tracing, mut calls) = (self.timeline.active(self.step), Vec::new());
+            let mut parts = Vec::new();
             let mut marks = StepMarks::start_if(self.timed || tracing);
             if self.faults.before_step(self.step) {
                 marks.mark(Phase::Delay);
@@ -402,6 +403,7 @@ impl<'c> Trainer<'c> {
                             correct1,
                             correct5,
                             forward_end: None,
+                            parts: Vec::new(),
                         }
                     }
                     None => self
@@ -411,6 +413,7 @@ impl<'c> Trainer<'c> {
                 if let Some(t) = out.forward_end {
                     marks.set(Phase::Forward, t);
                 }
+                parts = out.parts;
                 marks.mark(Phase::Backward);
                 if self.faults.corrupts_gradient(self.step) {
                     let _ = self.flat.grads.fill_(f64::NAN);
@@ -454,7 +457,7 @@ impl<'c> Trainer<'c> {
             times.push(marks.compute(), marks.reduce());
             if tracing {
                 self.timeline
-                    .step(self.step, &marks, &calls, times.len() - 1);
+                    .step(self.step, &marks, &calls, &parts, times.len() - 1);
             }
             if self.board.is_some() {
                 step_loss.push(loss.shallow_clone());
