@@ -5,6 +5,7 @@
 pub mod batchnorm;
 pub mod board;
 pub mod breakdown;
+pub mod cuda_runtime;
 pub mod dataset;
 pub mod device;
 mod error;
@@ -17,6 +18,7 @@ pub mod interrupt;
 pub mod metrics;
 pub mod optim;
 pub mod phases;
+pub mod report;
 pub mod resume;
 pub mod schedule;
 pub mod session;

@@ -147,6 +147,8 @@ pub struct Trainer<'c> {
     resume_point: Option<ResumePoint>,
     faults: Injector,
     guard: GradGuard,
+    /// Rank 0's curves, progress bar plan and run summary.
+    report: crate::report::Reporter,
     /// Rank 0 with `--tensorboard`: the event file.
     board: Option<Board>,
     /// `--profile-steps`: this rank's timeline.
@@ -311,6 +313,7 @@ impl<'c> Trainer<'c> {
             resume_point,
             faults: Injector::new(&s.faults, rank, s.restart_round),
             guard: GradGuard::new(rank, s.device),
+            report: Default::default(),
             board,
             timeline,
             timed: std::env::var(mnist_common::contract::ENV_TIME_BREAKDOWN)
@@ -340,7 +343,8 @@ impl<'c> Trainer<'c> {
                 .collect::<Vec<_>>(),
         )
         .to_device(s.device);
-        let bar = s.progress_bar(batches as u64, epoch + 1);
+        let plan = self.report.start_epoch(cfg, world, epoch, self.last_epoch);
+        let bar = s.progress_bar(batches as u64, epoch + 1, plan);
         let mut grad_sent = 0u64;
         let mut sums = Tensor::zeros([3], (Kind::Double, s.device));
         // A mid-epoch checkpoint: start at its batch; rank 0 carries every rank's figures so
@@ -669,6 +673,7 @@ impl<'c> Trainer<'c> {
             path: cfg.path.clone(),
             source: e,
         })?;
+        self.report.end_epoch(cfg, &s.log);
         if let Some(b) = self.board.as_mut() {
             b.epoch(&stats.steps, self.step, &rec)?;
         }
@@ -736,7 +741,7 @@ impl<'c> Trainer<'c> {
     }
 
     /// Log the end of the run and wait for every rank.
-    pub fn finish(self, s: &mut Session) -> Result<(), TrainError> {
+    pub fn finish(mut self, s: &mut Session) -> Result<(), TrainError> {
         let cfg = self.cfg;
         if self.last_epoch < cfg.epochs {
             s.log.info(&format!(
@@ -748,6 +753,11 @@ impl<'c> Trainer<'c> {
                 "Final best Test Accuracy: {:.2}%",
                 self.best_acc.max(0.0)
             ));
+        }
+        if s.comm.rank() == 0 {
+            let sent = s.comm.bytes_sent();
+            let resumed = cfg.resume || s.restart_round > 0;
+            self.report.finish(cfg, &s.log, s.started, sent, resumed);
         }
         s.comm.barrier()?;
         Ok(())
