@@ -8,6 +8,8 @@
 #   B. two processes, 1 thread each: `mnist-launch --nproc 2` vs PyTorch DDP over gloo
 #      (scripts/ref/torch_ddp.py), and vs the ceiling: two independent single-process runs of
 #      ours side by side (sum of their images/s).
+#   C. the overhead of --tensorboard and the time breakdown on a LeNet epoch (2 processes),
+#      alternating runs with and without (scripts/bench-overhead.sh, 3 pairs; target <= 2%).
 # Our figures come from <path>/metrics.jsonl (training loop only, no evaluation): the median
 # over epochs 2.. (epoch 1 is the warm-up). Every figure is shown as images/s and as seconds
 # per 60,000-image epoch; ratios are computed from images/s.
@@ -161,6 +163,8 @@ ours b-solo1 1 1 >"$TMP/solo1.ips" & pid1=$!
 wait "$pid0" || die "ceiling run 0 failed"
 wait "$pid1" || die "ceiling run 1 failed"
 B_CEIL=$(awk '{ s += $1 } END { printf "%.1f", s }' "$TMP/solo0.ips" "$TMP/solo1.ips")
+step "C overhead of --tensorboard + time breakdown: scripts/bench-overhead.sh --reps 3 (alternating pairs)"
+C_REPORT=$(scripts/bench-overhead.sh --data "$DATA" --reps 3) || die "scripts/bench-overhead.sh failed"
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 report() {
@@ -194,5 +198,7 @@ report() {
     printf chk, "B. ours vs DDP gloo (speed-up)", bo / bd, ">= 1.4", (bo / bd >= 1.4 ? "PASS" : "MISS")
     printf chk, "B. ours vs ceiling (fraction)", bo / bc, ">= 0.90", (bo / bc >= 0.9 ? "PASS" : "MISS")
   }'
+  echo
+  echo "C. $C_REPORT"
 }
 if [ -n "$OUT" ]; then report | tee "$OUT"; else report; fi

@@ -76,6 +76,10 @@ pub const ENV_CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
 /// (kinds `crash`, `abort`, `exit-code[=N]`, `hang`, `slow[=MS]`, `corrupt-gradient`; see
 /// [`crate::fault`]). Read by the worker only; nothing is injected unless it is set.
 pub const ENV_FAULT: &str = "MNIST_FAULT";
+/// `0` turns the per-step time breakdown off (no phase timing, no per-epoch gather of step
+/// times, no breakdown fields), so `scripts/bench-overhead.sh` can measure its cost. Every
+/// rank must see the same value. Default: on.
+pub const ENV_TIME_BREAKDOWN: &str = "MNIST_TIME_BREAKDOWN";
 
 // ---- Environment: tuning of the shared-memory backend (rarely needed) ----
 

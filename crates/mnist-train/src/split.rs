@@ -30,6 +30,19 @@ pub struct StepOutput {
     /// When the calling thread's forward pass ended (for the timeline; None when the
     /// forward and backward passes are not separable).
     pub forward_end: Option<std::time::Instant>,
+    /// When the helper threads' parts (1, 2, …) ran (for the timeline).
+    pub parts: Vec<PartTimes>,
+}
+
+/// When one part of a split batch was computed on its thread.
+#[derive(Clone, Copy, Debug)]
+pub struct PartTimes {
+    /// Its forward pass started.
+    pub start: std::time::Instant,
+    /// Its forward pass ended and its backward pass started.
+    pub forward_end: std::time::Instant,
+    /// Its backward pass ended.
+    pub end: std::time::Instant,
 }
 
 /// A part of a batch for a helper thread.
@@ -46,8 +59,8 @@ struct Reply {
     loss: Tensor,
     correct1: Tensor,
     correct5: Tensor,
-    /// When the forward pass ended.
-    forward_end: std::time::Instant,
+    /// When it was computed.
+    times: PartTimes,
 }
 
 /// A helper thread and its replica's gradient buffer.
@@ -146,6 +159,7 @@ impl BatchSplitter {
             len as f64 / n as f64,
         );
         let (mut loss, mut correct1, mut correct5) = (part.loss, part.correct1, part.correct5);
+        let mut parts = Vec::with_capacity(busy.len());
         for helper in busy {
             let r = helper
                 .replies
@@ -158,12 +172,14 @@ impl BatchSplitter {
             loss += r.loss;
             correct1 += r.correct1;
             correct5 += r.correct5;
+            parts.push(r.times);
         }
         Ok(StepOutput {
             loss,
             correct1,
             correct5,
-            forward_end: Some(part.forward_end),
+            forward_end: Some(part.times.forward_end),
+            parts,
         })
     }
 }
@@ -210,6 +226,7 @@ fn helper_loop(
 /// Forward and backward for one part with its loss weighted by `weight`; returns the weighted
 /// loss and the part's correct counts.
 fn part_step(model: &Model, x: &Tensor, y: &Tensor, weight: f64) -> Reply {
+    let start = std::time::Instant::now();
     let logits = model.forward(x);
     let loss = logits.cross_entropy_for_logits(y);
     let loss = if weight == 1.0 { loss } else { loss * weight };
@@ -220,7 +237,11 @@ fn part_step(model: &Model, x: &Tensor, y: &Tensor, weight: f64) -> Reply {
         loss: loss.detach().to_kind(Kind::Float),
         correct1,
         correct5,
-        forward_end,
+        times: PartTimes {
+            start,
+            forward_end,
+            end: std::time::Instant::now(),
+        },
     }
 }
 

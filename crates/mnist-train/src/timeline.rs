@@ -19,6 +19,7 @@
 
 use crate::breakdown::{self, StepTimes};
 use crate::phases::{Phase, StepMarks};
+use crate::split::PartTimes;
 use crate::TrainError;
 use mnist_comm::{CommError, Communicator, DeviceBuffer, DeviceCollectives, ReduceOp};
 use mnist_common::StepRange;
@@ -270,9 +271,22 @@ impl Timeline {
         self.events.last_mut().expect("just pushed")
     }
 
-    /// Record global step `step` from its phase marks and the collectives of its gradient
-    /// reduction; `index` is its position in the epoch's [`StepTimes`].
-    pub fn step(&mut self, step: u64, marks: &StepMarks, calls: &[Call], index: usize) {
+    /// Record global step `step` from its phase marks, the collectives of its gradient
+    /// reduction and the batch parts of the helper threads (on their own tracks, `tid` 1, 2,
+    /// …); `index` is its position in the epoch's [`StepTimes`].
+    pub fn step(
+        &mut self,
+        step: u64,
+        marks: &StepMarks,
+        calls: &[Call],
+        parts: &[PartTimes],
+        index: usize,
+    ) {
+        for (i, p) in parts.iter().enumerate() {
+            let tid = i as u32 + 1;
+            self.span("forward", "compute", p.start, p.forward_end).tid = tid;
+            self.span("backward", "compute", p.forward_end, p.end).tid = tid;
+        }
         let spans = marks.spans();
         let end = spans.last().map_or(marks.start, |s| s.2);
         self.span(&format!("step {step}"), "step", marks.start, end)
@@ -377,6 +391,14 @@ impl Timeline {
                 "name",
                 "training loop".to_string(),
             ));
+            let mut helpers: Vec<u32> = evs.iter().map(|e| e.tid).filter(|&t| t > 0).collect();
+            helpers.sort_unstable();
+            helpers.dedup();
+            for tid in helpers {
+                let mut m = meta("thread_name", rank, "name", format!("batch part {tid}"));
+                m.tid = tid;
+                events.push(m);
+            }
             events.extend(evs);
         }
         let t0 = events
@@ -384,8 +406,11 @@ impl Timeline {
             .filter(|e| e.ph == "X")
             .map(|e| e.ts)
             .fold(f64::INFINITY, f64::min);
+        // Nanosecond resolution is all a clock read gives; fewer digits, a smaller file.
+        let ns = |us: f64| (us * 1e3).round() / 1e3;
         for e in events.iter_mut().filter(|e| e.ph == "X") {
-            e.ts -= t0;
+            e.ts = ns(e.ts - t0);
+            e.dur = e.dur.map(ns);
         }
         let doc = serde_json::json!({
             "traceEvents": events,
@@ -434,6 +459,11 @@ mod tests {
         let mut m = StepMarks::start();
         let at = |ms: u64| m.start + Duration::from_millis(ms);
         let (d, f, b, c, r, o) = (at(1), at(2), at(5), at(6), at(16), at(17));
+        let part = PartTimes {
+            start: at(2),
+            forward_end: at(3),
+            end: at(4),
+        };
         let calls = vec![
             Call {
                 op: "all_gather",
@@ -460,13 +490,18 @@ mod tests {
         ] {
             m.set(p, x);
         }
-        t.step(3, &m, &calls, 0);
+        t.step(3, &m, &calls, &[part], 0);
         let times = |c: f32| StepTimes {
             compute_ms: vec![c],
             reduce_ms: vec![10.0],
         };
         t.epoch_times(&[times(10.0), times(7.0)]);
-        let names: Vec<&str> = t.events.iter().map(|e| e.name.as_str()).collect();
+        let helper: Vec<(&str, u32)> = t.events[..2]
+            .iter()
+            .map(|e| (e.name.as_str(), e.tid))
+            .collect();
+        assert_eq!(helper, [("forward", 1), ("backward", 1)]);
+        let names: Vec<&str> = t.events[2..].iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
             [

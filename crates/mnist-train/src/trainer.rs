@@ -153,6 +153,8 @@ pub struct Trainer<'c> {
     board: Option<Board>,
     /// `--profile-steps`: this rank's timeline.
     timeline: Timeline,
+    /// Whether the time breakdown is on (`MNIST_TIME_BREAKDOWN`, default on).
+    timed: bool,
     /// First epoch (0-based) this run trains.
     pub start_epoch: usize,
     /// Epoch (exclusive) this run stops at.
@@ -314,6 +316,8 @@ impl<'c> Trainer<'c> {
             report: Default::default(),
             board,
             timeline,
+            timed: std::env::var(mnist_common::contract::ENV_TIME_BREAKDOWN)
+                .map_or(true, |v| v.trim() != "0"),
             start_epoch,
             last_epoch,
             step,
@@ -363,8 +367,9 @@ impl<'c> Trainer<'c> {
             if let Some(signal) = interrupt::pending() {
                 return Err(TrainError::Interrupted { signal });
             }
-            let mut marks = StepMarks::start();
             let (tracing, mut calls) = (self.timeline.active(self.step), Vec::new());
+            let mut parts = Vec::new();
+            let mut marks = StepMarks::start_if(self.timed || tracing);
             if self.faults.before_step(self.step) {
                 marks.mark(Phase::Delay);
             }
@@ -402,6 +407,7 @@ impl<'c> Trainer<'c> {
                             correct1,
                             correct5,
                             forward_end: None,
+                            parts: Vec::new(),
                         }
                     }
                     None => self
@@ -411,6 +417,7 @@ impl<'c> Trainer<'c> {
                 if let Some(t) = out.forward_end {
                     marks.set(Phase::Forward, t);
                 }
+                parts = out.parts;
                 marks.mark(Phase::Backward);
                 if self.faults.corrupts_gradient(self.step) {
                     let _ = self.flat.grads.fill_(f64::NAN);
@@ -454,7 +461,7 @@ impl<'c> Trainer<'c> {
             times.push(marks.compute(), marks.reduce());
             if tracing {
                 self.timeline
-                    .step(self.step, &marks, &calls, times.len() - 1);
+                    .step(self.step, &marks, &calls, &parts, times.len() - 1);
             }
             if self.board.is_some() {
                 step_loss.push(loss.shallow_clone());
@@ -556,7 +563,11 @@ impl<'c> Trainer<'c> {
             vec![v[0], v[1], v[2], stats.samples as f32]
         };
         s.comm.all_reduce_f32(&mut totals, ReduceOp::Sum)?;
-        let all_times = breakdown::gather(s.comm.as_mut(), &stats.times)?;
+        let all_times = if self.timed {
+            breakdown::gather(s.comm.as_mut(), &stats.times)?
+        } else {
+            Vec::new()
+        };
         self.timeline.epoch_times(&all_times);
         let ntrain = totals[3] as f64;
         let (train_loss, train_top1, train_top5) = (
@@ -607,7 +618,9 @@ impl<'c> Trainer<'c> {
             images_per_second
         ));
         let time = breakdown::summarize(&all_times);
-        s.log.info(&time.log_line());
+        if self.timed {
+            s.log.info(&time.log_line());
+        }
         if let Some(r) = compression_ratio {
             s.log.info(&format!(
                 "Gradient traffic ({}): {:.0} bytes/step/rank, compression ratio {r:.1}x vs none",

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# What watching a run costs: a LeNet epoch (batch 64, 2 processes of 1 thread, CPU) with
+# --tensorboard and the time breakdown against one with neither (MNIST_TIME_BREAKDOWN=0, no
+# --tensorboard), in one go: the two alternate (plain, observed, plain, observed, ...) so a
+# change in the machine's load hits both alike. Per pair the overhead is
+# observed / plain - 1 of the training loop's seconds (metrics.jsonl epoch_seconds; the
+# event file is written after the loop, so the whole run's wall time is shown too) and of the
+# whole run's CPU time (user + system of the launcher and its workers: less sensitive to
+# other load than wall time, though waiting peers spin for a while). The target is <= 2%.
+# On a shared machine wall times scatter by more than that: the verdict is then
+# INCONCLUSIVE; repeat when the load is lower, or with more pairs. So the costs are also
+# measured part by part, which a busy machine disturbs much less: the per-step bookkeeping,
+# rank 0's end-of-epoch work, and a LeNet step to compare with
+# (`cargo bench -p mnist-train --bench observe_overhead`).
+#
+# Usage: scripts/bench-overhead.sh [--data DIR] [--reps N] [--ntrain N] [--out FILE]
+#   --data DIR    MNIST IDX files (default data/mnist)
+#   --reps N      pairs of runs (default 3)
+#   --ntrain N    train on the first N training images only (default: all 60,000)
+#   --nproc N     processes (default 2)
+#   --out FILE    also write the table to FILE
+# Environment: MNIST_PYTHON (reads the metrics), CARGO_TARGET_DIR (default ./target).
+# scripts/bench.sh runs it as its section C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { echo "bench-overhead: error: $*" >&2; exit 1; }
+
+DATA=data/mnist REPS=3 NTRAIN="" OUT="" NPROC=2
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data) [ $# -ge 2 ] || die "--data needs a folder"; DATA=$2; shift 2 ;;
+    --reps) [ $# -ge 2 ] && [ "$2" -ge 1 ] 2>/dev/null || die "--reps needs a whole number >= 1"; REPS=$2; shift 2 ;;
+    --ntrain) [ $# -ge 2 ] && [ "$2" -ge 640 ] 2>/dev/null || die "--ntrain needs a whole number >= 640"; NTRAIN=$2; shift 2 ;;
+    --out) [ $# -ge 2 ] || die "--out needs a file name"; OUT=$2; shift 2 ;;
+    --nproc) [ $# -ge 2 ] && [ "$2" -ge 1 ] 2>/dev/null || die "--nproc needs a whole number >= 1"; NPROC=$2; shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$1' (see $0 --help)" ;;
+  esac
+done
+
+# shellcheck source=scripts/env.sh
+source scripts/env.sh || die "scripts/env.sh could not set up libtorch"
+PY=${MNIST_PYTHON:-python3}
+echo "bench-overhead: building release binaries" >&2
+cargo build --release -q -p mnist-worker -p mnist-launch || die "cargo build --release failed"
+LAUNCH="${CARGO_TARGET_DIR:-target}/release/mnist-launch"
+[ -x "$LAUNCH" ] || die "$LAUNCH was not built"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/mnist-overhead.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+
+if [ -n "$NTRAIN" ]; then
+  # The first NTRAIN training and 1,000 test images, as raw IDX files.
+  "$PY" - "$DATA" "$TMP/data" "$NTRAIN" 1000 <<'PYEOF' || die "could not write the subset of $DATA"
+import struct, sys
+from pathlib import Path
+sys.path.insert(0, "scripts/ref")
+from torch_loop import load_mnist
+src, dst, ntrain, ntest = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+dst.mkdir(parents=True)
+for split, prefix, n in (("train", "train", ntrain), ("test", "t10k", ntest)):
+    images, labels = load_mnist(src, split)
+    (dst / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">4I", 0x803, n, 28, 28) + images[:n].tobytes())
+    (dst / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">2I", 0x801, n) + labels[:n].tobytes())
+PYEOF
+  DATA="$TMP/data"
+fi
+
+# one NAME [ENV=VALUE ...] -- [FLAGS ...]: one 1-epoch run into $TMP/NAME; prints
+# "<epoch_seconds> <wall seconds> <cpu seconds>".
+one() {
+  local name=$1 dir="$TMP/$1"
+  shift
+  local envs=()
+  while [ "$1" != "--" ]; do envs+=("$1"); shift; done
+  shift
+  mkdir -p "$dir"
+  # Python runs the launcher and reads the CPU time of it and its (waited-for) workers.
+  if ! env "${envs[@]}" OMP_NUM_THREADS=1 "$PY" -c '
+import resource, subprocess, sys, time
+t0 = time.time()
+rc = subprocess.call(sys.argv[2:])
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(f"{time.time() - t0} {ru.ru_utime + ru.ru_stime}\n")
+sys.exit(rc)' "$dir/times" "$LAUNCH" --nproc "$NPROC" --threads 1 --device cpu --backend cpu \
+      --model LeNet --batch-size 64 --epochs 1 --data "$DATA" --path "$dir" --progress never \
+      "$@" >"$dir/launch.log" 2>&1; then
+    echo "bench-overhead: error: run $name failed; last lines of $dir/launch.log:" >&2
+    tail -n 20 "$dir/launch.log" >&2
+    return 1
+  fi
+  "$PY" -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]; print(r["epoch_seconds"], open(sys.argv[2]).read().strip())' \
+    "$dir/metrics.jsonl" "$dir/times"
+}
+
+echo "bench-overhead: part by part: cargo bench -p mnist-train --bench observe_overhead" >&2
+PARTS=$(cargo bench -q -p mnist-train --bench observe_overhead) || die "the observe_overhead bench failed"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+: >"$TMP/pairs"
+for i in $(seq 1 "$REPS"); do
+  echo "bench-overhead: pair $i of $REPS: plain" >&2
+  plain=$(one "plain$i" MNIST_TIME_BREAKDOWN=0 --)
+  echo "bench-overhead: pair $i of $REPS: --tensorboard + time breakdown" >&2
+  observed=$(one "observed$i" MNIST_TIME_BREAKDOWN=1 -- --tensorboard)
+  ls "$TMP/observed$i/tb/"events.out.tfevents.* >/dev/null 2>&1 || die "run observed$i wrote no event file"
+  grep -q "Time per step" "$TMP/observed$i/launch.log" || die "run observed$i logged no time breakdown"
+  if grep -q "Time per step" "$TMP/plain$i/launch.log"; then die "run plain$i had the time breakdown on"; fi
+  echo "$plain $observed" >>"$TMP/pairs"
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+report() {
+  echo "Overhead of --tensorboard + time breakdown ($(date -u +%FT%TZ); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $(nproc) cores)"
+  echo "LeNet, batch 64, $NPROC process(es) x 1 thread, 1 epoch on ${NTRAIN:-60000} images; $REPS alternating pairs"
+  echo "load average before: $LOAD_BEFORE   after: $LOAD_AFTER"
+  "$PY" - "$TMP/pairs" <<'PYEOF'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+print(f"{'':<6}{'training loop s':>24}{'':>9}{'whole run wall s':>22}{'whole run CPU s':>22}{'':>9}")
+print(f"{'pair':<6}{'plain':>12}{'observed':>12}{'overhead':>9}{'plain':>11}{'observed':>11}{'plain':>11}{'observed':>11}{'overhead':>9}")
+over, wall, cpu = [], [], []
+for i, (pl, pw, pc, ol, ow, oc) in enumerate(rows, 1):
+    over.append(ol / pl - 1)
+    wall.append(ow / pw - 1)
+    cpu.append(oc / pc - 1)
+    print(f"{i:<6}{pl:>12.2f}{ol:>12.2f}{100 * over[-1]:>8.1f}%{pw:>11.2f}{ow:>11.2f}{pc:>11.2f}{oc:>11.2f}{100 * cpu[-1]:>8.1f}%")
+med = statistics.median(over)
+spread = max(over) - min(over)
+print(f"training loop: median overhead {100 * med:+.1f}% (pairs from {100 * min(over):+.1f}% to {100 * max(over):+.1f}%); "
+      f"whole run wall: median {100 * statistics.median(wall):+.1f}%; whole run CPU: median {100 * statistics.median(cpu):+.1f}% "
+      f"(pairs from {100 * min(cpu):+.1f}% to {100 * max(cpu):+.1f}%)")
+if spread > 0.04:
+    print(f"target <= 2%: INCONCLUSIVE: the pairs' loop times scatter by {100 * spread:.0f}% (the machine was busy); repeat when it is idle")
+else:
+    print(f"target <= 2%: {'PASS' if med <= 0.02 else 'MISS'}")
+PYEOF
+  echo "Part by part (the same code in isolation; the per-epoch all-gather of step times not included):"
+  echo "$PARTS" | sed 's/^/  /'
+}
+if [ -n "$OUT" ]; then report | tee "$OUT"; else report; fi
