@@ -24,9 +24,9 @@ fn train_args(data: &Path, out: &Path) -> Vec<String> {
     ])
 }
 
-/// Two ranks, rank 1 sleeping 150 ms before every step (`MNIST_FAULT` slow): rank 1 is
+/// Two ranks, rank 1 sleeping 200 ms before every step (`MNIST_FAULT` slow): rank 1 is
 /// reported as the straggler, and rank 0 waits for it. (The bounds leave room for a loaded
-/// machine delaying rank 0 too: 150 ms of sleep, at least 40 ms reported.)
+/// machine delaying rank 0 too: 200 ms of sleep, at least 40 ms reported.)
 #[test]
 fn a_slow_rank_is_reported_as_the_straggler() {
     let tmp = tempdir();
@@ -44,7 +44,7 @@ fn a_slow_rank_is_reported_as_the_straggler() {
     ]);
     let mut cmd = Command::new(launcher_bin());
     cmd.args(a)
-        .env(mnist_common::contract::ENV_FAULT, "1:0:slow=150ms");
+        .env(mnist_common::contract::ENV_FAULT, "1:0:slow=200ms");
     let o = spawn(cmd).wait(DEADLINE).ok("two ranks, rank 1 slow");
     let m = &metrics(&out)[0];
     let f = |k: &str| {
@@ -52,11 +52,11 @@ fn a_slow_rank_is_reported_as_the_straggler() {
             .unwrap_or_else(|| panic!("{k} missing or not a number in {m}"))
     };
     assert_eq!(m["straggler_rank"].as_u64(), Some(1), "{m}");
-    // 150 ms of sleep per step; other noise on a loaded machine can only blur it so far.
+    // 200 ms of sleep per step; other noise on a loaded machine can only blur it so far.
     let by = f("straggler_ms");
     assert!((40.0..2000.0).contains(&by), "straggler_ms {by} in {m}");
     assert!(f("straggler_steps_pct") >= 75.0, "{m}");
-    // Rank 0 waits ~150 ms per step for rank 1 (10 steps): in p99 and the epoch's total.
+    // Rank 0 waits ~200 ms per step for rank 1 (10 steps): in p99 and the epoch's total.
     assert!(f("step_wait_ms_p99") >= 40.0, "{m}");
     assert!(f("epoch_wait_s") >= 0.5 * 10.0 * 0.040, "{m}");
     let by_rank = m["step_compute_ms_by_rank"].as_array().unwrap();
@@ -230,7 +230,7 @@ fn tensorboard_shows_what_metrics_jsonl_holds() {
     }
 }
 
-/// `--profile-steps 8:12` on two ranks (10 steps per epoch, 2 epochs, rank 1 slowed by 100 ms by
+/// `--profile-steps 8:12` on two ranks (10 steps per epoch, 2 epochs, rank 1 slowed by 200 ms by
 /// `MNIST_FAULT`, batches split across 2 threads): `trace.json` parses, holds both ranks,
 /// steps 8 to 11 each nest their phases, which add up to the step, with the collectives (and
 /// their bytes) inside the gradient reduction and the helper thread's part on its own track;
@@ -255,7 +255,7 @@ fn profile_steps_writes_a_chrome_trace_of_every_rank() {
     ]);
     let mut cmd = Command::new(launcher_bin());
     cmd.args(a)
-        .env(mnist_common::contract::ENV_FAULT, "1:0:slow=100ms");
+        .env(mnist_common::contract::ENV_FAULT, "1:0:slow=200ms");
     let o = spawn(cmd).wait(DEADLINE).ok("--profile-steps");
     assert!(
         o.stdout.contains("Timeline of steps 8..12 on every rank"),
@@ -391,10 +391,11 @@ fn profile_steps_writes_a_chrome_trace_of_every_rank() {
                 .filter(|s| s.name == "waiting for peers" && inside(s, reduce))
                 .count();
         }
-        // Rank 0 waits for the slowed rank 1 (100 ms per step): a wait span in its steps
-        // unless the machine's load delayed rank 0 by as much (allowed for in one of four).
+        // Rank 0 waits for the slowed rank 1 (200 ms per step): a wait span in its steps
+        // unless the machine's load delayed rank 0 by as much more than rank 1 (allowed for
+        // in two of four: seen at load averages of 13-23 with 30 ms of sleep).
         if rank == 0 {
-            assert!(waited >= 3, "rank 0 waited in {waited} of 4 steps");
+            assert!(waited >= 2, "rank 0 waited in {waited} of 4 steps");
         }
         let evals = all.iter().filter(|s| s.name == "evaluation").count();
         assert_eq!(
