@@ -27,9 +27,12 @@ pub struct LaunchArgs {
     /// GPUs to use, e.g. 0,2: rank r uses the r-th entry (passed to workers as MNIST_GPUS).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub gpus: Option<Vec<usize>>,
-    /// Number of machines (nodes) in the job; each runs one mnist-launch.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub nnodes: usize,
+    /// Number of machines (nodes) in the job; each runs one mnist-launch. `MIN:MAX`: elastic;
+    /// the job starts with MAX nodes (or with at least MIN when --rendezvous-timeout ends),
+    /// and when a node is lost while at least MIN remain, the others continue in a new
+    /// rendezvous round with fewer processes (needs --max-restarts; node 0 must survive).
+    #[arg(long, default_value = "1", value_name = "N|MIN:MAX", value_parser = NodeCount::parse)]
+    pub nnodes: NodeCount,
     /// This machine's rank among the nodes, 0 … nnodes-1 (node 0 serves the rendezvous;
     /// global ranks follow node-rank order).
     #[arg(long, default_value_t = 0, value_name = "R")]
@@ -110,6 +113,8 @@ pub struct LaunchConfig {
 /// A job spanning several machines, as this node sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MultiNode {
+    /// `--nnodes MIN:MAX`: the fewest nodes a round may run with (`nnodes` unless elastic).
+    pub min_nodes: usize,
     /// Number of nodes.
     pub nnodes: usize,
     /// This node's rank.
@@ -151,6 +156,53 @@ impl Environment {
             socket_ifname: std::env::var(mnist_common::contract::ENV_SOCKET_IFNAME)
                 .ok()
                 .filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+/// `--nnodes N` or `--nnodes MIN:MAX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeCount {
+    /// The fewest nodes a round may run with (`max` unless elastic).
+    pub min: usize,
+    /// The number of nodes the job starts with when all come.
+    pub max: usize,
+}
+
+impl NodeCount {
+    /// Parse `N` or `MIN:MAX` (1 ≤ MIN ≤ MAX).
+    pub fn parse(s: &str) -> Result<NodeCount, String> {
+        let num = |v: &str| -> Result<usize, String> {
+            v.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| format!("{v:?} is not a whole number ≥ 1 (expected N or MIN:MAX, e.g. 2:3)"))
+        };
+        match s.split_once(':') {
+            None => num(s).map(|n| NodeCount { min: n, max: n }),
+            Some((a, b)) => {
+                let (min, max) = (num(a)?, num(b)?);
+                if min > max {
+                    return Err(format!("MIN {min} is above MAX {max} (expected MIN:MAX with MIN ≤ MAX)"));
+                }
+                Ok(NodeCount { min, max })
+            }
+        }
+    }
+
+    /// Whether the node count may shrink (MIN below MAX).
+    pub fn elastic(&self) -> bool {
+        self.min < self.max
+    }
+}
+
+impl std::fmt::Display for NodeCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.elastic() {
+            write!(f, "{}:{}", self.min, self.max)
+        } else {
+            write!(f, "{}", self.max)
         }
     }
 }
@@ -341,15 +393,11 @@ impl LaunchArgs {
         };
         check_executable(&worker_bin)?;
         let multi = self.multi_node(&train, env, nproc)?;
-        if self.max_restarts > 0 && multi.is_some() {
-            return Err(ArgsError::Nodes {
-                flag: "--max-restarts",
-                value: self.max_restarts.to_string(),
-                expected: format!(
-                    "0 with --nnodes {} (restarting the workers of several machines in a new rendezvous round is not built yet)",
-                    self.nnodes
-                ),
-            });
+        if self.nnodes.elastic() && self.max_restarts == 0 {
+            notes.push(format!(
+                "--nnodes {}: without --max-restarts a lost node ends the job (each new rendezvous round counts as a restart)",
+                self.nnodes
+            ));
         }
         if self.max_restarts > 0 && self.train.evaluate.is_some() {
             notes.push("--max-restarts has no effect with --evaluate".into());
@@ -388,21 +436,15 @@ impl LaunchArgs {
         env: &Environment,
         nproc: usize,
     ) -> Result<Option<MultiNode>, ArgsError> {
-        if self.nnodes == 0 {
-            return Err(ArgsError::Nodes {
-                flag: "--nnodes",
-                value: "0".into(),
-                expected: "an integer ≥ 1".into(),
-            });
-        }
-        if self.node_rank >= self.nnodes {
+        let nnodes = self.nnodes.max;
+        if self.node_rank >= nnodes {
             return Err(ArgsError::Nodes {
                 flag: "--node-rank",
                 value: self.node_rank.to_string(),
-                expected: format!("0 … {} (below --nnodes {})", self.nnodes - 1, self.nnodes),
+                expected: format!("0 … {} (below --nnodes {})", nnodes - 1, self.nnodes),
             });
         }
-        if self.nnodes == 1 {
+        if nnodes == 1 {
             return Ok(None);
         }
         if self.train.evaluate.is_some() {
@@ -448,14 +490,22 @@ impl LaunchArgs {
         } else {
             format!("{host}:{port}")
         };
+        let mut fingerprint = crate::fingerprint::of(train, nproc)?;
+        fingerprint
+            .0
+            .push(("--nnodes".into(), self.nnodes.to_string()));
+        fingerprint
+            .0
+            .push(("--max-restarts".into(), self.max_restarts.to_string()));
         Ok(Some(MultiNode {
-            nnodes: self.nnodes,
+            nnodes,
+            min_nodes: self.nnodes.min,
             node_rank: self.node_rank,
             endpoint,
             port,
             rdzv_id: self.rdzv_id.clone(),
             local_addr,
-            fingerprint: crate::fingerprint::of(train, nproc)?,
+            fingerprint,
         }))
     }
 }

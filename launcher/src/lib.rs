@@ -241,24 +241,20 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
     error_file::remove_stale(&cfg.log_dir);
     let signals = signals::install().map_err(LaunchError::Signals)?;
     // Several machines: meet the other nodes first (node 0 serves the rendezvous).
-    let node = match &cfg.multi {
+    let mut node = match &cfg.multi {
         Some(m) => Some(
-            multinode::start(cfg, m).map_err(|source| LaunchError::Rendezvous {
-                node: m.node_rank,
-                source,
+            multinode::start(cfg, m, restart::resume_probe(cfg)).map_err(|source| {
+                LaunchError::Rendezvous {
+                    node: m.node_rank,
+                    source,
+                }
             })?,
         ),
         None => None,
     };
     let mut rounds = restart::History::default();
-    let result = match &node {
-        Some(n) => {
-            let run_id = n.session.plan.run_id.clone();
-            rounds.start(0, &run_id, false);
-            let r = run_workers(cfg, &run_id, &n.layout(), Some(n), 0, &signals);
-            rounds.end(&r);
-            r
-        }
+    let result = match &mut node {
+        Some(n) => restart::run_node_rounds(cfg, n, &signals, &mut rounds),
         None => restart::run_rounds(cfg, &signals, &mut rounds),
     };
     if let Err(LaunchError::WorkerFailed(f)) = &result {

@@ -26,9 +26,9 @@ pub mod tcpstore;
 pub mod wire;
 
 pub use endpoint::{KvStore, StoreEndpoint};
-pub use node::{join, NodeSession};
+pub use node::{join, Event, NodeSession};
 pub use protocol::{Coordinator, Fingerprint, JoinRequest, NodeEntry, Plan, Verdict};
-pub use server::{Server, ServerConfig};
+pub use server::{ResumeProbe, Server, ServerConfig};
 pub use store::StoreClient;
 pub use store_server::StoreServer;
 pub use tcpstore::TcpStoreClient;
