@@ -177,14 +177,18 @@ impl NodeCount {
                 .parse::<usize>()
                 .ok()
                 .filter(|&n| n >= 1)
-                .ok_or_else(|| format!("{v:?} is not a whole number ≥ 1 (expected N or MIN:MAX, e.g. 2:3)"))
+                .ok_or_else(|| {
+                    format!("{v:?} is not a whole number ≥ 1 (expected N or MIN:MAX, e.g. 2:3)")
+                })
         };
         match s.split_once(':') {
             None => num(s).map(|n| NodeCount { min: n, max: n }),
             Some((a, b)) => {
                 let (min, max) = (num(a)?, num(b)?);
                 if min > max {
-                    return Err(format!("MIN {min} is above MAX {max} (expected MIN:MAX with MIN ≤ MAX)"));
+                    return Err(format!(
+                        "MIN {min} is above MAX {max} (expected MIN:MAX with MIN ≤ MAX)"
+                    ));
                 }
                 Ok(NodeCount { min, max })
             }
@@ -715,8 +719,22 @@ mod tests {
             msg.contains("MNIST_SOCKET_IFNAME") && msg.contains("nosuchif9"),
             "{msg}"
         );
+        for bad in ["0", "3:2", "x", "2:"] {
+            let e = LaunchArgs::try_parse_argv(["mnist-launch", "--nnodes", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--nnodes") && e.contains(bad), "{bad}: {e}");
+        }
+        let c = parse(&["--nnodes", "2:3", "--node-rank", "2", "--max-restarts", "2"])
+            .resolve_in(&env(0))
+            .unwrap()
+            .multi
+            .unwrap();
+        assert_eq!((c.min_nodes, c.nnodes), (2, 3));
+        for (k, v) in [("--nnodes", "2:3"), ("--max-restarts", "2")] {
+            assert!(c.fingerprint.0.iter().any(|(a, b)| a == k && b == v), "{k}");
+        }
         let cases: &[(&[&str], &str)] = &[
-            (&["--nnodes", "0"], "--nnodes"),
             (&["--nnodes", "2", "--node-rank", "2"], "--node-rank"),
             (
                 &["--nnodes", "2", "--rdzv-endpoint", "nohostport"],

@@ -308,11 +308,16 @@ fn run_workers(
         std::env::vars_os(),
         cores,
     );
+    let elastic = cfg.multi.as_ref().is_some_and(|m| m.min_nodes < m.nnodes);
     for s in &mut specs {
         s.env.push((
             mnist_common::contract::ENV_RESTART_ROUND.into(),
             round.to_string().into(),
         ));
+        if elastic {
+            s.env
+                .push((mnist_common::contract::ENV_ELASTIC.into(), "1".into()));
+        }
     }
     log_config(cfg, run_id, rendezvous.as_deref(), &specs, node);
 

@@ -18,9 +18,9 @@
 use crate::multinode::Node;
 use crate::signals::SignalGuard;
 use crate::{run_workers, spec, Exit, LaunchConfig, LaunchError, WorkerFailure};
-use mnist_rdzv::{Event, ResumeProbe};
 use mnist_common::contract::CHECKPOINT_FILE;
 use mnist_common::FailureKind;
+use mnist_rdzv::{Event, ResumeProbe};
 use std::path::Path;
 use std::time::SystemTime;
 

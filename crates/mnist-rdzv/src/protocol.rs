@@ -325,7 +325,8 @@ impl Coordinator {
         match &self.state {
             State::Started(p) => {
                 let room = p.nodes.len() + self.waiting.len() < self.nnodes;
-                let known = p.nodes.iter().any(|e| e.node_rank == n) || self.waiting.contains_key(&n);
+                let known =
+                    p.nodes.iter().any(|e| e.node_rank == n) || self.waiting.contains_key(&n);
                 if self.elastic() && room && !known && self.validate(req).is_ok() {
                     self.waiting.insert(n, req.clone());
                     return Verdict::Held(format!(
@@ -468,7 +469,11 @@ impl Coordinator {
     /// The rendezvous timeout of the round ended: with at least MIN nodes joined the round
     /// starts with them (`Complete`), else it fails naming the node ranks that never came.
     /// None if the round started or failed already.
-    pub fn expire(&mut self, waited_s: f64, new_run_id: impl FnOnce() -> String) -> Option<Verdict> {
+    pub fn expire(
+        &mut self,
+        waited_s: f64,
+        new_run_id: impl FnOnce() -> String,
+    ) -> Option<Verdict> {
         if !matches!(self.state, State::Gathering) {
             return None;
         }
@@ -680,7 +685,10 @@ mod tests {
         let Verdict::Held(why) = c.offer(&req(2, 1, "none"), String::new) else {
             panic!()
         };
-        assert!(why.contains("node 2") && why.contains("next round"), "{why}");
+        assert!(
+            why.contains("node 2") && why.contains("next round"),
+            "{why}"
+        );
         // Node 1 is lost: the survivors are node 0; held node 2 is in the next round already.
         let survivors = c.survivors(&BTreeSet::from([1]));
         assert_eq!(survivors, BTreeSet::from([0]));
@@ -689,7 +697,10 @@ mod tests {
             panic!()
         };
         assert_eq!((p.round, p.world_size, p.run_id.as_str()), (1, 2, "r1"));
-        assert_eq!((p.ranks_of(0), p.ranks_of(2), p.ranks_of(1)), (0..1, 1..2, 0..0));
+        assert_eq!(
+            (p.ranks_of(0), p.ranks_of(2), p.ranks_of(1)),
+            (0..1, 1..2, 0..0)
+        );
     }
 
     #[test]
@@ -731,6 +742,9 @@ mod tests {
         let Some(Verdict::FailAll(r)) = c3.left_early(0, "closed", String::new) else {
             panic!()
         };
-        assert!(r.contains("1 node(s) remain and --nnodes needs at least 2"), "{r}");
+        assert!(
+            r.contains("1 node(s) remain and --nnodes needs at least 2"),
+            "{r}"
+        );
     }
 }

@@ -163,7 +163,11 @@ impl Inner {
                 plan.nodes.len(),
                 ranks.join(", "),
                 plan.world_size,
-                if plan.resume { ", resuming from the checkpoint" } else { "" }
+                if plan.resume {
+                    ", resuming from the checkpoint"
+                } else {
+                    ""
+                }
             );
         }
         for e in &plan.nodes {
@@ -188,11 +192,8 @@ impl Inner {
     fn restart_or_abort(&mut self, reason: &str, restartable: bool, cfg: &ServerConfig) {
         let survivors = self.coord.survivors(&self.lost);
         let min = self.coord.min_nodes();
-        let why_not = if self.failure.is_some() {
-            Some(String::new())
-        } else if !restartable {
-            Some(String::new())
-        } else if self.finished_ok {
+        // Already failed, a worker refused its input, or a node finished: no new round.
+        let why_not = if self.failure.is_some() || !restartable || self.finished_ok {
             Some(String::new())
         } else if self.restarts >= cfg.max_restarts {
             (cfg.max_restarts > 0)
@@ -238,9 +239,11 @@ impl Inner {
     /// Every node of the running round has left or is lost.
     fn round_over(&self) -> bool {
         self.coord.started().is_some_and(|p| {
-            p.nodes
-                .iter()
-                .all(|n| self.nodes.get(&n.node_rank).is_none_or(|c| c.left || c.lost))
+            p.nodes.iter().all(|n| {
+                self.nodes
+                    .get(&n.node_rank)
+                    .is_none_or(|c| c.left || c.lost)
+            })
         })
     }
 }

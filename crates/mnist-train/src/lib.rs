@@ -20,6 +20,7 @@ pub mod session;
 pub mod split;
 pub mod state;
 pub mod sync;
+pub mod trace;
 pub mod trainer;
 
 pub use error::TrainError;

@@ -1,0 +1,372 @@
+//! Failures across machines (network namespaces, one per node; root only, skipped visibly
+//! elsewhere): `--max-restarts` restarts every node's workers in a new rendezvous round from
+//! node 0's checkpoint (which rank 0 broadcasts to the other nodes), and `--nnodes MIN:MAX`
+//! lets the survivors of a lost node continue with fewer ranks, re-sharding the rest of the
+//! epoch so every sample is trained exactly once.
+
+mod common;
+
+use common::*;
+use mnist_testkit::netns::Netns;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A launcher for node `i` inside namespace `i`, master 10.77.0.1:`port`, one process.
+fn in_ns(ns: &Netns, i: usize, nnodes: &str, port: u16, args: &[String]) -> Command {
+    let mut c = ns.command(i, launcher_bin());
+    c.args(args).args(args![
+        "--nnodes",
+        nnodes,
+        "--node-rank",
+        i,
+        "--master-addr",
+        Netns::addr_of(0),
+        "--master-port",
+        port,
+        "--nproc",
+        1
+    ]);
+    for v in [
+        "RANK",
+        "WORLD_SIZE",
+        "MNIST_RUN_ID",
+        "MNIST_STORE",
+        "MNIST_FAULT",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
+/// Training flags: synthetic data, CPU, one thread, every step logged.
+fn train(data: &Path, out: &Path, extra: Vec<String>) -> Vec<String> {
+    let mut a = with_base(args![
+        "--backend",
+        "cpu",
+        "--data",
+        data.display(),
+        "--path",
+        out.display(),
+        "--log-interval",
+        1,
+        "--test-batch-size",
+        100,
+        "--grace-period",
+        2
+    ]);
+    a.extend(extra);
+    a
+}
+
+fn wait_for_log(file: &Path, needle: &str) {
+    let t0 = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(file).unwrap_or_default();
+        if log.contains(needle) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "{needle:?} never appeared in {}:\n{log}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pid of the worker whose `--path` is `out`.
+fn worker_pid(out: &Path) -> u32 {
+    processes_with(&out.display().to_string())
+        .into_iter()
+        .find(|(_, argv)| argv[0].ends_with("mnist-worker"))
+        .map(|(pid, _)| pid)
+        .unwrap_or_else(|| panic!("no worker with --path {}", out.display()))
+}
+
+#[test]
+fn netns_a_worker_killed_on_node_1_restarts_both_nodes_and_matches_an_uninterrupted_run() {
+    let Some(ns) = Netns::create(
+        "netns_a_worker_killed_on_node_1_restarts_both_nodes_and_matches_an_uninterrupted_run",
+        2,
+    ) else {
+        return;
+    };
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 1280, 200);
+    // 2 ranks × batch 32 on 1280 images: 20 steps per epoch, a checkpoint every 3 steps.
+    let extra = args![
+        "--epochs",
+        2,
+        "--batch-size",
+        32,
+        "--checkpoint-every",
+        3,
+        "--max-restarts",
+        1
+    ];
+    let dir = |run: &str, i: usize| tmp.path().join(format!("{run}{i}"));
+    let a = |run: &str, i: usize| train(&data, &dir(run, i), extra.clone());
+    // Uninterrupted.
+    let n0 = spawn(in_ns(&ns, 0, "2", 29510, &a("a", 0)));
+    let n1 = spawn(in_ns(&ns, 1, "2", 29510, &a("a", 1)));
+    n0.wait(DEADLINE).ok("uninterrupted node 0");
+    n1.wait(DEADLINE).ok("uninterrupted node 1");
+
+    // Rank 1 (node 1) is slowed in round 0 only, so the kill lands inside epoch 2.
+    let n0 = spawn(in_ns(&ns, 0, "2", 29511, &a("b", 0)));
+    let mut c1 = in_ns(&ns, 1, "2", 29511, &a("b", 1));
+    c1.env(mnist_common::contract::ENV_FAULT, "1:0:slow=150ms");
+    let n1 = spawn(c1);
+    wait_for_log(&dir("b", 1).join("rank1.log"), "rank 1: epoch 2 step 4/20");
+    let pid1 = worker_pid(&dir("b", 1));
+    let killed = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid1.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let o0 = n0
+        .wait(DEADLINE)
+        .ok("node 0 with a worker killed on node 1");
+    let o1 = n1.wait(DEADLINE).ok("node 1 with its worker killed");
+    println!(
+        "2 netns nodes: finished {:.1}s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    for (i, o) in [&o0, &o1].iter().enumerate() {
+        let l = o
+            .stderr
+            .lines()
+            .find(|l| l.contains(&format!("node {i}: restart 1 of 1 (--max-restarts)")))
+            .unwrap_or_else(|| panic!("node {i}: no restart line:\n{}", o.stderr));
+        assert!(
+            l.contains("node 1") && l.contains("SIGKILL"),
+            "node {i}: {l}"
+        );
+    }
+    assert!(
+        o0.stderr
+            .contains("round 1 starts with 2 node(s) (0, 1), 2 processes, resuming"),
+        "{}",
+        o0.stderr
+    );
+    // Node 1 holds no checkpoint: its rank resumed from rank 0's broadcast.
+    assert!(!dir("b", 1).join("checkpoint.bin").exists());
+    let log0 = std::fs::read_to_string(dir("b", 0).join("rank0.log")).unwrap();
+    let second = log0
+        .split("---- mnist-launch: restart round 1 ----")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no round marker:\n{log0}"));
+    assert!(
+        second.contains("Resuming from") && second.contains("at epoch 2, batch "),
+        "{second}"
+    );
+    // Same end as the uninterrupted run, to the bit.
+    let ck = |d: &Path| mnist_train::resume::load(&mnist_train::resume::path_in(d)).unwrap();
+    let (sa, sb) = (ck(&dir("a", 0)), ck(&dir("b", 0)));
+    assert_eq!((sa.next_epoch, sa.step), (sb.next_epoch, sb.step));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&sa.params) == bits(&sb.params), "parameters differ");
+    assert_eq!(sa.momentum, sb.momentum);
+    assert_eq!(
+        std::fs::read(dir("a", 0).join("mnist_model.pt")).unwrap(),
+        std::fs::read(dir("b", 0).join("mnist_model.pt")).unwrap(),
+        "the final model files differ"
+    );
+    let m = metrics(&dir("b", 0));
+    assert_eq!(
+        (m[0]["restarts"].as_u64(), m[1]["restarts"].as_u64()),
+        (Some(0), Some(1)),
+        "{m:?}"
+    );
+}
+
+/// One trace line: (restart round, step, epoch, the dataset indices trained).
+type Line = (u32, u64, usize, Vec<usize>);
+
+/// Every trace line of `dir`'s `samples-*.txt`.
+fn read_trace(dir: &Path) -> Vec<Line> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        for line in std::fs::read_to_string(e.path()).unwrap().lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            assert_eq!(f.len(), 4, "bad trace line {line:?}");
+            v.push((
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3].split(',').map(|i| i.parse().unwrap()).collect(),
+            ));
+        }
+    }
+    v
+}
+
+/// How often each sample was trained per epoch, counting only steps that the job kept: a
+/// later round resumes at its first step, so an earlier round's steps from there on were
+/// rolled back.
+fn samples_per_epoch(trace: &[Line]) -> BTreeMap<usize, Vec<u32>> {
+    let mut rounds: BTreeMap<u32, Vec<&Line>> = BTreeMap::new();
+    for t in trace {
+        rounds.entry(t.0).or_default().push(t);
+    }
+    let mut kept: Vec<&Line> = Vec::new();
+    for lines in rounds.values() {
+        let first = lines.iter().map(|t| t.1).min().unwrap();
+        kept.retain(|t| t.1 < first);
+        kept.extend(lines.iter().copied());
+    }
+    let mut per: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+    for t in kept {
+        let counts = per.entry(t.2).or_default();
+        for &i in &t.3 {
+            if counts.len() <= i {
+                counts.resize(i + 1, 0);
+            }
+            counts[i] += 1;
+        }
+    }
+    per
+}
+
+/// Three nodes; node 2's launcher is killed inside epoch 1. Returns the outputs of nodes 0
+/// and 1, the trace folder and the output folder of node 0.
+fn three_nodes_lose_one(
+    test: &str,
+    nnodes: &str,
+    tmp: &Path,
+) -> Option<(Output, Output, std::path::PathBuf)> {
+    let ns = Netns::create(test, 3)?;
+    // 1200 images: 3 ranks × batch 16 → 25 steps; after a checkpoint at an even step the
+    // rest is even, so 2 ranks take it without padding (a padded place would be a repeat).
+    let data = make_data(tmp, 1200, 200);
+    let trace = tmp.join("trace");
+    std::fs::create_dir_all(&trace).unwrap();
+    let extra = args![
+        "--epochs",
+        2,
+        "--batch-size",
+        16,
+        "--checkpoint-every",
+        2,
+        "--max-restarts",
+        1,
+        "--rendezvous-timeout",
+        60
+    ];
+    let dir = |i: usize| tmp.join(format!("n{i}"));
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let mut c = in_ns(&ns, i, nnodes, 29520, &train(&data, &dir(i), extra.clone()));
+        c.env(mnist_common::contract::ENV_SAMPLE_TRACE, &trace);
+        if i == 2 {
+            // Slow in round 0 only: the kill lands inside epoch 1.
+            c.env(mnist_common::contract::ENV_FAULT, "2:0:slow=100ms");
+        }
+        nodes.push(spawn(c));
+    }
+    wait_for_log(&dir(2).join("rank2.log"), "rank 2: epoch 1 step 11/25");
+    let mut victim = nodes.pop().unwrap();
+    victim.child.kill().unwrap();
+    let _ = victim.child.wait();
+    let n1 = nodes.pop().unwrap().wait(DEADLINE);
+    let n0 = nodes.pop().unwrap().wait(DEADLINE);
+    drop(ns);
+    Some((n0, n1, trace))
+}
+
+#[test]
+fn netns_three_nodes_2_to_3_lose_one_and_finish_on_two_seeing_every_sample_once() {
+    let test = "netns_three_nodes_2_to_3_lose_one_and_finish_on_two_seeing_every_sample_once";
+    let tmp = tempdir();
+    let Some((o0, o1, trace)) = three_nodes_lose_one(test, "2:3", tmp.path()) else {
+        return;
+    };
+    let o0 = o0.ok("node 0 after losing node 2");
+    let o1 = o1.ok("node 1 after losing node 2");
+    assert!(
+        o0.stderr.contains("lost node 2")
+            && o0
+                .stderr
+                .contains("round 1 starts with 2 node(s) (0, 1), 2 processes"),
+        "{}",
+        o0.stderr
+    );
+    assert!(
+        o1.stderr
+            .contains("node 1: round 1: the job continues with 2 node(s), 2 processes (was 3)"),
+        "{}",
+        o1.stderr
+    );
+    let log0 = std::fs::read_to_string(tmp.path().join("n0/rank0.log")).unwrap();
+    assert!(
+        log0.contains("Elastic: world size 2 (was 3): per-rank batch 16, global batch 32 (was 48); epoch 1 continues after sample "),
+        "{log0}"
+    );
+    let m = metrics(&tmp.path().join("n0"));
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert_eq!(
+        (m[0]["world_size"].as_u64(), m[1]["world_size"].as_u64()),
+        (Some(2), Some(2))
+    );
+    // Every sample of each epoch trained exactly once by the steps the job kept.
+    let t = read_trace(&trace);
+    assert!(t.iter().any(|l| l.0 == 1), "no line of round 1");
+    let per = samples_per_epoch(&t);
+    assert_eq!(per.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
+    for (epoch, counts) in &per {
+        assert_eq!(
+            counts.len(),
+            1200,
+            "epoch {epoch}: samples missing at the end"
+        );
+        let wrong: Vec<(usize, u32)> = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c != 1)
+            .map(|(i, &c)| (i, c))
+            .take(10)
+            .collect();
+        assert!(wrong.is_empty(), "epoch {epoch}: (sample, times) {wrong:?}");
+    }
+}
+
+#[test]
+fn netns_three_nodes_3_to_3_stop_when_one_is_lost_saying_why() {
+    let test = "netns_three_nodes_3_to_3_stop_when_one_is_lost_saying_why";
+    let tmp = tempdir();
+    let Some((o0, o1, _)) = three_nodes_lose_one(test, "3", tmp.path()) else {
+        return;
+    };
+    for (i, o) in [o0, o1].iter().enumerate() {
+        assert_eq!(o.status.code(), Some(1), "node {i}:\n{}", o.stderr);
+        let err = o
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("mnist-launch: error:"))
+            .unwrap_or_else(|| panic!("node {i}: no error line:\n{}", o.stderr));
+        assert!(
+            err.contains("lost node 2")
+                && err.contains("2 node(s) remain and --nnodes needs at least 3: not restarting"),
+            "node {i}: {err}"
+        );
+    }
+}
+
+/// The trace bookkeeping itself: a rolled-back step counts once, a repeat is seen.
+#[test]
+fn rolled_back_steps_are_not_counted_and_repeats_are() {
+    let t = vec![
+        (0, 0, 0, vec![0, 1]),
+        (0, 1, 0, vec![2, 3]),
+        (0, 2, 0, vec![4, 5]),
+        (1, 1, 0, vec![2, 3]),
+        (1, 2, 0, vec![4, 5]),
+    ];
+    assert_eq!(samples_per_epoch(&t)[&0], vec![1; 6]);
+    let mut bad = t.clone();
+    bad.push((1, 3, 0, vec![0]));
+    assert_eq!(samples_per_epoch(&bad)[&0][0], 2);
+}
