@@ -1,8 +1,9 @@
 //! Failures across machines (network namespaces, one per node; root only, skipped visibly
 //! elsewhere): `--max-restarts` restarts every node's workers in a new rendezvous round from
 //! node 0's checkpoint (which rank 0 broadcasts to the other nodes), and `--nnodes MIN:MAX`
-//! lets the survivors of a lost node continue with fewer ranks, re-sharding the rest of the
-//! epoch so every sample is trained exactly once.
+//! lets the survivors of a lost node continue with fewer ranks (and a node that arrives late
+//! join at the next round with more), re-sharding the rest of the epoch so every sample is
+//! trained exactly once.
 
 mod common;
 
@@ -369,4 +370,125 @@ fn rolled_back_steps_are_not_counted_and_repeats_are() {
     let mut bad = t.clone();
     bad.push((1, 3, 0, vec![0]));
     assert_eq!(samples_per_epoch(&bad)[&0][0], 2);
+}
+
+/// Start `cmd` with its stderr going to `file` (read while it runs).
+fn spawn_logged(mut cmd: Command, file: &Path) -> std::process::Child {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(file).unwrap());
+    cmd.spawn().unwrap()
+}
+
+/// Wait for `child` within [`DEADLINE`]; its exit code.
+fn wait_child(child: &mut std::process::Child, what: &str) -> Option<i32> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        if t0.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} ran longer than {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills the children still running when a test fails.
+struct KillOnDrop(Vec<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+#[test]
+fn netns_a_late_node_is_held_and_joins_at_the_next_round_growing_the_world() {
+    let Some(ns) = Netns::create(
+        "netns_a_late_node_is_held_and_joins_at_the_next_round_growing_the_world",
+        3,
+    ) else {
+        return;
+    };
+    let tmp = tempdir();
+    // 1200 images, batch 20: 30 steps per epoch on 2 ranks, 20 on 3; a checkpoint every 3
+    // steps leaves a multiple of 3 × 40 images trained, so 3 ranks take the rest unpadded.
+    let data = make_data(tmp.path(), 1200, 200);
+    let trace = tmp.path().join("trace");
+    std::fs::create_dir_all(&trace).unwrap();
+    let extra = args![
+        "--epochs",
+        2,
+        "--batch-size",
+        20,
+        "--checkpoint-every",
+        3,
+        "--max-restarts",
+        1,
+        "--rendezvous-timeout",
+        8
+    ];
+    let dir = |i: usize| tmp.path().join(format!("n{i}"));
+    let err = |i: usize| tmp.path().join(format!("stderr{i}.txt"));
+    let node = |i: usize| {
+        let mut c = in_ns(&ns, i, "2:3", 29530, &train(&data, &dir(i), extra.clone()));
+        c.env(mnist_common::contract::ENV_SAMPLE_TRACE, &trace);
+        if i == 1 {
+            c.env(mnist_common::contract::ENV_FAULT, "1:0:slow=200ms");
+        }
+        c
+    };
+    let mut kids = KillOnDrop(Vec::new());
+    kids.0.push(spawn_logged(node(0), &err(0)));
+    kids.0.push(spawn_logged(node(1), &err(1)));
+    // Round 0 starts with two nodes when the rendezvous timeout ends.
+    wait_for_log(&dir(1).join("rank1.log"), "rank 1: epoch 1 step 1/30");
+    kids.0.push(spawn_logged(node(2), &err(2)));
+    wait_for_log(&err(0), "arrived while round 0 runs with 2 node(s)");
+    // Past the checkpoint of step 6 (slowed rank 1 needs 6 s for the epoch).
+    wait_for_log(&dir(1).join("rank1.log"), "rank 1: epoch 1 step 7/30");
+    // A failure starts the next round; the held node joins it.
+    let pid1 = worker_pid(&dir(1));
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid1.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    for (i, c) in kids.0.iter_mut().enumerate() {
+        let code = wait_child(c, &format!("node {i}"));
+        assert_eq!(
+            code,
+            Some(0),
+            "node {i}:\n{}",
+            std::fs::read_to_string(err(i)).unwrap_or_default()
+        );
+    }
+    let e0 = std::fs::read_to_string(err(0)).unwrap();
+    assert!(
+        e0.contains("round 1 starts with 3 node(s) (0, 1, 2), 3 processes, resuming"),
+        "{e0}"
+    );
+    let log0 = std::fs::read_to_string(dir(0).join("rank0.log")).unwrap();
+    assert!(
+        log0.contains("Elastic: world size 3 (was 2): per-rank batch 20, global batch 60 (was 40)"),
+        "{log0}"
+    );
+    assert!(dir(2).join("rank2.log").exists());
+    let per = samples_per_epoch(&read_trace(&trace));
+    assert_eq!(per.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
+    for (epoch, counts) in &per {
+        assert_eq!(counts.len(), 1200, "epoch {epoch}");
+        assert!(
+            counts.iter().all(|&c| c == 1),
+            "epoch {epoch}: not every sample exactly once"
+        );
+    }
 }
