@@ -492,3 +492,94 @@ fn netns_a_late_node_is_held_and_joins_at_the_next_round_growing_the_world() {
         );
     }
 }
+
+#[test]
+fn restarts_used_up_across_nodes_end_every_node_with_the_root_cause() {
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 640, 100);
+    let extra = args![
+        "--epochs",
+        1,
+        "--batch-size",
+        32,
+        "--checkpoint-every",
+        2,
+        "--max-restarts",
+        1
+    ];
+    let dir = |i: usize| tmp.path().join(format!("n{i}"));
+    let err = |i: usize| tmp.path().join(format!("stderr{i}.txt"));
+    // Two nodes on loopback; node 0 takes any free port and prints it.
+    let node = |i: usize, port: u16| {
+        let mut c = Command::new(launcher_bin());
+        c.args(train(&data, &dir(i), extra.clone())).args(args![
+            "--nnodes",
+            2,
+            "--node-rank",
+            i,
+            "--master-port",
+            port,
+            "--nproc",
+            1
+        ]);
+        for v in ["RANK", "WORLD_SIZE", "MNIST_RUN_ID", "MNIST_STORE"] {
+            c.env_remove(v);
+        }
+        // Rank 1 exits with code 7 at step 3 of every round.
+        c.env(mnist_common::contract::ENV_FAULT, "1:3:exit-code=7@*");
+        c
+    };
+    let mut kids = KillOnDrop(vec![spawn_logged(node(0, 0), &err(0))]);
+    wait_for_log(&err(0), "serving the rendezvous");
+    let e0 = std::fs::read_to_string(err(0)).unwrap();
+    let port: u16 = e0
+        .split("on port ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {e0}"));
+    kids.0.push(spawn_logged(node(1, port), &err(1)));
+    for (i, c) in kids.0.iter_mut().enumerate() {
+        assert_eq!(wait_child(c, &format!("node {i}")), Some(1), "node {i}");
+    }
+    let line = |i: usize| {
+        let e = std::fs::read_to_string(err(i)).unwrap();
+        e.lines()
+            .find(|l| l.starts_with("mnist-launch: error:"))
+            .unwrap_or_else(|| panic!("node {i}: no error line:\n{e}"))
+            .to_string()
+    };
+    let (l0, l1) = (line(0), line(1));
+    assert!(
+        l1.contains("worker rank 1 (pid ")
+            && l1.contains("exited with code 7")
+            && l1.contains("after 1 restart(s): --max-restarts exhausted"),
+        "{l1}"
+    );
+    assert!(
+        l0.contains("node 1")
+            && l0.contains("exited with code 7")
+            && l0.contains("(--max-restarts 1 used up)"),
+        "{l0}"
+    );
+    // One restart happened on both nodes; node 1's error file names the root cause.
+    for i in 0..2 {
+        let e = std::fs::read_to_string(err(i)).unwrap();
+        assert_eq!(
+            e.matches(&format!("node {i}: restart 1 of 1")).count(),
+            1,
+            "{e}"
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir(1).join("error.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            v["root_cause"]["rank"].as_u64(),
+            v["root_cause"]["exit_code"].as_i64()
+        ),
+        (Some(1), Some(7)),
+        "{v}"
+    );
+    assert_eq!(v["rounds"].as_array().map(Vec::len), Some(2), "{v}");
+}
