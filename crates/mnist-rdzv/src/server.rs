@@ -10,11 +10,10 @@
 //! id, its own store, and says whether to resume ([`ResumeProbe`]). Node 0's server stays up
 //! between rounds, so losing node 0 ends the job.
 
+use crate::coordinator::{Coordinator, Verdict};
 use crate::kv::{serve_requests, Table};
 use crate::net::{open_served, spawn_acceptor};
-use crate::protocol::{
-    Coordinator, Fingerprint, FromNode, Hello, JoinRequest, StoreResponse, ToNode, Verdict,
-};
+use crate::protocol::{Fingerprint, FromNode, Hello, JoinRequest, StoreResponse, ToNode};
 use crate::wire::{read_frame, write_frame};
 use crate::{Heartbeat, RdzvError};
 use std::collections::{BTreeMap, BTreeSet};
