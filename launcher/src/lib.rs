@@ -348,7 +348,8 @@ fn run_workers(
     if !pumps.finish(DRAIN_TIMEOUT) {
         eprintln!("mnist-launch: warning: a worker's output pipe stayed open after it exited (a child process of it?); not waiting for it");
     }
-    let node_rank = layout.node_rank;
+    // Messages name the node by its --node-rank (the layout has its place in the round).
+    let node_rank = node.map_or(layout.node_rank, |n| n.multi.node_rank);
     match outcome {
         Outcome::Success => Ok(()),
         Outcome::Interrupted(signal) => Err(LaunchError::Interrupted {

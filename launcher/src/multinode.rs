@@ -130,10 +130,17 @@ impl Node {
     pub fn layout(&self) -> Layout {
         let plan = &self.session.plan;
         let ranks = plan.ranks_of(self.multi.node_rank);
+        // The workers' GROUP_RANK is the node's place in this round: after a node is lost
+        // the survivors' --node-rank values need not be 0 … n-1 any more.
+        let group_rank = plan
+            .nodes
+            .iter()
+            .position(|n| n.node_rank == self.multi.node_rank)
+            .unwrap_or(0);
         Layout {
             first_rank: ranks.start,
             world_size: plan.world_size,
-            node_rank: self.multi.node_rank,
+            node_rank: group_rank,
             nnodes: plan.nodes.len(),
             store: Some(self.multi.endpoint.clone()),
             advertised_addr: Some(self.session.addr.clone()),

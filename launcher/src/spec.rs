@@ -39,9 +39,10 @@ pub struct Layout {
     pub first_rank: usize,
     /// Workers in the whole job.
     pub world_size: usize,
-    /// This node's rank.
+    /// This node's place among the nodes of the current round, 0 … nnodes-1 (the workers'
+    /// `GROUP_RANK`; equals `--node-rank` until a node is lost).
     pub node_rank: usize,
-    /// Number of nodes.
+    /// Number of nodes in the current round.
     pub nnodes: usize,
     /// The TCP rendezvous store `HOST:PORT` (several nodes).
     pub store: Option<String>,

@@ -232,8 +232,9 @@ fn samples_per_epoch(trace: &[Line]) -> BTreeMap<usize, Vec<u32>> {
     per
 }
 
-/// Three nodes; node 2's launcher is killed inside epoch 1. Returns the outputs of nodes 0
-/// and 1, the trace folder and the output folder of node 0.
+/// Three nodes; node 1's launcher is killed inside epoch 1 (so the survivors' node ranks, 0
+/// and 2, are not 0 … n-1 any more). Returns the outputs of nodes 0 and 2 and the trace
+/// folder.
 fn three_nodes_lose_one(
     test: &str,
     nnodes: &str,
@@ -262,44 +263,47 @@ fn three_nodes_lose_one(
     for i in 0..3 {
         let mut c = in_ns(&ns, i, nnodes, 29520, &train(&data, &dir(i), extra.clone()));
         c.env(mnist_common::contract::ENV_SAMPLE_TRACE, &trace);
-        if i == 2 {
+        if i == 1 {
             // Slow in round 0 only: the kill lands inside epoch 1.
-            c.env(mnist_common::contract::ENV_FAULT, "2:0:slow=100ms");
+            c.env(mnist_common::contract::ENV_FAULT, "1:0:slow=100ms");
         }
         nodes.push(spawn(c));
     }
-    wait_for_log(&dir(2).join("rank2.log"), "rank 2: epoch 1 step 11/25");
+    wait_for_log(&dir(1).join("rank1.log"), "rank 1: epoch 1 step 11/25");
+    let n2 = nodes.pop().unwrap();
     let mut victim = nodes.pop().unwrap();
     victim.child.kill().unwrap();
     let _ = victim.child.wait();
-    let n1 = nodes.pop().unwrap().wait(DEADLINE);
+    let n2 = n2.wait(DEADLINE);
     let n0 = nodes.pop().unwrap().wait(DEADLINE);
     drop(ns);
-    Some((n0, n1, trace))
+    Some((n0, n2, trace))
 }
 
 #[test]
 fn netns_three_nodes_2_to_3_lose_one_and_finish_on_two_seeing_every_sample_once() {
     let test = "netns_three_nodes_2_to_3_lose_one_and_finish_on_two_seeing_every_sample_once";
     let tmp = tempdir();
-    let Some((o0, o1, trace)) = three_nodes_lose_one(test, "2:3", tmp.path()) else {
+    let Some((o0, o2, trace)) = three_nodes_lose_one(test, "2:3", tmp.path()) else {
         return;
     };
-    let o0 = o0.ok("node 0 after losing node 2");
-    let o1 = o1.ok("node 1 after losing node 2");
+    let o0 = o0.ok("node 0 after losing node 1");
+    let o2 = o2.ok("node 2 after losing node 1");
     assert!(
-        o0.stderr.contains("lost node 2")
+        o0.stderr.contains("lost node 1")
             && o0
                 .stderr
-                .contains("round 1 starts with 2 node(s) (0, 1), 2 processes"),
+                .contains("round 1 starts with 2 node(s) (0, 2), 2 processes"),
         "{}",
         o0.stderr
     );
+    // Node 2 now holds global rank 1.
     assert!(
-        o1.stderr
-            .contains("node 1: round 1: the job continues with 2 node(s), 2 processes (was 3)"),
+        o2.stderr
+            .contains("node 2: round 1: the job continues with 2 node(s), 2 processes (was 3)")
+            && o2.stderr.contains("node 2 10.77.0.3 ranks 1-1"),
         "{}",
-        o1.stderr
+        o2.stderr
     );
     let log0 = std::fs::read_to_string(tmp.path().join("n0/rank0.log")).unwrap();
     assert!(
@@ -338,10 +342,10 @@ fn netns_three_nodes_2_to_3_lose_one_and_finish_on_two_seeing_every_sample_once(
 fn netns_three_nodes_3_to_3_stop_when_one_is_lost_saying_why() {
     let test = "netns_three_nodes_3_to_3_stop_when_one_is_lost_saying_why";
     let tmp = tempdir();
-    let Some((o0, o1, _)) = three_nodes_lose_one(test, "3", tmp.path()) else {
+    let Some((o0, o2, _)) = three_nodes_lose_one(test, "3", tmp.path()) else {
         return;
     };
-    for (i, o) in [o0, o1].iter().enumerate() {
+    for (i, o) in [(0, o0), (2, o2)] {
         assert_eq!(o.status.code(), Some(1), "node {i}:\n{}", o.stderr);
         let err = o
             .stderr
@@ -349,7 +353,7 @@ fn netns_three_nodes_3_to_3_stop_when_one_is_lost_saying_why() {
             .find(|l| l.starts_with("mnist-launch: error:"))
             .unwrap_or_else(|| panic!("node {i}: no error line:\n{}", o.stderr));
         assert!(
-            err.contains("lost node 2")
+            err.contains("lost node 1")
                 && err.contains("2 node(s) remain and --nnodes needs at least 3: not restarting"),
             "node {i}: {err}"
         );
