@@ -14,8 +14,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A launcher for node `i` inside namespace `i`, master 10.77.0.1:`port`, one process.
-fn in_ns(ns: &Netns, i: usize, nnodes: &str, port: u16, args: &[String]) -> Command {
+/// A launcher for node `i` inside namespace `i`, master 10.77.0.1:`port`, `nproc` processes.
+fn in_ns(ns: &Netns, i: usize, nnodes: &str, port: u16, nproc: usize, args: &[String]) -> Command {
     let mut c = ns.command(i, launcher_bin());
     c.args(args).args(args![
         "--nnodes",
@@ -27,7 +27,7 @@ fn in_ns(ns: &Netns, i: usize, nnodes: &str, port: u16, args: &[String]) -> Comm
         "--master-port",
         port,
         "--nproc",
-        1
+        nproc
     ]);
     for v in [
         "RANK",
@@ -110,14 +110,14 @@ fn netns_a_worker_killed_on_node_1_restarts_both_nodes_and_matches_an_uninterrup
     let dir = |run: &str, i: usize| tmp.path().join(format!("{run}{i}"));
     let a = |run: &str, i: usize| train(&data, &dir(run, i), extra.clone());
     // Uninterrupted.
-    let n0 = spawn(in_ns(&ns, 0, "2", 29510, &a("a", 0)));
-    let n1 = spawn(in_ns(&ns, 1, "2", 29510, &a("a", 1)));
+    let n0 = spawn(in_ns(&ns, 0, "2", 29510, 1, &a("a", 0)));
+    let n1 = spawn(in_ns(&ns, 1, "2", 29510, 1, &a("a", 1)));
     n0.wait(DEADLINE).ok("uninterrupted node 0");
     n1.wait(DEADLINE).ok("uninterrupted node 1");
 
     // Rank 1 (node 1) is slowed in round 0 only, so the kill lands inside epoch 2.
-    let n0 = spawn(in_ns(&ns, 0, "2", 29511, &a("b", 0)));
-    let mut c1 = in_ns(&ns, 1, "2", 29511, &a("b", 1));
+    let n0 = spawn(in_ns(&ns, 0, "2", 29511, 1, &a("b", 0)));
+    let mut c1 = in_ns(&ns, 1, "2", 29511, 1, &a("b", 1));
     c1.env(mnist_common::contract::ENV_FAULT, "1:0:slow=150ms");
     let n1 = spawn(c1);
     wait_for_log(&dir("b", 1).join("rank1.log"), "rank 1: epoch 2 step 4/20");
@@ -232,7 +232,7 @@ fn samples_per_epoch(trace: &[Line]) -> BTreeMap<usize, Vec<u32>> {
     per
 }
 
-/// Three nodes; node 1's launcher is killed inside epoch 1 (so the survivors' node ranks, 0
+/// Three nodes (node 0 with two processes); node 1's launcher is killed inside epoch 1 (so the survivors' node ranks, 0
 /// and 2, are not 0 … n-1 any more). Returns the outputs of nodes 0 and 2 and the trace
 /// folder.
 fn three_nodes_lose_one(
@@ -241,8 +241,9 @@ fn three_nodes_lose_one(
     tmp: &Path,
 ) -> Option<(Output, Output, std::path::PathBuf)> {
     let ns = Netns::create(test, 3)?;
-    // 1200 images: 3 ranks × batch 16 → 25 steps; after a checkpoint at an even step the
-    // rest is even, so 2 ranks take it without padding (a padded place would be a repeat).
+    // 1200 images on 4 ranks (node 0 runs two) × batch 16: 19 steps; a checkpoint every 3
+    // steps leaves a multiple of 3 × 64 images trained, so the 3 ranks left take the rest
+    // without padding (a padded place would be a repeat).
     let data = make_data(tmp, 1200, 200);
     let trace = tmp.join("trace");
     std::fs::create_dir_all(&trace).unwrap();
@@ -252,7 +253,7 @@ fn three_nodes_lose_one(
         "--batch-size",
         16,
         "--checkpoint-every",
-        2,
+        3,
         "--max-restarts",
         1,
         "--rendezvous-timeout",
@@ -261,15 +262,23 @@ fn three_nodes_lose_one(
     let dir = |i: usize| tmp.join(format!("n{i}"));
     let mut nodes = Vec::new();
     for i in 0..3 {
-        let mut c = in_ns(&ns, i, nnodes, 29520, &train(&data, &dir(i), extra.clone()));
+        let nproc = if i == 0 { 2 } else { 1 };
+        let mut c = in_ns(
+            &ns,
+            i,
+            nnodes,
+            29520,
+            nproc,
+            &train(&data, &dir(i), extra.clone()),
+        );
         c.env(mnist_common::contract::ENV_SAMPLE_TRACE, &trace);
         if i == 1 {
             // Slow in round 0 only: the kill lands inside epoch 1.
-            c.env(mnist_common::contract::ENV_FAULT, "1:0:slow=100ms");
+            c.env(mnist_common::contract::ENV_FAULT, "2:0:slow=100ms");
         }
         nodes.push(spawn(c));
     }
-    wait_for_log(&dir(1).join("rank1.log"), "rank 1: epoch 1 step 11/25");
+    wait_for_log(&dir(1).join("rank2.log"), "rank 2: epoch 1 step 11/19");
     let n2 = nodes.pop().unwrap();
     let mut victim = nodes.pop().unwrap();
     victim.child.kill().unwrap();
@@ -293,28 +302,28 @@ fn netns_three_nodes_2_to_3_lose_one_and_finish_on_two_seeing_every_sample_once(
         o0.stderr.contains("lost node 1")
             && o0
                 .stderr
-                .contains("round 1 starts with 2 node(s) (0, 2), 2 processes"),
+                .contains("round 1 starts with 2 node(s) (0, 2), 3 processes"),
         "{}",
         o0.stderr
     );
-    // Node 2 now holds global rank 1.
+    // Node 2 now holds global rank 2 (it had 3).
     assert!(
         o2.stderr
-            .contains("node 2: round 1: the job continues with 2 node(s), 2 processes (was 3)")
-            && o2.stderr.contains("node 2 10.77.0.3 ranks 1-1"),
+            .contains("node 2: round 1: the job continues with 2 node(s), 3 processes (was 4)")
+            && o2.stderr.contains("node 2 10.77.0.3 ranks 2-2"),
         "{}",
         o2.stderr
     );
     let log0 = std::fs::read_to_string(tmp.path().join("n0/rank0.log")).unwrap();
     assert!(
-        log0.contains("Elastic: world size 2 (was 3): per-rank batch 16, global batch 32 (was 48); epoch 1 continues after sample "),
+        log0.contains("Elastic: world size 3 (was 4): per-rank batch 16, global batch 48 (was 64); epoch 1 continues after sample "),
         "{log0}"
     );
     let m = metrics(&tmp.path().join("n0"));
     assert_eq!(m.len(), 2, "{m:?}");
     assert_eq!(
         (m[0]["world_size"].as_u64(), m[1]["world_size"].as_u64()),
-        (Some(2), Some(2))
+        (Some(3), Some(3))
     );
     // Every sample of each epoch trained exactly once by the steps the job kept.
     let t = read_trace(&trace);
@@ -443,7 +452,14 @@ fn netns_a_late_node_is_held_and_joins_at_the_next_round_growing_the_world() {
     let dir = |i: usize| tmp.path().join(format!("n{i}"));
     let err = |i: usize| tmp.path().join(format!("stderr{i}.txt"));
     let node = |i: usize| {
-        let mut c = in_ns(&ns, i, "2:3", 29530, &train(&data, &dir(i), extra.clone()));
+        let mut c = in_ns(
+            &ns,
+            i,
+            "2:3",
+            29530,
+            1,
+            &train(&data, &dir(i), extra.clone()),
+        );
         c.env(mnist_common::contract::ENV_SAMPLE_TRACE, &trace);
         if i == 1 {
             c.env(mnist_common::contract::ENV_FAULT, "1:0:slow=200ms");
