@@ -235,11 +235,30 @@ fn samples_per_epoch(trace: &[Line]) -> BTreeMap<usize, Vec<u32>> {
 /// Three nodes (node 0 with two processes); node 1's launcher is killed inside epoch 1 (so the survivors' node ranks, 0
 /// and 2, are not 0 … n-1 any more). Returns the outputs of nodes 0 and 2 and the trace
 /// folder.
+/// How node 1 is lost.
+#[derive(Clone, Copy, PartialEq)]
+enum Loss {
+    /// Its launcher is killed (SIGKILL): its connection closes at once.
+    Kill,
+    /// Its network is cut: only the heartbeat timeout tells.
+    Cut,
+}
+
 fn three_nodes_lose_one(
     test: &str,
     nnodes: &str,
     tmp: &Path,
 ) -> Option<(Output, Output, std::path::PathBuf)> {
+    three_nodes_lose_node_1(test, nnodes, tmp, Loss::Kill).map(|(a, b, _, t)| (a, b, t))
+}
+
+/// [`three_nodes_lose_one`] with the way node 1 is lost; also returns node 1's output.
+fn three_nodes_lose_node_1(
+    test: &str,
+    nnodes: &str,
+    tmp: &Path,
+    loss: Loss,
+) -> Option<(Output, Output, Output, std::path::PathBuf)> {
     let ns = Netns::create(test, 3)?;
     // 1200 images on 4 ranks (node 0 runs two) × batch 16: 19 steps; a checkpoint every 3
     // steps leaves a multiple of 3 × 64 images trained, so the 3 ranks left take the rest
@@ -281,12 +300,18 @@ fn three_nodes_lose_one(
     wait_for_log(&dir(1).join("rank2.log"), "rank 2: epoch 1 step 11/19");
     let n2 = nodes.pop().unwrap();
     let mut victim = nodes.pop().unwrap();
-    victim.child.kill().unwrap();
-    let _ = victim.child.wait();
+    match loss {
+        Loss::Kill => victim.child.kill().unwrap(),
+        Loss::Cut => ns.cut(1).unwrap(),
+    }
     let n2 = n2.wait(DEADLINE);
     let n0 = nodes.pop().unwrap().wait(DEADLINE);
+    if loss == Loss::Kill {
+        let _ = victim.child.wait();
+    }
+    let n1 = victim.wait(DEADLINE);
     drop(ns);
-    Some((n0, n2, trace))
+    Some((n0, n2, n1, trace))
 }
 
 #[test]
@@ -326,14 +351,20 @@ fn netns_three_nodes_2_to_3_lose_one_and_finish_on_two_seeing_every_sample_once(
         (Some(3), Some(3))
     );
     // Every sample of each epoch trained exactly once by the steps the job kept.
-    let t = read_trace(&trace);
+    assert_every_sample_once(&trace, 1200);
+}
+
+/// The exactly-once check of an elastic run's trace (see [`samples_per_epoch`]): both
+/// epochs, every one of `samples` trained once, and some line of round 1.
+fn assert_every_sample_once(trace: &Path, samples: usize) {
+    let t = read_trace(trace);
     assert!(t.iter().any(|l| l.0 == 1), "no line of round 1");
     let per = samples_per_epoch(&t);
     assert_eq!(per.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
     for (epoch, counts) in &per {
         assert_eq!(
             counts.len(),
-            1200,
+            samples,
             "epoch {epoch}: samples missing at the end"
         );
         let wrong: Vec<(usize, u32)> = counts
@@ -345,6 +376,29 @@ fn netns_three_nodes_2_to_3_lose_one_and_finish_on_two_seeing_every_sample_once(
             .collect();
         assert!(wrong.is_empty(), "epoch {epoch}: (sample, times) {wrong:?}");
     }
+}
+
+#[test]
+fn netns_three_nodes_2_to_3_survive_a_node_cut_off_the_network() {
+    let test = "netns_three_nodes_2_to_3_survive_a_node_cut_off_the_network";
+    let tmp = tempdir();
+    let Some((o0, o2, o1, trace)) = three_nodes_lose_node_1(test, "2:3", tmp.path(), Loss::Cut)
+    else {
+        return;
+    };
+    let o0 = o0.ok("node 0 after node 1 was cut off");
+    o2.ok("node 2 after node 1 was cut off");
+    assert!(
+        o0.stderr.contains("lost node 1")
+            && o0.stderr.contains("no heartbeat for 5 s")
+            && o0.stderr.contains("round 1 starts with 2 node(s) (0, 2)"),
+        "{}",
+        o0.stderr
+    );
+    // The cut node stops by itself, naming node 0.
+    assert_eq!(o1.status.code(), Some(1), "{}", o1.stderr);
+    assert!(o1.stderr.contains("lost node 0"), "{}", o1.stderr);
+    assert_every_sample_once(&trace, 1200);
 }
 
 #[test]
@@ -502,15 +556,7 @@ fn netns_a_late_node_is_held_and_joins_at_the_next_round_growing_the_world() {
         "{log0}"
     );
     assert!(dir(2).join("rank2.log").exists());
-    let per = samples_per_epoch(&read_trace(&trace));
-    assert_eq!(per.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
-    for (epoch, counts) in &per {
-        assert_eq!(counts.len(), 1200, "epoch {epoch}");
-        assert!(
-            counts.iter().all(|&c| c == 1),
-            "epoch {epoch}: not every sample exactly once"
-        );
-    }
+    assert_every_sample_once(&trace, 1200);
 }
 
 #[test]
