@@ -156,6 +156,20 @@ pub fn resume_probe(cfg: &LaunchConfig) -> ResumeProbe {
     }))
 }
 
+/// What a node tells the others about its failed worker: the launcher's line, and when the
+/// worker only saw a peer fail, its own message (which names the operation and the rank it
+/// waited for, e.g. a hung rank on another node).
+fn failure_detail(err: &LaunchError, f: &WorkerFailure) -> String {
+    let line = mnist_common::error_line(err);
+    let peer = Exit::Code(mnist_common::contract::EXIT_PEER_FAILED);
+    match crate::error_file::worker_message(&f.tail) {
+        Some(msg) if f.first.exit == peer => {
+            format!("{line}; rank {} reported: {msg}", f.first.rank)
+        }
+        _ => line,
+    }
+}
+
 /// How long a node whose worker failed waits for the server's verdict (restart or abort).
 const VERDICT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -200,7 +214,7 @@ pub fn run_node_rounds(
             // This node's own failure: tell the server and hear whether the job restarts.
             LaunchError::WorkerFailed(f) => {
                 node.session
-                    .report_failure(&mnist_common::error_line(&err), restartable(f));
+                    .report_failure(&failure_detail(&err, f), restartable(f));
                 node.session.wait_event(VERDICT_WAIT)
             }
             LaunchError::Aborted { .. } => node.session.event(),

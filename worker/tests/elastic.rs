@@ -649,3 +649,77 @@ fn restarts_used_up_across_nodes_end_every_node_with_the_root_cause() {
     );
     assert_eq!(v["rounds"].as_array().map(Vec::len), Some(2), "{v}");
 }
+
+#[test]
+fn a_hung_rank_on_node_1_is_found_by_its_peer_and_both_nodes_restart() {
+    let tmp = tempdir();
+    let data = make_data(tmp.path(), 640, 100);
+    let extra = args![
+        "--epochs",
+        1,
+        "--batch-size",
+        32,
+        "--checkpoint-every",
+        2,
+        "--max-restarts",
+        1,
+        "--timeout",
+        10
+    ];
+    let dir = |i: usize| tmp.path().join(format!("n{i}"));
+    let err = |i: usize| tmp.path().join(format!("stderr{i}.txt"));
+    let node = |i: usize, port: u16| {
+        let mut c = Command::new(launcher_bin());
+        c.args(train(&data, &dir(i), extra.clone())).args(args![
+            "--nnodes",
+            2,
+            "--node-rank",
+            i,
+            "--master-port",
+            port,
+            "--nproc",
+            1
+        ]);
+        for v in ["RANK", "WORLD_SIZE", "MNIST_RUN_ID", "MNIST_STORE"] {
+            c.env_remove(v);
+        }
+        // Rank 1 blocks forever at step 5 of round 0, its connections open.
+        c.env(mnist_common::contract::ENV_FAULT, "1:5:hang");
+        c
+    };
+    let mut kids = KillOnDrop(vec![spawn_logged(node(0, 0), &err(0))]);
+    wait_for_log(&err(0), "serving the rendezvous");
+    let e0 = std::fs::read_to_string(err(0)).unwrap();
+    let port: u16 = e0
+        .split("on port ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {e0}"));
+    kids.0.push(spawn_logged(node(1, port), &err(1)));
+    for (i, c) in kids.0.iter_mut().enumerate() {
+        let code = wait_child(c, &format!("node {i}"));
+        assert_eq!(
+            code,
+            Some(0),
+            "node {i}:\n{}",
+            std::fs::read_to_string(err(i)).unwrap_or_default()
+        );
+    }
+    for i in 0..2 {
+        let e = std::fs::read_to_string(err(i)).unwrap();
+        let l = e
+            .lines()
+            .find(|l| l.contains(&format!("node {i}: restart 1 of 1")))
+            .unwrap_or_else(|| panic!("node {i}: no restart line:\n{e}"));
+        // Rank 0 timed out in a collective waiting for rank 1, and says so on both nodes.
+        assert!(
+            l.contains("rank 0 reported: ")
+                && l.contains("timed out after ")
+                && l.contains("waiting for rank(s) [1]"),
+            "{l}"
+        );
+    }
+    let m = metrics(&dir(0));
+    assert_eq!(m[0]["restarts"].as_u64(), Some(1), "{m:?}");
+}
