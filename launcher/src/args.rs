@@ -78,7 +78,9 @@ pub struct LaunchArgs {
     pub grace_period: f64,
     /// Restart all workers up to N times when one fails (exit, signal, lost peer, hang past
     /// --timeout), each time resuming from the newest checkpoint of this job (see
-    /// --checkpoint-every); after N restarts the launch fails with the last root cause.
+    /// --checkpoint-every); after N restarts the launch fails with the last root cause. With
+    /// several nodes every node restarts in a new rendezvous round (and with --nnodes MIN:MAX
+    /// a lost node is left out); give every node the same value.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub max_restarts: u32,
     /// The worker program [default: mnist-worker next to this executable].
