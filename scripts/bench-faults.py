@@ -6,8 +6,12 @@
   - resume:  seconds from that line to the first training step of the restarted round,
   - lost:    steps done before the fault that had to be done again,
   - accuracy of the finished run against an uninterrupted one.
+The last row loses a whole node: three launchers on loopback (`--nnodes 2:3`, one process
+each), node 2's launcher killed with SIGKILL in the middle of epoch 2; the other two continue
+with 2 ranks (detect: the kill -> node 0's `lost node 2` line; resume: that line -> rank 1's
+first step of round 1).
 Prints a Markdown table. Usage (after `cargo build -p mnist-launch -p mnist-worker`):
-    scripts/bench-faults.py [--train N] [--test N] [--every K] [--bin DIR]
+    scripts/bench-faults.py [--train N] [--test N] [--every K] [--bin DIR] [--only NAME]
 Needs only the Python standard library; reads data/mnist (gzipped or raw IDX)."""
 
 import argparse
@@ -52,13 +56,13 @@ def subset(src, dst, n_train, n_test):
 class Run:
     """One launch whose stderr lines are time-stamped as they arrive."""
 
-    def __init__(self, bin_dir, data, out, extra, fault=None):
+    def __init__(self, bin_dir, data, out, extra, fault=None, nproc=2):
         env = dict(os.environ)
         env.pop("MNIST_FAULT", None)
         if fault:
             env["MNIST_FAULT"] = fault
         args = [str(bin_dir / "mnist-launch"), "--device", "cpu", "--threads", "1",
-                "--progress", "never", "--backend", "cpu", "--nproc", "2",
+                "--progress", "never", "--backend", "cpu", "--nproc", str(nproc),
                 "--data", str(data), "--path", str(out), "--epochs", "2",
                 "--batch-size", "64", "--test-batch-size", "500", "--log-interval", "1"] + extra
         self.out = Path(out)
@@ -138,6 +142,54 @@ def metrics(out):
     return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
+def lost_node(a, data, work):
+    """Three loopback nodes with --nnodes 2:3; node 2's launcher is killed mid epoch 2. The
+    accuracy is compared with an uninterrupted run of 3 ranks (the same global batch before
+    the loss; 2 ranks after it)."""
+    base3 = Run(a.bin, data, work / "straight3", ["--checkpoint-every", str(a.every)], nproc=3)
+    assert base3.wait() == 0, "the uninterrupted 3-rank run failed"
+    ref = metrics(work / "straight3")[-1]
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    steps3 = -(-(-(-a.train // 3)) // 64)  # ceil(ceil(train / 3) / 64)
+    marker = "---- mnist-launch: restart round 1 ----"
+    runs = []
+    for i in range(3):
+        extra = ["--nnodes", "2:3", "--node-rank", str(i), "--master-port", str(port),
+                 "--checkpoint-every", str(a.every), "--max-restarts", "1",
+                 "--timeout", str(a.timeout), "--grace-period", "1"]
+        # Node 2 is paced in round 0 so the kill lands mid-epoch.
+        fault = "2:0:slow=100ms" if i == 2 else None
+        runs.append(Run(a.bin, data, work / f"lost-n{i}", extra, fault, nproc=1))
+    runs[2].watch_log("rank2.log", rf"rank 2: epoch 2 step {steps3 // 2}/")
+    runs[2].proc.send_signal(signal.SIGKILL)
+    t_kill = time.monotonic()
+    rcs = [runs[0].wait(), runs[1].wait()]
+    runs[2].wait()
+    t_lost, _ = runs[0].first(r"rendezvous: lost node 2")
+    t_lost = runs[0].start + t_lost if t_lost is not None else None
+    # Rank 1's first step of round 1.
+    t_resume = runs[1].seen.get("trained")  # noted by node 1's log watcher while it ran
+    t_resume = runs[1].start + t_resume if t_resume is not None else None
+    log0 = (work / "lost-n0" / "rank0.log").read_text(errors="replace")
+    m = re.search(r"\(step (\d+);", log0.split(marker)[-1])
+    resumed = int(m.group(1)) if m else 0
+    first = (work / "lost-n1" / "rank1.log").read_text(errors="replace").split(marker)[0]
+    last = re.findall(r"rank 1: epoch (\d+) step (\d+)/", first)
+    done = (int(last[-1][0]) - 1) * steps3 + int(last[-1][1]) if last else 0
+    out0 = work / "lost-n0"
+    final = metrics(out0)[-1] if (out0 / "metrics.jsonl").exists() else {}
+    return ("lost node (launcher SIGKILL)",
+            f"node 2 of 3 (--nnodes 2:3), epoch 2 mid; continues on 2",
+            f"{t_lost - t_kill:.1f}" if t_lost else "–",
+            f"{t_resume - t_lost:.1f}" if t_resume and t_lost else "–",
+            max(done - resumed, 0),
+            f"{final.get('test_top1', float('nan')):.2f} vs {ref['test_top1']:.2f} (3 ranks)"
+            + ("" if rcs == [0, 0] else f" (exit {rcs})"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=6400)
@@ -145,6 +197,7 @@ def main():
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--bin", type=Path, default=ROOT / "target" / "debug")
     ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument("--only", default="", help="run only the rows whose fault name contains this")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-faults-"))
     data = work / "data"
@@ -169,7 +222,7 @@ def main():
         ("crash-in-checkpoint", f"rank 0, checkpoint at step ≥ {at}",
          f"0:{at}:crash-in-checkpoint", None),
     ]
-    for name, where, fault, sig in cases:
+    for name, where, fault, sig in [c for c in cases if a.only in c[0]]:
         out = work / re.sub(r"\W+", "-", name)
         # External signals: pace rank 1 in round 0 so the signal lands mid-epoch.
         f = fault or "1:0:slow=100ms"
@@ -200,6 +253,8 @@ def main():
                      max(done - resumed_step, 0),
                      f"{final.get('test_top1', float('nan')):.2f} vs {ref['test_top1']:.2f}"
                      + ("" if rc == 0 else f" (exit {rc})")))
+    if a.only in "lost node":
+        rows.append(lost_node(a, data, work))
     print(f"Subset: {a.train} train / {a.test} test images, 2 ranks × batch 64 ({steps} steps "
           f"per epoch), 2 epochs, --checkpoint-every {a.every}, --timeout {a.timeout:g}, "
           "--grace-period 1, --max-restarts 1")

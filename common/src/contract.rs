@@ -48,6 +48,10 @@ pub const ENV_RUN_ID: &str = "MNIST_RUN_ID";
 /// The launcher's restart round of this worker: 0 for the first attempt, N after the Nth
 /// restart (`--max-restarts`; torchrun's `TORCHELASTIC_RESTART_COUNT`). Default 0.
 pub const ENV_RESTART_ROUND: &str = "MNIST_RESTART_ROUND";
+/// `1` when the job's world size may change between restart rounds (`--nnodes MIN:MAX`): a
+/// worker then resumes a checkpoint written by another number of processes, re-sharding the
+/// rest of the epoch. Set by the launcher.
+pub const ENV_ELASTIC: &str = "MNIST_ELASTIC";
 /// Seconds a worker waits at the rendezvous for its peers.
 pub const ENV_RENDEZVOUS_TIMEOUT: &str = "MNIST_RENDEZVOUS_TIMEOUT";
 /// The IP address rank 0 advertises to ranks on other hosts (default: the first non-loopback
@@ -80,6 +84,10 @@ pub const ENV_FAULT: &str = "MNIST_FAULT";
 /// times, no breakdown fields), so `scripts/bench-overhead.sh` can measure its cost. Every
 /// rank must see the same value. Default: on.
 pub const ENV_TIME_BREAKDOWN: &str = "MNIST_TIME_BREAKDOWN";
+/// Sample trace for tests: a folder where every rank appends, per optimizer step, one line
+/// `<restart round> <step> <epoch> <index>,<index>,...` (the dataset indices it trained) to
+/// `samples-<pid>.txt`. Nothing is written unless it is set.
+pub const ENV_SAMPLE_TRACE: &str = "MNIST_SAMPLE_TRACE";
 
 // ---- Environment: tuning of the shared-memory backend (rarely needed) ----
 

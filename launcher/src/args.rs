@@ -32,9 +32,12 @@ pub struct LaunchArgs {
     /// GPUs to use, e.g. 0,2: rank r uses the r-th entry (passed to workers as MNIST_GPUS).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub gpus: Option<Vec<usize>>,
-    /// Number of machines (nodes) in the job; each runs one mnist-launch.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub nnodes: usize,
+    /// Number of machines (nodes) in the job; each runs one mnist-launch. `MIN:MAX`: elastic;
+    /// the job starts with MAX nodes (or with at least MIN when --rendezvous-timeout ends),
+    /// and when a node is lost while at least MIN remain, the others continue in a new
+    /// rendezvous round with fewer processes (needs --max-restarts; node 0 must survive).
+    #[arg(long, default_value = "1", value_name = "N|MIN:MAX", value_parser = NodeCount::parse)]
+    pub nnodes: NodeCount,
     /// This machine's rank among the nodes, 0 … nnodes-1 (node 0 serves the rendezvous;
     /// global ranks follow node-rank order).
     #[arg(long, default_value_t = 0, value_name = "R")]
@@ -75,7 +78,9 @@ pub struct LaunchArgs {
     pub grace_period: f64,
     /// Restart all workers up to N times when one fails (exit, signal, lost peer, hang past
     /// --timeout), each time resuming from the newest checkpoint of this job (see
-    /// --checkpoint-every); after N restarts the launch fails with the last root cause.
+    /// --checkpoint-every); after N restarts the launch fails with the last root cause. With
+    /// several nodes every node restarts in a new rendezvous round (and with --nnodes MIN:MAX
+    /// a lost node is left out); give every node the same value.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub max_restarts: u32,
     /// The worker program [default: mnist-worker next to this executable].
@@ -130,6 +135,8 @@ pub struct LaunchConfig {
 /// A job spanning several machines, as this node sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MultiNode {
+    /// `--nnodes MIN:MAX`: the fewest nodes a round may run with (`nnodes` unless elastic).
+    pub min_nodes: usize,
     /// Number of nodes.
     pub nnodes: usize,
     /// This node's rank.
@@ -175,6 +182,57 @@ impl Environment {
                 .ok()
                 .filter(|s| !s.is_empty()),
             slurm: mnist_env::slurm::launcher_nodes(&std::env::vars().collect()),
+        }
+    }
+}
+
+/// `--nnodes N` or `--nnodes MIN:MAX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeCount {
+    /// The fewest nodes a round may run with (`max` unless elastic).
+    pub min: usize,
+    /// The number of nodes the job starts with when all come.
+    pub max: usize,
+}
+
+impl NodeCount {
+    /// Parse `N` or `MIN:MAX` (1 ≤ MIN ≤ MAX).
+    pub fn parse(s: &str) -> Result<NodeCount, String> {
+        let num = |v: &str| -> Result<usize, String> {
+            v.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| {
+                    format!("{v:?} is not a whole number ≥ 1 (expected N or MIN:MAX, e.g. 2:3)")
+                })
+        };
+        match s.split_once(':') {
+            None => num(s).map(|n| NodeCount { min: n, max: n }),
+            Some((a, b)) => {
+                let (min, max) = (num(a)?, num(b)?);
+                if min > max {
+                    return Err(format!(
+                        "MIN {min} is above MAX {max} (expected MIN:MAX with MIN ≤ MAX)"
+                    ));
+                }
+                Ok(NodeCount { min, max })
+            }
+        }
+    }
+
+    /// Whether the node count may shrink (MIN below MAX).
+    pub fn elastic(&self) -> bool {
+        self.min < self.max
+    }
+}
+
+impl std::fmt::Display for NodeCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.elastic() {
+            write!(f, "{}:{}", self.min, self.max)
+        } else {
+            write!(f, "{}", self.max)
         }
     }
 }
@@ -376,15 +434,11 @@ impl LaunchArgs {
         check_executable(&worker_bin)?;
         let nodes = self.with_engine_nodes(env, &mut notes)?;
         let multi = nodes.multi_node(&train, env, nproc)?;
-        if self.max_restarts > 0 && multi.is_some() {
-            return Err(ArgsError::Nodes {
-                flag: "--max-restarts",
-                value: self.max_restarts.to_string(),
-                expected: format!(
-                    "0 with --nnodes {} (restarting the workers of several machines in a new rendezvous round is not built yet)",
-                    nodes.nnodes
-                ),
-            });
+        if nodes.nnodes.elastic() && self.max_restarts == 0 {
+            notes.push(format!(
+                "--nnodes {}: without --max-restarts a lost node ends the job (each new rendezvous round counts as a restart)",
+                nodes.nnodes
+            ));
         }
         if self.max_restarts > 0 && self.train.evaluate.is_some() {
             notes.push("--max-restarts has no effect with --evaluate".into());
@@ -433,7 +487,10 @@ impl LaunchArgs {
             Ok(Some(n)) if n.nnodes > 1 => n,
             Ok(_) => return Ok(a),
         };
-        a.nnodes = n.nnodes;
+        a.nnodes = NodeCount {
+            min: n.nnodes,
+            max: n.nnodes,
+        };
         a.node_rank = n.node_rank;
         a.master_addr = n.master_addr.clone();
         a.master_port = n.master_port;
@@ -458,21 +515,15 @@ impl LaunchArgs {
         env: &Environment,
         nproc: usize,
     ) -> Result<Option<MultiNode>, ArgsError> {
-        if self.nnodes == 0 {
-            return Err(ArgsError::Nodes {
-                flag: "--nnodes",
-                value: "0".into(),
-                expected: "an integer ≥ 1".into(),
-            });
-        }
-        if self.node_rank >= self.nnodes {
+        let nnodes = self.nnodes.max;
+        if self.node_rank >= nnodes {
             return Err(ArgsError::Nodes {
                 flag: "--node-rank",
                 value: self.node_rank.to_string(),
-                expected: format!("0 … {} (below --nnodes {})", self.nnodes - 1, self.nnodes),
+                expected: format!("0 … {} (below --nnodes {})", nnodes - 1, self.nnodes),
             });
         }
-        if self.nnodes == 1 {
+        if nnodes == 1 {
             return Ok(None);
         }
         if self.train.evaluate.is_some() {
@@ -518,14 +569,22 @@ impl LaunchArgs {
         } else {
             format!("{host}:{port}")
         };
+        let mut fingerprint = crate::fingerprint::of(train, nproc)?;
+        fingerprint
+            .0
+            .push(("--nnodes".into(), self.nnodes.to_string()));
+        fingerprint
+            .0
+            .push(("--max-restarts".into(), self.max_restarts.to_string()));
         Ok(Some(MultiNode {
-            nnodes: self.nnodes,
+            nnodes,
+            min_nodes: self.nnodes.min,
             node_rank: self.node_rank,
             endpoint,
             port,
             rdzv_id: self.rdzv_id.clone(),
             local_addr,
-            fingerprint: crate::fingerprint::of(train, nproc)?,
+            fingerprint,
         }))
     }
 }
@@ -737,8 +796,22 @@ mod tests {
             msg.contains("MNIST_SOCKET_IFNAME") && msg.contains("nosuchif9"),
             "{msg}"
         );
+        for bad in ["0", "3:2", "x", "2:"] {
+            let e = LaunchArgs::try_parse_argv(["mnist-launch", "--nnodes", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--nnodes") && e.contains(bad), "{bad}: {e}");
+        }
+        let c = parse(&["--nnodes", "2:3", "--node-rank", "2", "--max-restarts", "2"])
+            .resolve_in(&env(0))
+            .unwrap()
+            .multi
+            .unwrap();
+        assert_eq!((c.min_nodes, c.nnodes), (2, 3));
+        for (k, v) in [("--nnodes", "2:3"), ("--max-restarts", "2")] {
+            assert!(c.fingerprint.0.iter().any(|(a, b)| a == k && b == v), "{k}");
+        }
         let cases: &[(&[&str], &str)] = &[
-            (&["--nnodes", "0"], "--nnodes"),
             (&["--nnodes", "2", "--node-rank", "2"], "--node-rank"),
             (
                 &["--nnodes", "2", "--rdzv-endpoint", "nohostport"],

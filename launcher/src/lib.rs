@@ -246,24 +246,20 @@ pub fn run(cfg: &LaunchConfig) -> Result<(), LaunchError> {
     error_file::remove_stale(&cfg.log_dir);
     let signals = signals::install().map_err(LaunchError::Signals)?;
     // Several machines: meet the other nodes first (node 0 serves the rendezvous).
-    let node = match &cfg.multi {
+    let mut node = match &cfg.multi {
         Some(m) => Some(
-            multinode::start(cfg, m).map_err(|source| LaunchError::Rendezvous {
-                node: m.node_rank,
-                source,
+            multinode::start(cfg, m, restart::resume_probe(cfg)).map_err(|source| {
+                LaunchError::Rendezvous {
+                    node: m.node_rank,
+                    source,
+                }
             })?,
         ),
         None => None,
     };
     let mut rounds = restart::History::default();
-    let result = match &node {
-        Some(n) => {
-            let run_id = n.session.plan.run_id.clone();
-            rounds.start(0, &run_id, false);
-            let r = run_workers(cfg, &run_id, &n.layout(), Some(n), 0, &signals);
-            rounds.end(&r);
-            r
-        }
+    let result = match &mut node {
+        Some(n) => restart::run_node_rounds(cfg, n, &signals, &mut rounds),
         None => restart::run_rounds(cfg, &signals, &mut rounds),
     };
     if let Err(LaunchError::WorkerFailed(f)) = &result {
@@ -317,11 +313,16 @@ fn run_workers(
         std::env::vars_os(),
         cores,
     );
+    let elastic = cfg.multi.as_ref().is_some_and(|m| m.min_nodes < m.nnodes);
     for s in &mut specs {
         s.env.push((
             mnist_common::contract::ENV_RESTART_ROUND.into(),
             round.to_string().into(),
         ));
+        if elastic {
+            s.env
+                .push((mnist_common::contract::ENV_ELASTIC.into(), "1".into()));
+        }
     }
     log_config(cfg, run_id, rendezvous.as_deref(), &specs, node);
 
@@ -352,7 +353,8 @@ fn run_workers(
     if !pumps.finish(DRAIN_TIMEOUT) {
         eprintln!("mnist-launch: warning: a worker's output pipe stayed open after it exited (a child process of it?); not waiting for it");
     }
-    let node_rank = layout.node_rank;
+    // Messages name the node by its --node-rank (the layout has its place in the round).
+    let node_rank = node.map_or(layout.node_rank, |n| n.multi.node_rank);
     match outcome {
         Outcome::Success => Ok(()),
         Outcome::Interrupted(signal) => Err(LaunchError::Interrupted {

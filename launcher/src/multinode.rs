@@ -1,11 +1,14 @@
 //! This node's part in a job spanning several machines: node 0 serves the rendezvous on the
 //! master port ([`mnist_rdzv::Server`]), every node (node 0 included) registers through it and
 //! gets the job's [`mnist_rdzv::Plan`]; the session then carries heartbeats until the node's
-//! workers end.
+//! workers end. After a restart order ([`mnist_rdzv::Event::Restart`]) the node registers
+//! again ([`Node::rejoin`]) and gets the next round's plan; node 0's server stays up.
 
 use crate::args::{LaunchConfig, MultiNode};
 use crate::spec::Layout;
-use mnist_rdzv::{Heartbeat, JoinRequest, NodeSession, RdzvError, Server, ServerConfig};
+use mnist_rdzv::{
+    Heartbeat, JoinRequest, NodeSession, RdzvError, ResumeProbe, Server, ServerConfig,
+};
 use std::time::Duration;
 
 /// How long node 0 keeps serving, after its own workers ended, for the other nodes to finish.
@@ -19,10 +22,15 @@ pub struct Node {
     server: Option<Server>,
     /// The node's settings.
     pub multi: MultiNode,
+    /// Its registration (sent again for each round).
+    req: JoinRequest,
+    /// How long to wait for a round to form.
+    timeout: Duration,
 }
 
-/// Serve the rendezvous (node 0) and join it; returns when every node has joined.
-pub fn start(cfg: &LaunchConfig, m: &MultiNode) -> Result<Node, RdzvError> {
+/// Serve the rendezvous (node 0; `resume` tells its server whether a restarted round can
+/// resume) and join it; returns when every node has joined.
+pub fn start(cfg: &LaunchConfig, m: &MultiNode, resume: ResumeProbe) -> Result<Node, RdzvError> {
     let timeout = Duration::from_secs_f64(cfg.rendezvous_timeout_s);
     let mut endpoint = m.endpoint.clone();
     let server = if m.node_rank == 0 {
@@ -34,6 +42,9 @@ pub fn start(cfg: &LaunchConfig, m: &MultiNode) -> Result<Node, RdzvError> {
             timeout,
             heartbeat: Heartbeat::default(),
             new_run_id: crate::spec::new_run_id,
+            min_nodes: m.min_nodes,
+            max_restarts: cfg.max_restarts,
+            resume,
         })?;
         if m.port == 0 {
             if let Some((host, _)) = endpoint.rsplit_once(':') {
@@ -42,7 +53,11 @@ pub fn start(cfg: &LaunchConfig, m: &MultiNode) -> Result<Node, RdzvError> {
         }
         eprintln!(
             "mnist-launch: node 0: serving the rendezvous of {} nodes on port {} (every interface; --rdzv-id {})",
-            m.nnodes,
+            if m.min_nodes < m.nnodes {
+                format!("{} to {}", m.min_nodes, m.nnodes)
+            } else {
+                m.nnodes.to_string()
+            },
             srv.port(),
             m.rdzv_id
         );
@@ -72,7 +87,7 @@ pub fn start(cfg: &LaunchConfig, m: &MultiNode) -> Result<Node, RdzvError> {
     } else {
         timeout
     };
-    let session = match mnist_rdzv::join(&endpoint, req, wait, Heartbeat::default()) {
+    let session = match mnist_rdzv::join(&endpoint, req.clone(), wait, Heartbeat::default()) {
         Ok(s) => s,
         Err(e) => {
             if let Some(srv) = &server {
@@ -84,23 +99,49 @@ pub fn start(cfg: &LaunchConfig, m: &MultiNode) -> Result<Node, RdzvError> {
     };
     let mut multi = m.clone();
     multi.endpoint = endpoint;
+    let req = JoinRequest {
+        addr: session.addr.clone(),
+        ..req
+    };
     Ok(Node {
         session,
         server,
         multi,
+        req,
+        timeout: wait,
     })
 }
 
 impl Node {
+    /// After a restart order: register again (a new connection) and wait for the next
+    /// round's plan.
+    pub fn rejoin(&mut self) -> Result<(), RdzvError> {
+        let session = mnist_rdzv::join(
+            &self.multi.endpoint,
+            self.req.clone(),
+            self.timeout,
+            Heartbeat::default(),
+        )?;
+        self.session = session;
+        Ok(())
+    }
+
     /// Where this node's workers sit in the job.
     pub fn layout(&self) -> Layout {
         let plan = &self.session.plan;
         let ranks = plan.ranks_of(self.multi.node_rank);
+        // The workers' GROUP_RANK is the node's place in this round: after a node is lost
+        // the survivors' --node-rank values need not be 0 … n-1 any more.
+        let group_rank = plan
+            .nodes
+            .iter()
+            .position(|n| n.node_rank == self.multi.node_rank)
+            .unwrap_or(0);
         Layout {
             first_rank: ranks.start,
             world_size: plan.world_size,
-            node_rank: self.multi.node_rank,
-            nnodes: self.multi.nnodes,
+            node_rank: group_rank,
+            nnodes: plan.nodes.len(),
             store: Some(self.multi.endpoint.clone()),
             advertised_addr: Some(self.session.addr.clone()),
         }

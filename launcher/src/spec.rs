@@ -4,9 +4,9 @@
 
 use crate::args::LaunchConfig;
 use mnist_common::contract::{
-    WorkerIdentity, ENV_GPUS, ENV_LOCAL_RANK, ENV_LOCAL_WORLD_SIZE, ENV_NNODES, ENV_NODE_RANK,
-    ENV_OMP_NUM_THREADS, ENV_RANK, ENV_RENDEZVOUS, ENV_RENDEZVOUS_ADDR, ENV_RENDEZVOUS_TIMEOUT,
-    ENV_RESTART_ROUND, ENV_RUN_ID, ENV_STORE, ENV_WORLD_SIZE,
+    WorkerIdentity, ENV_ELASTIC, ENV_GPUS, ENV_LOCAL_RANK, ENV_LOCAL_WORLD_SIZE, ENV_NNODES,
+    ENV_NODE_RANK, ENV_OMP_NUM_THREADS, ENV_RANK, ENV_RENDEZVOUS, ENV_RENDEZVOUS_ADDR,
+    ENV_RENDEZVOUS_TIMEOUT, ENV_RESTART_ROUND, ENV_RUN_ID, ENV_STORE, ENV_WORLD_SIZE,
 };
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -29,6 +29,7 @@ const OWNED: &[&str] = &[
     ENV_NODE_RANK,
     ENV_NNODES,
     ENV_RESTART_ROUND,
+    ENV_ELASTIC,
 ];
 
 /// Where this node's workers sit in the job.
@@ -38,9 +39,10 @@ pub struct Layout {
     pub first_rank: usize,
     /// Workers in the whole job.
     pub world_size: usize,
-    /// This node's rank.
+    /// This node's place among the nodes of the current round, 0 … nnodes-1 (the workers'
+    /// `GROUP_RANK`; equals `--node-rank` until a node is lost).
     pub node_rank: usize,
-    /// Number of nodes.
+    /// Number of nodes in the current round.
     pub nnodes: usize,
     /// The TCP rendezvous store `HOST:PORT` (several nodes).
     pub store: Option<String>,

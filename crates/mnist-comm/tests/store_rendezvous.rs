@@ -18,6 +18,9 @@ fn started_store() -> (Server, mnist_rdzv::NodeSession, String, String) {
         timeout: Duration::from_secs(60),
         heartbeat: Heartbeat::default(),
         new_run_id: || "store-run".into(),
+        min_nodes: 1,
+        max_restarts: 0,
+        resume: mnist_rdzv::ResumeProbe::never(),
     })
     .unwrap();
     let ep = format!("127.0.0.1:{}", srv.port());

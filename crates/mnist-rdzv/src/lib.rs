@@ -8,12 +8,17 @@
 //!   rank, a node of another job, a late node or a timeout is named in one line on every node.
 //!   The launchers' connections then carry heartbeats both ways: a node that is lost (its
 //!   launcher killed, its network cut) makes the server tell every other node, naming it.
+//! - **Rounds** (`--max-restarts`, `--nnodes MIN:MAX`): after a failed worker or a lost node
+//!   the server may order a restart ([`Event::Restart`]); the nodes register again and the
+//!   next round forms from the survivors (and nodes held since they came late), with a new run
+//!   id and store. Node 0's server outlives the rounds; losing node 0 ends the job.
 //! - **Store** ([`store::StoreClient`]): a key-value store with blocking reads for the workers
 //!   of a started run (rank 0 publishes its group address, the others wait for it).
 //!
 //! Every connection starts with a versioned preamble ([`wire`]), so two program versions
 //! never misread each other.
 
+pub mod coordinator;
 pub mod endpoint;
 mod kv;
 pub mod net;
@@ -25,10 +30,11 @@ pub mod store_server;
 pub mod tcpstore;
 pub mod wire;
 
+pub use coordinator::{Coordinator, Verdict};
 pub use endpoint::{KvStore, StoreEndpoint};
-pub use node::{join, NodeSession};
-pub use protocol::{Coordinator, Fingerprint, JoinRequest, NodeEntry, Plan, Verdict};
-pub use server::{Server, ServerConfig};
+pub use node::{join, Event, NodeSession};
+pub use protocol::{Fingerprint, JoinRequest, NodeEntry, Plan};
+pub use server::{ResumeProbe, Server, ServerConfig};
 pub use store::StoreClient;
 pub use store_server::StoreServer;
 pub use tcpstore::TcpStoreClient;

@@ -1,6 +1,7 @@
 //! The launcher's side: [`join`] registers this node and waits for the [`Plan`]; the returned
 //! [`NodeSession`] keeps heartbeats going both ways and reports an abort (another node failed
-//! or was lost, or node 0 itself is gone) through [`NodeSession::abort_reason`].
+//! or was lost, or node 0 itself is gone) or a restart order (a new round, `--max-restarts`)
+//! through [`NodeSession::event`].
 
 use crate::net::connect_retry;
 use crate::protocol::{FromNode, Hello, JoinRequest, Plan, ToNode};
@@ -23,8 +24,31 @@ pub struct NodeSession {
     pub addr: String,
     endpoint: String,
     writer: Arc<Mutex<TcpStream>>,
-    abort: Arc<Mutex<Option<String>>>,
+    event: Arc<Mutex<Option<Event>>>,
     stop: Arc<AtomicBool>,
+}
+
+/// What the server told a started node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The job is over (another node failed or was lost, or node 0 is gone).
+    Abort(String),
+    /// Stop the workers and register again for round `round`.
+    Restart {
+        /// The next round.
+        round: u32,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The reason, for messages.
+    pub fn reason(&self) -> &str {
+        match self {
+            Event::Abort(r) | Event::Restart { reason: r, .. } => r,
+        }
+    }
 }
 
 fn lost_detail(e: &io::Error, hb: Heartbeat) -> String {
@@ -95,7 +119,7 @@ pub fn join(
         match read_frame::<ToNode>(&mut s) {
             Ok(ToNode::Ping) => {}
             Ok(ToNode::Start(p)) => break p,
-            Ok(ToNode::Reject(reason) | ToNode::Abort(reason)) => {
+            Ok(ToNode::Reject(reason) | ToNode::Abort(reason) | ToNode::Restart { reason, .. }) => {
                 return Err(stop_on_err(RdzvError::Refused {
                     endpoint: endpoint.to_string(),
                     reason,
@@ -109,23 +133,26 @@ pub fn join(
             }
         }
     };
-    let abort = Arc::new(Mutex::new(None));
+    let event = Arc::new(Mutex::new(None));
     {
-        let (abort, stop, endpoint) = (abort.clone(), stop.clone(), endpoint.to_string());
+        let (event, stop, endpoint) = (event.clone(), stop.clone(), endpoint.to_string());
         let _ = std::thread::Builder::new()
             .name("rdzv-watch".into())
             .spawn(move || loop {
-                let why = match read_frame::<ToNode>(&mut s) {
+                let ev = match read_frame::<ToNode>(&mut s) {
                     Ok(ToNode::Ping | ToNode::Start(_)) => continue,
-                    Ok(ToNode::Abort(r) | ToNode::Reject(r)) => r,
-                    Err(e) => format!(
+                    Ok(ToNode::Abort(r) | ToNode::Reject(r)) => Event::Abort(r),
+                    Ok(ToNode::Restart { round, reason }) => Event::Restart { round, reason },
+                    Err(e) => Event::Abort(format!(
                         "lost node 0 (the rendezvous at {endpoint}): {}",
                         lost_detail(&e, hb)
-                    ),
+                    )),
                 };
-                if !stop.load(Ordering::SeqCst) {
-                    if let Ok(mut a) = abort.lock() {
-                        a.get_or_insert(why);
+                // After a restart order the connection is done with; its close is no news.
+                let restart = matches!(ev, Event::Restart { .. });
+                if !stop.load(Ordering::SeqCst) || restart {
+                    if let Ok(mut a) = event.lock() {
+                        a.get_or_insert(ev);
                     }
                 }
                 return;
@@ -137,15 +164,35 @@ pub fn join(
         addr: req.addr,
         endpoint: endpoint.to_string(),
         writer,
-        abort,
+        event,
         stop,
     })
 }
 
 impl NodeSession {
-    /// Why the job must stop, once another node failed or was lost, or node 0 is gone.
+    /// Why this node's workers must stop, once another node failed or was lost, node 0 is
+    /// gone, or the server ordered a restart.
     pub fn abort_reason(&self) -> Option<String> {
-        self.abort.lock().ok().and_then(|a| a.clone())
+        self.event().map(|e| e.reason().to_string())
+    }
+
+    /// What the server said, if anything yet.
+    pub fn event(&self) -> Option<Event> {
+        self.event.lock().ok().and_then(|a| a.clone())
+    }
+
+    /// Wait up to `max` for the server's word ([`NodeSession::event`]).
+    pub fn wait_event(&self, max: Duration) -> Option<Event> {
+        let deadline = Instant::now() + max;
+        loop {
+            if let Some(e) = self.event() {
+                return Some(e);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The rendezvous endpoint (`HOST:PORT`).
@@ -157,12 +204,24 @@ impl NodeSession {
     /// how; the server tells the other nodes). Heartbeats stop.
     pub fn leave(&self, ok: bool, detail: &str) {
         self.stop.store(true, Ordering::SeqCst);
+        self.send_leave(ok, detail, false);
+    }
+
+    /// Tell the server this node's workers failed (`detail` says how) and keep listening: the
+    /// server answers with a restart order or an abort ([`NodeSession::wait_event`]).
+    /// `restartable` false: starting them again cannot help (a worker refused its input).
+    pub fn report_failure(&self, detail: &str, restartable: bool) {
+        self.send_leave(false, detail, restartable);
+    }
+
+    fn send_leave(&self, ok: bool, detail: &str, restartable: bool) {
         if let Ok(mut w) = self.writer.lock() {
             let _ = write_frame(
                 &mut *w,
                 &FromNode::Leave {
                     ok,
                     detail: detail.to_string(),
+                    restartable,
                 },
             );
         }

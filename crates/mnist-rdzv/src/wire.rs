@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 /// First bytes either side sends on a rendezvous connection.
 pub const MAGIC: &[u8; 8] = b"MNISTRZV";
 /// Version of the messages this program speaks; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest message accepted (a store value is at most a few kilobytes in practice).
 pub const MAX_FRAME: usize = 16 << 20;
 

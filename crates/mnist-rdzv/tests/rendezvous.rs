@@ -30,6 +30,9 @@ fn server(nnodes: usize, timeout_s: u64) -> Server {
         timeout: Duration::from_secs(timeout_s),
         heartbeat: HB,
         new_run_id: || "run-1".into(),
+        min_nodes: nnodes,
+        max_restarts: 0,
+        resume: mnist_rdzv::ResumeProbe::never(),
     })
     .unwrap()
 }
@@ -218,6 +221,8 @@ fn losing_node_0_is_seen_by_the_other_nodes() {
             run_id: "r".into(),
             world_size: 1,
             nodes: vec![],
+            round: 0,
+            resume: false,
         };
         mnist_rdzv::wire::write_frame(&mut s, &mnist_rdzv::protocol::ToNode::Start(plan)).unwrap();
     });
@@ -286,6 +291,9 @@ fn port_in_use_names_the_port() {
         timeout: Duration::from_secs(5),
         heartbeat: HB,
         new_run_id: || "r".into(),
+        min_nodes: 2,
+        max_restarts: 0,
+        resume: mnist_rdzv::ResumeProbe::never(),
     })
     .err()
     .unwrap()

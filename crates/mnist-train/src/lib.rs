@@ -26,6 +26,7 @@ pub mod split;
 pub mod state;
 pub mod sync;
 pub mod timeline;
+pub mod trace;
 pub mod trainer;
 
 pub use error::TrainError;

@@ -5,16 +5,20 @@
 //! pure function of `--seed` and the epoch, so no random-number state needs saving; `--resume`
 //! continues exactly where the checkpoint was written (bit for bit on the CPU backend).
 //!
-//! Format: 8 magic bytes, then a bincode record. `MNISTCK2` is [`ResumeState`];
-//! `MNISTCK1` (written before mid-epoch checkpoints existed) is still read, as a checkpoint at
-//! an epoch boundary.
+//! Format: 8 magic bytes, then a bincode record. `MNISTCK3` is [`ResumeState`]; `MNISTCK2`
+//! (before elastic world sizes: no `epoch_offset`) and `MNISTCK1` (before mid-epoch
+//! checkpoints: at an epoch boundary) are still read.
+//!
+//! Only rank 0's machine holds the file: [`load_shared`] has rank 0 read it and broadcast it,
+//! so every rank of a job spanning several machines resumes from the same state.
 
 use crate::TrainError;
 use mnist_common::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"MNISTCK2";
+const MAGIC: &[u8; 8] = b"MNISTCK3";
+const MAGIC_V2: &[u8; 8] = b"MNISTCK2";
 const MAGIC_V1: &[u8; 8] = b"MNISTCK1";
 
 /// File name of the resumable checkpoint inside `--path`.
@@ -29,14 +33,18 @@ pub struct ResumeState {
     pub epochs: usize,
     /// `--seed` of the run.
     pub seed: u64,
-    /// World size of the run (the shard layout depends on it).
+    /// World size of the run (the shard layout of `batches_done` depends on it).
     pub world_size: usize,
     /// `--batch-size` of the run (a position inside an epoch counts its batches; None in a
     /// checkpoint of the first format).
     pub batch_size: Option<usize>,
     /// First epoch (0-based) still to train (or to finish, see `batches_done`).
     pub next_epoch: usize,
-    /// Batches of `next_epoch` already trained by every rank (0 at an epoch boundary).
+    /// Places of `next_epoch`'s sample order trained before the current shard layout began
+    /// (0 unless the world size changed inside the epoch, `--nnodes MIN:MAX`).
+    pub epoch_offset: usize,
+    /// Batches of `next_epoch` already trained by every rank in the current shard layout
+    /// (after `epoch_offset`; 0 at an epoch boundary).
     pub batches_done: usize,
     /// Over all ranks, the summed loss, top-1 and top-5 counts of those batches.
     pub epoch_sums: [f64; 3],
@@ -53,6 +61,47 @@ pub struct ResumeState {
     /// The model's buffers (Net's BatchNorm running statistics and counters), concatenated
     /// in `state_dict` order; empty for LeNet and MLP.
     pub buffers: Vec<f32>,
+}
+
+/// The record of a `MNISTCK2` file: [`ResumeState`] without `epoch_offset`.
+#[derive(Deserialize)]
+struct StateV2 {
+    model: String,
+    epochs: usize,
+    seed: u64,
+    world_size: usize,
+    batch_size: Option<usize>,
+    next_epoch: usize,
+    batches_done: usize,
+    epoch_sums: [f64; 3],
+    epoch_seconds: f64,
+    step: u64,
+    best_acc: f64,
+    params: Vec<f32>,
+    momentum: Option<Vec<f32>>,
+    buffers: Vec<f32>,
+}
+
+impl From<StateV2> for ResumeState {
+    fn from(v: StateV2) -> ResumeState {
+        ResumeState {
+            model: v.model,
+            epochs: v.epochs,
+            seed: v.seed,
+            world_size: v.world_size,
+            batch_size: v.batch_size,
+            next_epoch: v.next_epoch,
+            epoch_offset: 0,
+            batches_done: v.batches_done,
+            epoch_sums: v.epoch_sums,
+            epoch_seconds: v.epoch_seconds,
+            step: v.step,
+            best_acc: v.best_acc,
+            params: v.params,
+            momentum: v.momentum,
+            buffers: v.buffers,
+        }
+    }
 }
 
 /// The record of a `MNISTCK1` file.
@@ -78,6 +127,7 @@ impl From<StateV1> for ResumeState {
             world_size: v.world_size,
             batch_size: None,
             next_epoch: v.next_epoch,
+            epoch_offset: 0,
             batches_done: 0,
             epoch_sums: [0.0; 3],
             epoch_seconds: 0.0,
@@ -155,6 +205,9 @@ pub fn load(path: &Path) -> Result<ResumeState, TrainError> {
     let corrupt = |e: bincode::Error| err(format!("corrupt checkpoint: {e}"));
     match bytes.split_at_checked(MAGIC.len()) {
         Some((m, body)) if m == MAGIC => bincode::deserialize(body).map_err(corrupt),
+        Some((m, body)) if m == MAGIC_V2 => bincode::deserialize::<StateV2>(body)
+            .map(ResumeState::from)
+            .map_err(corrupt),
         Some((m, body)) if m == MAGIC_V1 => bincode::deserialize::<StateV1>(body)
             .map(ResumeState::from)
             .map_err(corrupt),
@@ -162,11 +215,47 @@ pub fn load(path: &Path) -> Result<ResumeState, TrainError> {
     }
 }
 
+/// Rank 0 reads the checkpoint at `path` ([`load`]) and broadcasts it; every rank returns the
+/// same state, or an error (the others' names rank 0's problem).
+pub fn load_shared(
+    path: &Path,
+    comm: &mut dyn mnist_comm::Communicator,
+) -> Result<ResumeState, TrainError> {
+    let rank = comm.rank();
+    let own = (rank == 0).then(|| load(path));
+    if comm.world_size() == 1 {
+        return own.expect("rank 0 of one");
+    }
+    let err = |detail: String| TrainError::Resume {
+        file: path.into(),
+        detail,
+    };
+    let mut bytes = match &own {
+        Some(r) => bincode::serialize(&r.as_ref().map_err(|e| e.to_string()))
+            .map_err(|e| err(e.to_string()))?,
+        None => Vec::new(),
+    };
+    let mut len = (bytes.len() as u64).to_le_bytes();
+    comm.broadcast(&mut len, 0)?;
+    bytes.resize(u64::from_le_bytes(len) as usize, 0);
+    comm.broadcast(&mut bytes, 0)?;
+    if let Some(r) = own {
+        return r;
+    }
+    match bincode::deserialize::<Result<ResumeState, String>>(&bytes) {
+        Ok(Ok(st)) => Ok(st),
+        Ok(Err(why)) => Err(err(format!("rank 0 cannot resume from it: {why}"))),
+        Err(e) => Err(err(format!("rank 0 sent a garbled checkpoint: {e}"))),
+    }
+}
+
 /// Whether `st` (read from `file`) can be resumed with `cfg` and `world` processes; the error
-/// names the setting that differs.
+/// names the setting that differs. `elastic` (`--nnodes MIN:MAX`): another world size is
+/// accepted (the rest of the epoch is re-sharded).
 pub fn check(
     cfg: &TrainConfig,
     world: usize,
+    elastic: bool,
     st: &ResumeState,
     file: &std::path::Path,
 ) -> Result<(), TrainError> {
@@ -189,13 +278,13 @@ pub fn check(
             st.epochs, cfg.epochs
         ));
     }
-    if st.seed != cfg.seed || st.world_size != world {
+    if st.seed != cfg.seed || (st.world_size != world && !elastic) {
         return bad(format!(
             "it was made with --seed {} and {} process(es); this run has --seed {} and {} (the data order would differ)",
             st.seed, st.world_size, cfg.seed, world
         ));
     }
-    if st.batches_done > 0 && st.batch_size != Some(cfg.batch_size) {
+    if (st.batches_done > 0 || st.epoch_offset > 0) && st.batch_size != Some(cfg.batch_size) {
         return bad(format!(
             "it stopped inside epoch {} after {} batches of --batch-size {}; this run has --batch-size {} (the position in the epoch would differ)",
             st.next_epoch + 1,
@@ -229,6 +318,7 @@ mod tests {
             world_size: 1,
             batch_size: Some(32),
             next_epoch: 2,
+            epoch_offset: 30,
             batches_done: 5,
             epoch_sums: [1.5, 100.0, 150.0],
             epoch_seconds: 0.5,
@@ -245,6 +335,8 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a resumable checkpoint"));
+        std::fs::write(&p, b"MNISTCK3\x01").unwrap();
+        assert!(load(&p).unwrap_err().to_string().contains("corrupt"));
         std::fs::write(&p, b"MNISTCK2\x01").unwrap();
         assert!(load(&p).unwrap_err().to_string().contains("corrupt"));
         std::fs::write(&p, b"MNISTCK1\x01").unwrap();
@@ -310,6 +402,7 @@ mod tests {
             world_size: 1,
             batch_size: Some(32),
             next_epoch: 0,
+            epoch_offset: 0,
             batches_done: 4,
             epoch_sums: [0.0; 3],
             epoch_seconds: 0.0,

@@ -30,6 +30,8 @@ pub struct Session {
     pub faults: FaultPlan,
     /// The launcher's restart round (`MNIST_RESTART_ROUND`; 0: the first attempt).
     pub restart_round: u32,
+    /// The world size may change between rounds (`MNIST_ELASTIC=1`, `--nnodes MIN:MAX`).
+    pub elastic: bool,
     /// When this process started setting up (the run summary's wall time).
     pub started: Instant,
     progress: bool,
@@ -222,6 +224,8 @@ impl Session {
             identity: identity.clone(),
             faults,
             restart_round,
+            elastic: std::env::var(mnist_common::contract::ENV_ELASTIC)
+                .is_ok_and(|v| v.trim() == "1"),
             started,
             progress,
         })

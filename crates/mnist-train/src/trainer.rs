@@ -147,6 +147,7 @@ pub struct Trainer<'c> {
     resume_point: Option<ResumePoint>,
     faults: Injector,
     guard: GradGuard,
+    trace: crate::trace::SampleTrace,
     /// Rank 0's curves, progress bar plan and run summary.
     report: crate::report::Reporter,
     /// Rank 0 with `--tensorboard`: the event file.
@@ -199,8 +200,9 @@ impl<'c> Trainer<'c> {
             }
         }
         if cfg.resume {
-            let st = resume::load(&ckpt_path)?;
-            resume::check(cfg, world, &st, &ckpt_path)?;
+            // Only rank 0's machine holds the file: rank 0 reads it, every rank gets it.
+            let st = resume::load_shared(&ckpt_path, s.comm.as_mut())?;
+            resume::check(cfg, world, s.elastic, &st, &ckpt_path)?;
             flat.params_from_slice(&st.params);
             load_buffers(&mut model, &st.buffers).map_err(|detail| TrainError::Resume {
                 file: ckpt_path.clone(),
@@ -212,13 +214,30 @@ impl<'c> Trainer<'c> {
                     .map(|m| Tensor::from_slice(m).to_device(s.device)),
             );
             (start_epoch, step, best_acc) = (st.next_epoch, st.step, st.best_acc);
-            let within = if st.batches_done > 0 {
+            let (mut offset, mut batches_done) = (st.epoch_offset, st.batches_done);
+            if st.world_size != world {
+                // Elastic: the samples the old layout trained form a prefix of the epoch's
+                // order; the rest is re-sharded over this world, the per-rank batch stays.
+                offset += batches_done * cfg.batch_size * st.world_size;
+                batches_done = 0;
+                s.log.info(&format!(
+                    "Elastic: world size {world} (was {}): per-rank batch {}, global batch {} (was {}); epoch {} continues after sample {offset} of its order, the remaining {} re-sharded over {world} processes",
+                    st.world_size,
+                    cfg.batch_size,
+                    cfg.batch_size * world,
+                    cfg.batch_size * st.world_size,
+                    st.next_epoch + 1,
+                    train_set.len.saturating_sub(offset)
+                ));
+            }
+            let within = if batches_done > 0 || offset > 0 {
                 resume_point = Some(ResumePoint {
-                    batches_done: st.batches_done,
+                    offset,
+                    batches_done,
                     sums: st.epoch_sums,
                     seconds: st.epoch_seconds,
                 });
-                format!(", batch {}", st.batches_done + 1)
+                format!(", batch {}", batches_done + 1)
             } else {
                 String::new()
             };
@@ -313,6 +332,7 @@ impl<'c> Trainer<'c> {
             resume_point,
             faults: Injector::new(&s.faults, rank, s.restart_round),
             guard: GradGuard::new(rank, s.device),
+            trace: crate::trace::SampleTrace::from_env(s.restart_round)?,
             report: Default::default(),
             board,
             timeline,
@@ -331,25 +351,21 @@ impl<'c> Trainer<'c> {
     pub fn train_epoch(&mut self, s: &mut Session, epoch: usize) -> Result<EpochStats, TrainError> {
         let cfg = self.cfg;
         let (rank, world) = (s.comm.rank(), s.comm.world_size());
-        let per_rank = self.sampler.num_samples();
+        // A mid-epoch checkpoint: start at its batch; rank 0 carries every rank's figures so
+        // far (the epoch's totals are summed over ranks at its end). After a change of the
+        // world size the epoch's rest (from `offset`) is sharded anew.
+        let resumed = self.resume_point.take().unwrap_or_default();
+        let offset = resumed.offset;
+        let per_rank = self.sampler.num_samples_from(offset);
         let batches = per_rank.div_ceil(cfg.batch_size);
         let lr = cosine_lr(cfg.lr, epoch, cfg.epochs);
-        let order = Tensor::from_slice(
-            &self
-                .sampler
-                .indices(epoch as u64)
-                .iter()
-                .map(|&i| i as i64)
-                .collect::<Vec<_>>(),
-        )
-        .to_device(s.device);
+        let indices = self.sampler.indices_from(epoch as u64, offset);
+        let order = Tensor::from_slice(&indices.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            .to_device(s.device);
         let plan = self.report.start_epoch(cfg, world, epoch, self.last_epoch);
         let bar = s.progress_bar(batches as u64, epoch + 1, plan);
         let mut grad_sent = 0u64;
         let mut sums = Tensor::zeros([3], (Kind::Double, s.device));
-        // A mid-epoch checkpoint: start at its batch; rank 0 carries every rank's figures so
-        // far (the epoch's totals are summed over ranks at its end).
-        let resumed = self.resume_point.take().unwrap_or_default();
         if rank == 0 {
             sums += Tensor::from_slice(&resumed.sums).to_device(s.device);
         }
@@ -458,6 +474,7 @@ impl<'c> Trainer<'c> {
                 marks.mark(Phase::Optimizer);
                 Ok((out.loss, out.correct1))
             })??;
+            self.trace.record(self.step, epoch, &indices[lo..lo + n])?;
             times.push(marks.compute(), marks.reduce());
             if tracing {
                 self.timeline
@@ -473,6 +490,7 @@ impl<'c> Trainer<'c> {
                 && b + 1 < batches
             {
                 let point = ResumePoint {
+                    offset,
                     batches_done: b + 1,
                     sums: [0.0; 3],
                     seconds: resumed.seconds + t0.elapsed().as_secs_f64(),
@@ -495,8 +513,8 @@ impl<'c> Trainer<'c> {
                 let msg = format!(
                     "Train Epoch: {} [{}/{} ({:.0}%)]\tLoss: {:.6}\tAcc: {:.2}%",
                     epoch + 1,
-                    (lo + n) * world,
-                    per_rank * world,
+                    offset + (lo + n) * world,
+                    offset + per_rank * world,
                     100.0 * (b + 1) as f64 / batches as f64,
                     l,
                     acc
@@ -529,7 +547,8 @@ impl<'c> Trainer<'c> {
         Ok(EpochStats {
             lr,
             sums,
-            samples: per_rank,
+            // Rank 0 also counts the places trained before a change of the world size.
+            samples: per_rank + if rank == 0 { offset } else { 0 },
             seconds,
             bytes_per_step: grad_sent as f64 / (batches - resumed.batches_done).max(1) as f64,
             times,
@@ -698,6 +717,7 @@ impl<'c> Trainer<'c> {
             world_size: world,
             batch_size: Some(cfg.batch_size),
             next_epoch,
+            epoch_offset: point.offset,
             batches_done: point.batches_done,
             epoch_sums: point.sums,
             epoch_seconds: point.seconds,
@@ -767,7 +787,9 @@ impl<'c> Trainer<'c> {
 /// A position inside an epoch that a mid-epoch checkpoint records.
 #[derive(Clone, Copy, Debug, Default)]
 struct ResumePoint {
-    /// Batches of the epoch every rank has trained.
+    /// Places of the epoch's order trained before the current shard layout (world size).
+    offset: usize,
+    /// Batches of the epoch every rank has trained in the current layout.
     batches_done: usize,
     /// Over all ranks, summed loss, top-1 and top-5 counts of those batches.
     sums: [f64; 3],
