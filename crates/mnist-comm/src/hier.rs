@@ -17,7 +17,7 @@ use crate::group::Group;
 use crate::reduce::DType;
 use crate::reduce::{as_bytes_mut, Elem};
 use crate::ring::Ring;
-use crate::shm::{OpDesc, ShmComm, OP_ALL_GATHER, OP_ALL_REDUCE, OP_BARRIER, OP_BROADCAST};
+use crate::shm::{OpDesc, ShmComm, OP_ALL_GATHER, OP_ALL_REDUCE, OP_BARRIER};
 use crate::{CommError, Communicator, ReduceOp};
 
 /// Communicator of a group spanning several nodes (see the module documentation).
@@ -154,29 +154,9 @@ impl Communicator for HierComm {
     fn world_size(&self) -> usize {
         self.world
     }
-    fn all_reduce_f32(&mut self, buf: &mut [f32], op: ReduceOp) -> Result<(), CommError> {
-        self.all_reduce(buf, op)
-    }
-    fn all_reduce_f16(&mut self, buf: &mut [half::f16], op: ReduceOp) -> Result<(), CommError> {
-        self.all_reduce(buf, op)
-    }
-    fn all_reduce_bf16(&mut self, buf: &mut [half::bf16], op: ReduceOp) -> Result<(), CommError> {
-        self.all_reduce(buf, op)
-    }
+    crate::typed_all_reduce_via_generic!();
     fn broadcast(&mut self, buf: &mut [u8], root: usize) -> Result<(), CommError> {
-        let d = OpDesc {
-            op: OP_BROADCAST,
-            dtype: DType::U8 as u64,
-            count: buf.len() as u64,
-            extra: root as u64,
-        };
-        if root >= self.world {
-            return Err(CommError::InvalidArgument {
-                rank: self.rank,
-                op: d.describe(),
-                detail: format!("root {root} is not below world size {}", self.world),
-            });
-        }
+        let d = OpDesc::broadcast(self.rank, self.world, buf.len(), root)?;
         self.begin()?;
         let (root_node, mine) = (self.node_of[root], self.my_node());
         let local_root = self.nodes[root_node].iter().position(|&r| r == root);

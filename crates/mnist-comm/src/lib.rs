@@ -9,6 +9,27 @@
 //! hierarchical one ([`HierComm`]: shared memory inside each node, a bandwidth-optimal TCP ring
 //! between node leaders). [`TcpComm`], the former star through rank 0, stays for benchmarks.
 
+/// Inside `impl Communicator for X`: the three typed all-reduce methods, each forwarding to
+/// `X`'s own generic `all_reduce(buf, op)`.
+macro_rules! typed_all_reduce_via_generic {
+    () => {
+        fn all_reduce_f32(&mut self, buf: &mut [f32], op: ReduceOp) -> Result<(), CommError> {
+            self.all_reduce(buf, op)
+        }
+        fn all_reduce_f16(&mut self, buf: &mut [half::f16], op: ReduceOp) -> Result<(), CommError> {
+            self.all_reduce(buf, op)
+        }
+        fn all_reduce_bf16(
+            &mut self,
+            buf: &mut [half::bf16],
+            op: ReduceOp,
+        ) -> Result<(), CommError> {
+            self.all_reduce(buf, op)
+        }
+    };
+}
+pub(crate) use typed_all_reduce_via_generic;
+
 mod connect;
 mod group;
 mod hier;

@@ -11,7 +11,7 @@
 
 use crate::group::Group;
 use crate::reduce::{reduce_into, DType, Elem};
-use crate::shm::OpDesc;
+use crate::shm::{OpDesc, OP_ALL_GATHER, OP_ALL_REDUCE, OP_BARRIER};
 use crate::{CommError, Communicator, ReduceOp};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -24,11 +24,6 @@ const ERR_MISMATCH: u64 = 1;
 const ERR_TIMEOUT: u64 = 2;
 const ERR_PEER: u64 = 3;
 const HEADER: usize = 56;
-
-const OP_ALL_REDUCE: u64 = 1;
-const OP_BROADCAST: u64 = 2;
-const OP_ALL_GATHER: u64 = 3;
-const OP_BARRIER: u64 = 4;
 
 /// A frame header: kind, sequence number, the collective's description, payload length.
 #[derive(Clone, Copy, Debug)]
@@ -463,29 +458,9 @@ impl Communicator for TcpComm {
     fn world_size(&self) -> usize {
         self.world
     }
-    fn all_reduce_f32(&mut self, buf: &mut [f32], op: ReduceOp) -> Result<(), CommError> {
-        self.all_reduce(buf, op)
-    }
-    fn all_reduce_f16(&mut self, buf: &mut [half::f16], op: ReduceOp) -> Result<(), CommError> {
-        self.all_reduce(buf, op)
-    }
-    fn all_reduce_bf16(&mut self, buf: &mut [half::bf16], op: ReduceOp) -> Result<(), CommError> {
-        self.all_reduce(buf, op)
-    }
+    crate::typed_all_reduce_via_generic!();
     fn broadcast(&mut self, buf: &mut [u8], root: usize) -> Result<(), CommError> {
-        let d = OpDesc {
-            op: OP_BROADCAST,
-            dtype: DType::U8 as u64,
-            count: buf.len() as u64,
-            extra: root as u64,
-        };
-        if root >= self.world {
-            return Err(CommError::InvalidArgument {
-                rank: self.rank,
-                op: d.describe(),
-                detail: format!("root {root} is not below world size {}", self.world),
-            });
-        }
+        let d = OpDesc::broadcast(self.rank, self.world, buf.len(), root)?;
         self.out.clear();
         if self.rank == root {
             self.out.extend_from_slice(buf);

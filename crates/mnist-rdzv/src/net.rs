@@ -4,7 +4,8 @@
 
 use crate::RdzvError;
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest single connection attempt.
@@ -120,6 +121,46 @@ pub fn interface_of(ip: &str) -> Option<String> {
         let sin = ifa.address.as_ref()?.as_sockaddr_in()?.ip();
         (sin == ip).then(|| ifa.interface_name.clone())
     })
+}
+
+/// Accept connections on the non-blocking `listener` on a thread named `name` while `running()`
+/// holds; each connection is served by `serve` on a thread of its own named `conn_name`.
+pub(crate) fn spawn_acceptor(
+    listener: TcpListener,
+    name: &str,
+    conn_name: &'static str,
+    running: impl Fn() -> bool + Send + 'static,
+    serve: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> io::Result<()> {
+    let serve = Arc::new(serve);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            while running() {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let serve = serve.clone();
+                        let _ = std::thread::Builder::new()
+                            .name(conn_name.into())
+                            .spawn(move || serve(s));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+/// Server side of a new connection: blocking with our timeouts, preambles exchanged; false
+/// when the peer is not a client of this protocol version (another version hears our
+/// preamble and reports the mismatch itself).
+pub(crate) fn open_served(s: &mut TcpStream) -> bool {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+    crate::wire::write_preamble(s).is_ok()
+        && matches!(crate::wire::read_preamble(s), Ok(crate::wire::Preamble::Ok))
 }
 
 #[cfg(test)]

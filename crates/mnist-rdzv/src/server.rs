@@ -4,10 +4,11 @@
 //! rendezvous deadline.
 
 use crate::kv::{serve_requests, Table};
+use crate::net::{open_served, spawn_acceptor};
 use crate::protocol::{
     Coordinator, Fingerprint, FromNode, Hello, JoinRequest, StoreResponse, ToNode, Verdict,
 };
-use crate::wire::{read_frame, read_preamble, write_frame, write_preamble, Preamble};
+use crate::wire::{read_frame, write_frame};
 use crate::{Heartbeat, RdzvError};
 use std::collections::BTreeMap;
 use std::io;
@@ -136,14 +137,18 @@ impl Server {
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
         });
-        let sh = shared.clone();
-        std::thread::Builder::new()
-            .name("rdzv-accept".into())
-            .spawn(move || accept_loop(listener, sh))
-            .map_err(|e| RdzvError::Bind {
-                port,
-                problem: format!("cannot start a thread: {e}"),
-            })?;
+        let (sh, sh2) = (shared.clone(), shared.clone());
+        spawn_acceptor(
+            listener,
+            "rdzv-accept",
+            "rdzv-conn",
+            move || !sh.stop.load(Ordering::SeqCst),
+            move |s| serve(s, sh2.clone()),
+        )
+        .map_err(|e| RdzvError::Bind {
+            port,
+            problem: format!("cannot start a thread: {e}"),
+        })?;
         let sh = shared.clone();
         let _ = std::thread::Builder::new()
             .name("rdzv-heartbeat".into())
@@ -243,23 +248,6 @@ impl Drop for Server {
     }
 }
 
-fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
-    while !sh.stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((s, _)) => {
-                let sh = sh.clone();
-                let _ = std::thread::Builder::new()
-                    .name("rdzv-conn".into())
-                    .spawn(move || serve(s, sh));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
 fn heartbeat_loop(sh: Arc<Shared>) {
     let deadline = Instant::now() + sh.cfg.timeout;
     while !sh.stop.load(Ordering::SeqCst) {
@@ -280,15 +268,7 @@ fn heartbeat_loop(sh: Arc<Shared>) {
 }
 
 fn serve(mut s: TcpStream, sh: Arc<Shared>) {
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_nodelay(true);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-    if write_preamble(&mut s).is_err() {
-        return;
-    }
-    // Another version hears our preamble and reports the mismatch itself.
-    if !matches!(read_preamble(&mut s), Ok(Preamble::Ok)) {
+    if !open_served(&mut s) {
         return;
     }
     match read_frame::<Hello>(&mut s) {

@@ -4,14 +4,14 @@
 //! launcher ([`crate::StoreClient`] talks to both).
 
 use crate::kv::{serve_requests, Table};
+use crate::net::{open_served, spawn_acceptor};
 use crate::protocol::{Hello, StoreResponse, ToNode};
-use crate::wire::{read_frame, read_preamble, write_frame, write_preamble, Preamble};
+use crate::wire::{read_frame, write_frame};
 use crate::RdzvError;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 struct Shared {
     run_id: String,
@@ -45,14 +45,18 @@ impl StoreServer {
             table: Table::default(),
             stop: AtomicBool::new(false),
         });
-        let sh = shared.clone();
-        std::thread::Builder::new()
-            .name("store-accept".into())
-            .spawn(move || accept_loop(listener, sh))
-            .map_err(|e| RdzvError::StoreBind {
-                port,
-                problem: format!("cannot start a thread: {e}"),
-            })?;
+        let (sh, sh2) = (shared.clone(), shared.clone());
+        spawn_acceptor(
+            listener,
+            "store-accept",
+            "store-conn",
+            move || !sh.stop.load(Ordering::SeqCst),
+            move |s| serve(s, &sh2),
+        )
+        .map_err(|e| RdzvError::StoreBind {
+            port,
+            problem: format!("cannot start a thread: {e}"),
+        })?;
         Ok(StoreServer { port, shared })
     }
 
@@ -68,26 +72,8 @@ impl Drop for StoreServer {
     }
 }
 
-fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
-    while !sh.stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((s, _)) => {
-                let sh = sh.clone();
-                let _ = std::thread::Builder::new()
-                    .name("store-conn".into())
-                    .spawn(move || serve(s, &sh));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
 fn serve(mut s: TcpStream, sh: &Shared) {
-    let _ = s.set_nonblocking(false);
-    let _ = s.set_nodelay(true);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-    if write_preamble(&mut s).is_err() || !matches!(read_preamble(&mut s), Ok(Preamble::Ok)) {
+    if !open_served(&mut s) {
         return;
     }
     match read_frame::<Hello>(&mut s) {

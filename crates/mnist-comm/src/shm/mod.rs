@@ -83,6 +83,30 @@ pub(crate) struct OpDesc {
 }
 
 impl OpDesc {
+    /// The descriptor of a broadcast of `len` bytes from `root`, checked by `rank` against
+    /// `world`: a root outside the group is an error naming the operation.
+    pub(crate) fn broadcast(
+        rank: usize,
+        world: usize,
+        len: usize,
+        root: usize,
+    ) -> Result<OpDesc, CommError> {
+        let d = OpDesc {
+            op: OP_BROADCAST,
+            dtype: DType::U8 as u64,
+            count: len as u64,
+            extra: root as u64,
+        };
+        if root >= world {
+            return Err(CommError::InvalidArgument {
+                rank,
+                op: d.describe(),
+                detail: format!("root {root} is not below world size {world}"),
+            });
+        }
+        Ok(d)
+    }
+
     /// Readable form for error messages.
     pub(crate) fn describe(&self) -> String {
         let name = match self.op {
@@ -545,29 +569,9 @@ impl Communicator for ShmComm {
     fn world_size(&self) -> usize {
         self.world
     }
-    fn all_reduce_f32(&mut self, buf: &mut [f32], op: ReduceOp) -> Result<(), CommError> {
-        self.all_reduce(buf, op)
-    }
-    fn all_reduce_f16(&mut self, buf: &mut [half::f16], op: ReduceOp) -> Result<(), CommError> {
-        self.all_reduce(buf, op)
-    }
-    fn all_reduce_bf16(&mut self, buf: &mut [half::bf16], op: ReduceOp) -> Result<(), CommError> {
-        self.all_reduce(buf, op)
-    }
+    crate::typed_all_reduce_via_generic!();
     fn broadcast(&mut self, buf: &mut [u8], root: usize) -> Result<(), CommError> {
-        let d = OpDesc {
-            op: OP_BROADCAST,
-            dtype: DType::U8 as u64,
-            count: buf.len() as u64,
-            extra: root as u64,
-        };
-        if root >= self.world {
-            return Err(CommError::InvalidArgument {
-                rank: self.me(),
-                op: d.describe(),
-                detail: format!("root {root} is not below world size {}", self.world),
-            });
-        }
+        let d = OpDesc::broadcast(self.me(), self.world, buf.len(), root)?;
         self.begin(&d)?;
         let r = self.broadcast_inner(buf, root, &d);
         self.finish(r)
