@@ -10,6 +10,21 @@ use std::convert::Infallible;
 use std::time::Instant;
 use tch::{Device, Kind, Reduction, Tensor};
 
+/// User + system CPU seconds of this process so far (from /proc/self/stat, 10 ms ticks):
+/// on a shared machine CPU time is steadier than wall time.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = after_name
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the name.
+    f.get(11)
+        .zip(f.get(12))
+        .map_or(0.0, |(u, s)| (u + s) / 100.0)
+}
+
 fn main() {
     let steps: usize = std::env::args()
         .nth(1)
@@ -25,13 +40,14 @@ fn main() {
         for _ in 0..3 {
             f();
         }
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu_seconds());
         for _ in 0..steps {
             f();
         }
         println!(
-            "{name}: {:.2} ms/step",
-            t.elapsed().as_secs_f64() * 1e3 / steps as f64
+            "{name}: {:.2} ms/step wall, {:.2} ms/step CPU",
+            t.elapsed().as_secs_f64() * 1e3 / steps as f64,
+            (cpu_seconds() - c) * 1e3 / steps as f64
         );
     };
     let mut d = Dropout::new(1, 0, 0);
@@ -85,6 +101,50 @@ fn main() {
         &mut || autograd(false),
     );
     let h2 = Tensor::randn([32, 64, 24, 24], (Kind::Float, Device::Cpu));
+    let (w2, b2) = (p(6).detach(), p(7).detach());
+    time("ours: BatchNorm 2 forward + backward", &mut || {
+        let (mut rm, mut rv) = (b(3), b(4));
+        let (y, cache) = mnist_models::batchnorm::forward_train(
+            &h2,
+            &w2,
+            &b2,
+            &mut rm,
+            &mut rv,
+            MOMENTUM,
+            EPS,
+            &mut reduce,
+        )
+        .unwrap();
+        let _ = mnist_models::batchnorm::backward(&y, &cache, &w2, &mut reduce).unwrap();
+    });
+    let h2g = h2.copy().set_requires_grad(true);
+    let (w2g, b2g) = (
+        w2.copy().set_requires_grad(true),
+        b2.copy().set_requires_grad(true),
+    );
+    time(
+        "libtorch batch_norm 2 forward + autograd backward",
+        &mut || {
+            let y = h2g.batch_norm(
+                Some(&w2g),
+                Some(&b2g),
+                Some(&b(3)),
+                Some(&b(4)),
+                true,
+                MOMENTUM,
+                EPS,
+                false,
+            );
+            (&y * &y).sum(Kind::Float).backward();
+        },
+    );
+    time(
+        "elementwise y*y + sum + backward (the line above's extra)",
+        &mut || {
+            let y = h2g.shallow_clone() * 1.0;
+            (&y * &y).sum(Kind::Float).backward();
+        },
+    );
     time("var_mean + eval batch_norm of conv2's output", &mut || {
         let _ = h2.batch_norm_update_stats(None::<Tensor>, None::<Tensor>, 0.1);
     });
