@@ -6,19 +6,23 @@ TORCH_VERSION=2.11.0
 MNIST_CACHE="${MNIST_DDP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mnist-ddp}"
 MNIST_VENV="$MNIST_CACHE/venv-torch-$TORCH_VERSION"
 
+# Besides torch: numpy, and tensorboard, whose own event-file reader checks the files that
+# --tensorboard writes (worker/tests/observe.rs).
+MNIST_PY_EXTRAS=(numpy "tensorboard==2.21.0")
+
 mnist_have_torch() {
   [ -x "$MNIST_VENV/bin/python" ] &&
-    "$MNIST_VENV/bin/python" -c "import torch,sys; sys.exit(0 if torch.__version__.split('+')[0]=='$TORCH_VERSION' else 1)" 2>/dev/null
+    "$MNIST_VENV/bin/python" -c "import torch,sys,importlib.util as u; sys.exit(0 if torch.__version__.split('+')[0]=='$TORCH_VERSION' and u.find_spec('numpy') and u.find_spec('tensorboard') else 1)" 2>/dev/null
 }
 
 mnist_setup_torch() {
   if mnist_have_torch; then return 0; fi
-  echo "setup: installing torch==$TORCH_VERSION into $MNIST_VENV (once; later runs reuse it)" >&2
+  echo "setup: installing torch==$TORCH_VERSION ${MNIST_PY_EXTRAS[*]} into $MNIST_VENV (once; later runs reuse it)" >&2
   mkdir -p "$MNIST_CACHE"
   local py="${PYTHON:-python3}"
   command -v "$py" >/dev/null || { echo "setup: $py not found; Python 3 is needed to install libtorch from PyPI" >&2; return 1; }
   [ -x "$MNIST_VENV/bin/python" ] || "$py" -m venv "$MNIST_VENV" || return 1
-  "$MNIST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy || {
+  "$MNIST_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" "${MNIST_PY_EXTRAS[@]}" || {
     echo "setup: pip could not install torch==$TORCH_VERSION (network to PyPI needed the first time)" >&2; return 1; }
 }
 

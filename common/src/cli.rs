@@ -3,7 +3,8 @@
 //! [`forwarded_args`].
 
 use crate::config::{
-    BackendKind, CompressionKind, ConfigError, DeviceKind, ModelKind, ProgressMode, TrainConfig,
+    BackendKind, CompressionKind, ConfigError, DeviceKind, ModelKind, ProgressMode, StepRange,
+    TrainConfig,
 };
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Command};
@@ -126,6 +127,14 @@ pub struct TrainArgs {
     /// are broadcast every step, as DDP's broadcast_buffers does (--model Net only).
     #[arg(long, overrides_with = "sync_bn")]
     pub no_sync_bn: bool,
+    /// Write TensorBoard event files into DIR (default: <path>/tb; rank 0): per-step train
+    /// loss and learning rate, per-epoch test loss/top-1/top-5, images/s, gradient bytes/step.
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub tensorboard: Option<Option<PathBuf>>,
+    /// Record a timeline of global steps A to B-1 (0-based) on every rank into
+    /// <path>/trace.json (Chrome trace format: Perfetto, chrome://tracing).
+    #[arg(long, value_name = "A:B")]
+    pub profile_steps: Option<String>,
 }
 
 impl TrainArgs {
@@ -171,6 +180,15 @@ impl TrainArgs {
                 (false, true) => Some(false),
                 (false, false) => None,
             },
+            tensorboard: self
+                .tensorboard
+                .as_ref()
+                .map(|dir| dir.clone().unwrap_or_else(|| self.path.join("tb"))),
+            profile_steps: self
+                .profile_steps
+                .as_deref()
+                .map(StepRange::parse)
+                .transpose()?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -266,6 +284,8 @@ mod tests {
             "threads" => "3",
             "batch-threads" => "2",
             "stop-after-epochs" => "1",
+            "tensorboard" => "/tmp/tb dir",
+            "profile-steps" => "3:7",
             _ => return None,
         })
     }
@@ -343,6 +363,10 @@ mod tests {
             worker.contains("two/") && worker.contains("0.002"),
             "{worker}"
         );
+        // `--tensorboard` without a folder: <path>/tb, also after forwarding.
+        let (given, worker) = round_trip(&["--path", "/r", "--tensorboard"].map(String::from));
+        assert_eq!(given, worker);
+        assert!(given.contains("tensorboard: Some(\"/r/tb\")"), "{given}");
         // Nothing given, nothing forwarded.
         let m = Cli::command().get_matches_from(["x"]);
         assert!(forwarded_args(&m).is_empty());
@@ -368,6 +392,10 @@ mod tests {
             ("--batch-size", "0"),
             ("--lr", "-0.1"),
             ("--batch-threads", "0"),
+            ("--profile-steps", "5"),
+            ("--profile-steps", "5:5"),
+            ("--profile-steps", "a:9"),
+            ("--profile-steps", "9:3"),
         ] {
             let e = Cli::parse_from(["x", flag, val]).t.resolve().unwrap_err();
             assert_eq!(e.flag, flag);

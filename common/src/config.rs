@@ -196,6 +196,44 @@ pub struct TrainConfig {
     /// `--sync-bn` (`Some(true)`) or `--no-sync-bn` (`Some(false)`); None: the default, on
     /// with more than one process (see [`TrainConfig::sync_bn_for`]).
     pub sync_bn: Option<bool>,
+    /// Folder for TensorBoard event files (`--tensorboard`); None: none written.
+    pub tensorboard: Option<PathBuf>,
+    /// Global steps whose timeline is recorded into `trace.json` (`--profile-steps`).
+    pub profile_steps: Option<StepRange>,
+}
+
+/// A range of global optimizer steps, `start` (0-based) up to `end` (exclusive): `--profile-steps A:B`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRange {
+    /// First step in the range.
+    pub start: u64,
+    /// First step after it.
+    pub end: u64,
+}
+
+impl StepRange {
+    /// Parse `A:B` (whole numbers, A < B) for `--profile-steps`.
+    pub fn parse(s: &str) -> Result<StepRange, ConfigError> {
+        let bad = || ConfigError {
+            flag: "--profile-steps",
+            value: s.to_string(),
+            expected: "A:B, global steps A (0-based) up to B (exclusive), whole numbers with A < B",
+        };
+        let (a, b) = s.split_once(':').ok_or_else(bad)?;
+        let (start, end) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        if start >= end {
+            return Err(bad());
+        }
+        Ok(StepRange { start, end })
+    }
+
+    /// Whether global step `step` is in the range.
+    pub fn contains(&self, step: u64) -> bool {
+        (self.start..self.end).contains(&step)
+    }
 }
 
 impl TrainConfig {

@@ -56,6 +56,10 @@ pub const ENV_RENDEZVOUS_ADDR: &str = "MNIST_RENDEZVOUS_ADDR";
 /// With `--gpus`: the GPU of each local rank, comma-separated (local rank r uses entry r;
 /// indices inside `CUDA_VISIBLE_DEVICES`).
 pub const ENV_GPUS: &str = "MNIST_GPUS";
+/// Whether a worker loads libtorch's CUDA half (`libtorch_cuda.so` and the CUDA libraries it
+/// pulls in): `auto` (default: when an NVIDIA driver is present and `CUDA_VISIBLE_DEVICES`
+/// does not hide every GPU), `off` (never), `on` (always, even without a driver).
+pub const ENV_TORCH_CUDA: &str = "MNIST_TORCH_CUDA";
 /// The worker program the launcher starts (`--worker-bin`; default: `mnist-worker` next to
 /// the launcher).
 pub const ENV_WORKER_BIN: &str = "MNIST_WORKER_BIN";
@@ -90,6 +94,12 @@ pub const MODEL_FILE: &str = "mnist_model.pt";
 pub const LOG_FILE: &str = "mnist_train.log";
 /// One JSON object per epoch inside `--path`.
 pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The run's full configuration inside `--path` (JSON, written by rank 0 at start-up).
+pub const CONFIG_FILE: &str = "config.json";
+/// The training curves inside `--path` (PNG), redrawn by rank 0 after every epoch.
+pub const CURVES_PNG: &str = "curves.png";
+/// The training curves inside `--path` (SVG), redrawn beside [`CURVES_PNG`].
+pub const CURVES_SVG: &str = "curves.svg";
 /// The resumable checkpoint inside `--path`.
 pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
 /// The launcher's report of a failed launch inside `--path` (torchrun's error file): the root

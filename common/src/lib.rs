@@ -12,7 +12,8 @@ pub mod panics;
 pub mod rendezvous;
 
 pub use config::{
-    BackendKind, CompressionKind, ConfigError, DeviceKind, ModelKind, ProgressMode, TrainConfig,
+    BackendKind, CompressionKind, ConfigError, DeviceKind, ModelKind, ProgressMode, StepRange,
+    TrainConfig,
 };
 
 pub use contract::FailureKind;

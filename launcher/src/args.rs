@@ -15,7 +15,12 @@ pub const WORKER_PROGRAM: &str = "mnist-worker";
 
 /// Start one training worker per rank and supervise them as a group (like torchrun).
 #[derive(Parser, Clone, Debug)]
-#[command(name = "mnist-launch", version, args_override_self = true)]
+#[command(
+    name = "mnist-launch",
+    version,
+    args_override_self = true,
+    after_help = "Compare runs: mnist-launch plot RUN_DIR [RUN_DIR ...] -o compare.png (or .svg); see mnist-launch plot --help."
+)]
 pub struct LaunchArgs {
     /// Training flags, forwarded to every worker.
     #[command(flatten)]
@@ -80,7 +85,22 @@ pub struct LaunchArgs {
     /// [`LaunchArgs::try_parse_argv`]).
     #[arg(skip)]
     pub forwarded: Vec<OsString>,
+    /// The node flags given on the command line (`--nnodes`, `--node-rank`, `--master-addr`,
+    /// `--master-port`, `--rdzv-endpoint`, `--rdzv-id`; filled by
+    /// [`LaunchArgs::try_parse_argv`]): any of them turns reading Slurm's variables off.
+    #[arg(skip)]
+    pub node_flags_given: Vec<&'static str>,
 }
+
+/// The node flags, by clap id and spelling.
+const NODE_FLAGS: [(&str, &str); 6] = [
+    ("nnodes", "--nnodes"),
+    ("node_rank", "--node-rank"),
+    ("master_addr", "--master-addr"),
+    ("master_port", "--master-port"),
+    ("rdzv_endpoint", "--rdzv-endpoint"),
+    ("rdzv_id", "--rdzv-id"),
+];
 
 /// The resolved launch: plain values only, no clap types.
 #[derive(Clone, Debug, PartialEq)]
@@ -139,6 +159,9 @@ pub struct Environment {
     pub console_is_terminal: bool,
     /// `MNIST_SOCKET_IFNAME`, when set.
     pub socket_ifname: Option<String>,
+    /// The nodes of the Slurm step this launcher is a task of (`srun --nodes N
+    /// --ntasks-per-node 1 mnist-launch …`), read by [`mnist_env::slurm::launcher_nodes`].
+    pub slurm: Result<Option<mnist_env::slurm::SlurmNodes>, mnist_env::EnvError>,
 }
 
 impl Environment {
@@ -151,6 +174,7 @@ impl Environment {
             socket_ifname: std::env::var(mnist_common::contract::ENV_SOCKET_IFNAME)
                 .ok()
                 .filter(|s| !s.is_empty()),
+            slurm: mnist_env::slurm::launcher_nodes(&std::env::vars().collect()),
         }
     }
 }
@@ -235,6 +259,9 @@ pub enum ArgsError {
         #[source]
         source: std::io::Error,
     },
+    /// The engine that started the launcher (Slurm) says something that cannot work.
+    #[error(transparent)]
+    Engine(#[from] mnist_env::EnvError),
     /// No `--worker-bin` and this executable's folder is unknown.
     #[error("cannot find {WORKER_PROGRAM} next to this executable (its path is unknown); pass --worker-bin or set MNIST_WORKER_BIN")]
     NoCurrentExe,
@@ -259,6 +286,13 @@ impl LaunchArgs {
         let matches = Self::command().try_get_matches_from(argv)?;
         let mut args = Self::from_arg_matches(&matches)?;
         args.forwarded = forwarded_args(&matches);
+        args.node_flags_given = NODE_FLAGS
+            .iter()
+            .filter(|(id, _)| {
+                matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+            })
+            .map(|&(_, flag)| flag)
+            .collect();
         Ok(args)
     }
 
@@ -340,14 +374,15 @@ impl LaunchArgs {
                 .join(WORKER_PROGRAM),
         };
         check_executable(&worker_bin)?;
-        let multi = self.multi_node(&train, env, nproc)?;
+        let nodes = self.with_engine_nodes(env, &mut notes)?;
+        let multi = nodes.multi_node(&train, env, nproc)?;
         if self.max_restarts > 0 && multi.is_some() {
             return Err(ArgsError::Nodes {
                 flag: "--max-restarts",
                 value: self.max_restarts.to_string(),
                 expected: format!(
                     "0 with --nnodes {} (restarting the workers of several machines in a new rendezvous round is not built yet)",
-                    self.nnodes
+                    nodes.nnodes
                 ),
             });
         }
@@ -378,6 +413,41 @@ impl LaunchArgs {
                 self.max_restarts
             },
         })
+    }
+
+    /// These flags with the node flags taken from Slurm when `srun` started this launcher on
+    /// several nodes and no node flag was given (node count = the step's nodes, node rank =
+    /// `SLURM_PROCID`, master = `MASTER_ADDR` or the step's first node, port = `MASTER_PORT` or
+    /// the run id's, rendezvous id = `SLURM_JOB_ID.SLURM_STEP_ID`).
+    fn with_engine_nodes(
+        &self,
+        env: &Environment,
+        notes: &mut Vec<String>,
+    ) -> Result<LaunchArgs, ArgsError> {
+        let mut a = self.clone();
+        if !self.node_flags_given.is_empty() {
+            return Ok(a);
+        }
+        let n = match &env.slurm {
+            Err(e) => return Err(ArgsError::Engine(e.clone())),
+            Ok(Some(n)) if n.nnodes > 1 => n,
+            Ok(_) => return Ok(a),
+        };
+        a.nnodes = n.nnodes;
+        a.node_rank = n.node_rank;
+        a.master_addr = n.master_addr.clone();
+        a.master_port = n.master_port;
+        a.rdzv_endpoint = None;
+        a.rdzv_id = n.run_id.clone();
+        notes.push(format!(
+            "Slurm: node {} of {}, rendezvous at {} (port {}), --rdzv-id {}",
+            n.node_rank,
+            n.nnodes,
+            mnist_env::join_host_port(&n.master_addr, n.master_port),
+            n.port_from,
+            n.run_id
+        ));
+        Ok(a)
     }
 
     /// `Some` with `--nnodes` above 1: the rendezvous endpoint, the advertised address and the
@@ -488,6 +558,7 @@ mod tests {
             current_exe: Some(PathBuf::from("/bin/sh")),
             console_is_terminal: false,
             socket_ifname: None,
+            slurm: Ok(None),
         }
     }
 
@@ -583,6 +654,7 @@ mod tests {
             current_exe: Some("/nonexistent/dir/mnist-launch".into()),
             console_is_terminal: false,
             socket_ifname: None,
+            slurm: Ok(None),
         };
         let msg = a.resolve_in(&e).unwrap_err().to_string();
         assert!(
@@ -699,5 +771,56 @@ mod tests {
             .collect();
         assert_eq!(c.worker_args, want);
         assert_eq!(c.log_dir, PathBuf::from("./logging/"));
+    }
+
+    #[test]
+    fn under_srun_the_node_flags_come_from_slurm() {
+        let nodes = mnist_env::slurm::SlurmNodes {
+            nnodes: 2,
+            node_rank: 1,
+            master_addr: "node1".into(),
+            master_port: 23456,
+            port_from: "MASTER_PORT".into(),
+            run_id: "7.0".into(),
+            evidence: vec![],
+        };
+        let e = Environment {
+            slurm: Ok(Some(nodes)),
+            ..env(0)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().display().to_string();
+        let c = parse(&["--nproc", "2", "--data", &data])
+            .resolve_in(&e)
+            .unwrap();
+        let m = c.multi.expect("several nodes");
+        assert_eq!((m.nnodes, m.node_rank), (2, 1));
+        assert_eq!(
+            (m.endpoint.as_str(), m.port, m.rdzv_id.as_str()),
+            ("node1:23456", 23456, "7.0")
+        );
+        assert!(
+            c.notes.iter().any(|n| n.starts_with("Slurm: node 1 of 2")),
+            "{:?}",
+            c.notes
+        );
+        // Any node flag given: Slurm is not consulted.
+        let c = parse(&["--nproc", "2", "--nnodes", "1", "--data", &data])
+            .resolve_in(&e)
+            .unwrap();
+        assert!(c.multi.is_none());
+        // Slurm variables that cannot work are an error naming them.
+        let e = Environment {
+            slurm: Err(mnist_env::EnvError::Contradiction {
+                engine: "Slurm".into(),
+                detail: "SLURM_STEP_TASKS_PER_NODE=2: mnist-launch runs once per node".into(),
+            }),
+            ..env(0)
+        };
+        let msg = parse(&["--data", &data])
+            .resolve_in(&e)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("SLURM_STEP_TASKS_PER_NODE=2"), "{msg}");
     }
 }

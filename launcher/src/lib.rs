@@ -8,6 +8,10 @@
 //! was lost); 2 bad command-line usage, or the first worker to
 //! fail refused its input (flags, data or model files); 128 + signal number when the launcher
 //! was stopped by SIGINT (130), SIGTERM (143) or SIGHUP (129).
+//!
+//! `mnist-launch plot RUN_DIR … -o FILE` ([`plot`]) draws several runs' curves into one picture
+//! instead: exit 0, 2 for bad input (a folder without a readable `metrics.jsonl`, an output
+//! that is neither `.png` nor `.svg`), 1 when drawing or writing fails.
 
 pub mod args;
 pub mod error_file;
@@ -17,6 +21,7 @@ pub mod group;
 pub mod multinode;
 pub mod oom;
 pub mod output;
+pub mod plot;
 pub mod restart;
 pub mod signals;
 pub mod spec;

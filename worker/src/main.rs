@@ -71,6 +71,8 @@ impl WorkerArgs {
 
 fn main() {
     mnist_common::panics::install_quiet_hook();
+    // Before any libtorch call: libtorch decides once whether CUDA exists.
+    mnist_train::cuda_runtime::load();
     let args = WorkerArgs::parse();
     let outcome = mnist_common::panics::catch(|| -> Result<(), (anyhow::Error, FailureKind)> {
         if args.rendezvous_timeout.is_nan() || args.rendezvous_timeout <= 0.0 {

@@ -56,9 +56,10 @@ pub fn select(
     Ok(Device::Cuda(index))
 }
 
-/// Number of usable CUDA devices according to libtorch (0 when CUDA is unusable).
+/// Number of usable CUDA devices according to libtorch (0 when CUDA is unusable, including
+/// when libtorch's CUDA half is not loaded: see [`crate::cuda_runtime`]).
 pub fn cuda_count() -> usize {
-    if tch::Cuda::is_available() {
+    if crate::cuda_runtime::load().is_loaded() && tch::Cuda::is_available() {
         tch::Cuda::device_count().max(0) as usize
     } else {
         0

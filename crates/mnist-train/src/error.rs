@@ -54,6 +54,18 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    /// A file or folder that an output flag asks for cannot be written (`--tensorboard`'s
+    /// event files, `--profile-steps`' trace).
+    #[error("{flag}: cannot write {path}")]
+    Output {
+        /// The flag.
+        flag: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A model file that does not fit the chosen model.
     #[error("{file}: {detail}")]
     StateDict {
@@ -132,6 +144,7 @@ impl TrainError {
         match self {
             TrainError::Config(_)
             | TrainError::OutputDir { .. }
+            | TrainError::Output { .. }
             | TrainError::StateDict { .. }
             | TrainError::Device(_)
             | TrainError::Resume { .. }

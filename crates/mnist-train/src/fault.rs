@@ -26,10 +26,11 @@ impl Injector {
 
     /// Before global step `step` (that many steps done): sleep for any `slow` fault in effect,
     /// then crash, abort, exit or hang if one is placed at exactly this step. Each fault that
-    /// acts says so in one line on stderr (`slow` once), so tests can wait for it.
-    pub fn before_step(&mut self, step: u64) {
+    /// acts says so in one line on stderr (`slow` once), so tests can wait for it. Returns
+    /// whether it slept.
+    pub fn before_step(&mut self, step: u64) -> bool {
         if self.plan.is_empty() {
-            return;
+            return false;
         }
         let sleep = self.plan.slow_before(step);
         if !sleep.is_zero() {
@@ -69,6 +70,7 @@ impl Injector {
                 FaultKind::Slow(_) | FaultKind::CorruptGradient | FaultKind::CrashInCheckpoint => {}
             }
         }
+        !sleep.is_zero()
     }
 
     /// Whether to overwrite this rank's local gradient with NaN at global step `step` (after

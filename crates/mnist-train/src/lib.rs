@@ -3,6 +3,9 @@
 //! evaluation, logs, metrics and checkpoints. `mnist-worker` calls [`run`].
 
 pub mod batchnorm;
+pub mod board;
+pub mod breakdown;
+pub mod cuda_runtime;
 pub mod dataset;
 pub mod device;
 mod error;
@@ -14,12 +17,15 @@ pub mod host;
 pub mod interrupt;
 pub mod metrics;
 pub mod optim;
+pub mod phases;
+pub mod report;
 pub mod resume;
 pub mod schedule;
 pub mod session;
 pub mod split;
 pub mod state;
 pub mod sync;
+pub mod timeline;
 pub mod trainer;
 
 pub use error::TrainError;

@@ -37,6 +37,9 @@ pub struct EpochRecord {
     pub compression_ratio: Option<f64>,
     /// Restarts of the job so far (the launcher's restart round, `--max-restarts`).
     pub restarts: u32,
+    /// Where the steps' time went: compute, communication, waiting, the straggler (flat).
+    #[serde(flatten)]
+    pub time: crate::breakdown::TimeBreakdown,
 }
 
 /// Append `rec` to the JSON-lines file at `path`.

@@ -2,7 +2,7 @@
 //! the output folder with its log, and the console progress bar.
 
 use crate::{device, TrainError};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
+use indicatif::{ProgressBar, ProgressDrawTarget, TermLike};
 use mnist_comm::{Communicator, Solo};
 use mnist_common::contract::WorkerIdentity;
 use mnist_common::fault::FaultPlan;
@@ -10,7 +10,7 @@ use mnist_common::logging::RunLog;
 use mnist_common::{BackendKind, ProgressMode, TrainConfig};
 use mnist_nccl::NcclGroup;
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tch::Device;
 
 /// A worker's established environment.
@@ -30,6 +30,8 @@ pub struct Session {
     pub faults: FaultPlan,
     /// The launcher's restart round (`MNIST_RESTART_ROUND`; 0: the first attempt).
     pub restart_round: u32,
+    /// When this process started setting up (the run summary's wall time).
+    pub started: Instant,
     progress: bool,
 }
 
@@ -75,6 +77,10 @@ pub fn thread_count(cfg: &TrainConfig, local_world_size: usize) -> usize {
 impl Session {
     /// Set everything up for `identity` under `cfg`.
     pub fn start(cfg: &TrainConfig, identity: &WorkerIdentity) -> Result<Session, TrainError> {
+        if let crate::cuda_runtime::CudaRuntime::BadSetting(m) = crate::cuda_runtime::load() {
+            return Err(TrainError::Device(m.clone()));
+        }
+        let started = Instant::now();
         let faults = FaultPlan::from_env()?;
         faults.check_world(identity.world_size)?;
         let restart_round = restart_round()?;
@@ -87,7 +93,13 @@ impl Session {
             gpus.as_deref(),
             identity.local_rank,
             device::cuda_count(),
-        )?;
+        )
+        .map_err(|e| match (e, crate::cuda_runtime::load()) {
+            (TrainError::Device(m), rt @ crate::cuda_runtime::CudaRuntime::Absent(_)) => {
+                TrainError::Device(format!("{m}; {rt}"))
+            }
+            (e, _) => e,
+        })?;
         if cfg.backend == BackendKind::Nccl && !device.is_cuda() {
             return Err(TrainError::Device("--backend nccl needs CUDA devices; this run is on the CPU (use --backend cpu or auto)".into()));
         }
@@ -111,6 +123,13 @@ impl Session {
             notes.push(format!(
                 "Restart round {restart_round} ({}): the launcher restarted the workers after a failure",
                 mnist_common::contract::ENV_RESTART_ROUND
+            ));
+        }
+        if !device.is_cuda() && crate::cuda_runtime::load().is_loaded() {
+            notes.push(format!(
+                "{} (CUDA runtime registered: {}), but no usable GPU: training on the CPU",
+                crate::cuda_runtime::load(),
+                tch::utils::has_cudart()
             ));
         }
         if !faults.is_empty() {
@@ -169,23 +188,22 @@ impl Session {
             comm = Box::new(NcclGroup::new(nccl, comm));
         }
         if identity.rank == 0 {
-            log.info(&format!(
-                "Config: {} | rank 0 of {} | {} intra-op thread(s) | device {:?}",
-                serde_json::to_string(cfg).unwrap_or_default(),
-                identity.world_size,
+            let backend = if comm.device().is_some() {
+                "NCCL"
+            } else if identity.world_size > 1 {
+                "CPU (shared memory / TCP)"
+            } else {
+                "none (single process)"
+            };
+            let facts = mnist_viz::console::RunFacts {
+                world_size: identity.world_size,
+                device: crate::report::device_name(device),
                 threads,
-                device
-            ));
-            log.info(&format!(
-                "Gradient backend: {}",
-                if comm.device().is_some() {
-                    "NCCL"
-                } else if identity.world_size > 1 {
-                    "CPU (shared memory / TCP)"
-                } else {
-                    "none (single process)"
-                }
-            ));
+                backend: backend.into(),
+                run_id: identity.run_id.clone(),
+                restart_round,
+            };
+            crate::report::announce(cfg, identity, &log, &facts);
             for n in &notes {
                 log.info(n);
             }
@@ -204,12 +222,18 @@ impl Session {
             identity: identity.clone(),
             faults,
             restart_round,
+            started,
             progress,
         })
     }
 
     /// A progress bar for one epoch of `len` batches, when the console wants one.
-    pub fn progress_bar(&self, len: u64, epoch: usize) -> Option<ProgressBar> {
+    pub fn progress_bar(
+        &self,
+        len: u64,
+        epoch: usize,
+        plan: crate::report::BarPlan,
+    ) -> Option<ProgressBar> {
         if !self.progress {
             return None;
         }
@@ -223,13 +247,9 @@ impl Session {
                 ProgressDrawTarget::term_like_with_hz(Box::new(PipeTerm), 4),
             )
         };
-        let style = ProgressStyle::with_template(
-            "epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+        let style = crate::report::bar_style(plan);
         pb.set_style(style);
-        pb.set_prefix(epoch.to_string());
+        pb.set_prefix(format!("{epoch}/{}", epoch + plan.epochs_after));
         Some(pb)
     }
 }

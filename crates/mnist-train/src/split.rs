@@ -27,6 +27,9 @@ pub struct StepOutput {
     pub correct1: Tensor,
     /// Number of images whose label is among the top 5.
     pub correct5: Tensor,
+    /// When the calling thread's forward pass ended (for the timeline; None when the
+    /// forward and backward passes are not separable).
+    pub forward_end: Option<std::time::Instant>,
 }
 
 /// A part of a batch for a helper thread.
@@ -43,6 +46,8 @@ struct Reply {
     loss: Tensor,
     correct1: Tensor,
     correct5: Tensor,
+    /// When the forward pass ended.
+    forward_end: std::time::Instant,
 }
 
 /// A helper thread and its replica's gradient buffer.
@@ -158,6 +163,7 @@ impl BatchSplitter {
             loss,
             correct1,
             correct5,
+            forward_end: Some(part.forward_end),
         })
     }
 }
@@ -207,12 +213,14 @@ fn part_step(model: &Model, x: &Tensor, y: &Tensor, weight: f64) -> Reply {
     let logits = model.forward(x);
     let loss = logits.cross_entropy_for_logits(y);
     let loss = if weight == 1.0 { loss } else { loss * weight };
+    let forward_end = std::time::Instant::now();
     loss.backward();
     let (correct1, correct5) = tch::no_grad(|| correct_counts(&logits, y));
     Reply {
         loss: loss.detach().to_kind(Kind::Float),
         correct1,
         correct5,
+        forward_end,
     }
 }
 

@@ -4,6 +4,8 @@
 //! rate; [`Trainer::end_epoch`] reduces the epoch's figures, evaluates, and (rank 0) logs,
 //! records metrics, keeps the best model and writes the resumable checkpoint.
 
+use crate::board::{Board, StepSeries};
+use crate::breakdown::{self, StepTimes};
 use crate::dataset::TensorDataset;
 use crate::evaluate::{correct_counts, evaluate, EvalResult};
 use crate::fault::Injector;
@@ -11,10 +13,12 @@ use crate::flat::FlatParams;
 use crate::guard::GradGuard;
 use crate::metrics::{self, EpochRecord};
 use crate::optim::Sgd;
+use crate::phases::{Phase, StepMarks};
 use crate::schedule::cosine_lr;
 use crate::session::Session;
 use crate::split::{BatchSplitter, StepOutput};
 use crate::sync::{broadcast_tensor, GradReducer};
+use crate::timeline::{Recording, Timeline};
 use crate::{interrupt, resume, state, TrainError};
 use mnist_comm::{Communicator, ReduceOp};
 use mnist_common::contract::{METRICS_FILE, MODEL_FILE};
@@ -115,6 +119,10 @@ pub struct EpochStats {
     pub seconds: f64,
     /// Gradient bytes this rank sent per step (metrics and checks not counted).
     pub bytes_per_step: f64,
+    /// This rank's compute and gradient-reduction time per step ([`crate::breakdown`]).
+    pub times: StepTimes,
+    /// Rank 0 with `--tensorboard`: the loss of each step (else empty).
+    pub steps: StepSeries,
 }
 
 /// A run's state from one epoch to the next.
@@ -139,6 +147,12 @@ pub struct Trainer<'c> {
     resume_point: Option<ResumePoint>,
     faults: Injector,
     guard: GradGuard,
+    /// Rank 0's curves, progress bar plan and run summary.
+    report: crate::report::Reporter,
+    /// Rank 0 with `--tensorboard`: the event file.
+    board: Option<Board>,
+    /// `--profile-steps`: this rank's timeline.
+    timeline: Timeline,
     /// First epoch (0-based) this run trains.
     pub start_epoch: usize,
     /// Epoch (exclusive) this run stops at.
@@ -263,6 +277,19 @@ impl<'c> Trainer<'c> {
         ));
         let sampler = DistributedSampler::try_new(train_set.len, world, rank, true, cfg.seed)?;
         let last_epoch = cfg.stop_after.map_or(cfg.epochs, |n| n.min(cfg.epochs));
+        let timeline = Timeline::new(cfg.profile_steps, rank, reducer.method());
+        let board = match (&cfg.tensorboard, rank) {
+            (Some(dir), 0) => {
+                let b = Board::open(dir)?;
+                s.log.info(&format!(
+                    "TensorBoard: writing {} (view with: tensorboard --logdir {})",
+                    b.path().display(),
+                    dir.display()
+                ));
+                Some(b)
+            }
+            _ => None,
+        };
         Ok(Trainer {
             cfg,
             train_set,
@@ -284,6 +311,9 @@ impl<'c> Trainer<'c> {
             resume_point,
             faults: Injector::new(&s.faults, rank, s.restart_round),
             guard: GradGuard::new(rank, s.device),
+            report: Default::default(),
+            board,
+            timeline,
             start_epoch,
             last_epoch,
             step,
@@ -309,7 +339,8 @@ impl<'c> Trainer<'c> {
                 .collect::<Vec<_>>(),
         )
         .to_device(s.device);
-        let bar = s.progress_bar(batches as u64, epoch + 1);
+        let plan = self.report.start_epoch(cfg, world, epoch, self.last_epoch);
+        let bar = s.progress_bar(batches as u64, epoch + 1, plan);
         let mut grad_sent = 0u64;
         let mut sums = Tensor::zeros([3], (Kind::Double, s.device));
         // A mid-epoch checkpoint: start at its batch; rank 0 carries every rank's figures so
@@ -321,12 +352,22 @@ impl<'c> Trainer<'c> {
         if let Some(pb) = &bar {
             pb.set_position(resumed.batches_done as u64);
         }
+        let mut times = StepTimes::default();
+        let mut step_loss = Vec::new();
+        let mut steps = StepSeries {
+            first_step: self.step,
+            ..StepSeries::default()
+        };
         let t0 = Instant::now();
         for b in resumed.batches_done..batches {
             if let Some(signal) = interrupt::pending() {
                 return Err(TrainError::Interrupted { signal });
             }
-            self.faults.before_step(self.step);
+            let mut marks = StepMarks::start();
+            let (tracing, mut calls) = (self.timeline.active(self.step), Vec::new());
+            if self.faults.before_step(self.step) {
+                marks.mark(Phase::Delay);
+            }
             if let Some(d) = self.dropout.as_mut() {
                 // Each batch's masks are a function of seed, rank, epoch and batch (as is the
                 // data order), so a run resumed at an epoch or inside one continues exactly.
@@ -336,6 +377,7 @@ impl<'c> Trainer<'c> {
             let n = cfg.batch_size.min(per_rank - lo);
             let (loss, c1) = guarded("training step", || -> Result<_, TrainError> {
                 let (x, y) = self.train_set.gather(&order.narrow(0, lo as i64, n as i64));
+                marks.mark(Phase::Data);
                 let out = match self.dropout.as_mut() {
                     // Net: one thread, BatchNorm statistics through the communicator.
                     Some(dropout) => {
@@ -359,23 +401,42 @@ impl<'c> Trainer<'c> {
                             loss: st.loss.to_kind(Kind::Float),
                             correct1,
                             correct5,
+                            forward_end: None,
                         }
                     }
                     None => self
                         .splitter
                         .forward_backward(&self.model, &mut self.flat, &x, &y)?,
                 };
+                if let Some(t) = out.forward_end {
+                    marks.set(Phase::Forward, t);
+                }
+                marks.mark(Phase::Backward);
                 if self.faults.corrupts_gradient(self.step) {
                     let _ = self.flat.grads.fill_(f64::NAN);
                 }
                 self.guard.observe(&self.flat.grads, self.step)?;
+                if let (true, tch::Device::Cuda(d)) = (world > 1, s.device) {
+                    // Kernels run asynchronously: finish this step's before timing the
+                    // reduction, which waits for them anyway.
+                    tch::Cuda::synchronize(d as i64);
+                }
+                marks.mark(Phase::Check);
                 if world > 1 {
                     let before = s.comm.bytes_sent();
+                    let mut rec;
+                    let comm: &mut dyn Communicator = if tracing {
+                        rec = Recording::new(s.comm.as_mut(), &mut calls);
+                        &mut rec
+                    } else {
+                        s.comm.as_mut()
+                    };
                     // SAFETY: the batch-split helpers only touch the gradient buffers inside
                     // `forward_backward`, which has returned; nothing else shares
                     // `flat.grads` on another thread.
-                    unsafe { self.reducer.reduce(&mut self.flat.grads, s.comm.as_mut()) }?;
+                    unsafe { self.reducer.reduce(&mut self.flat.grads, comm) }?;
                     grad_sent += s.comm.bytes_sent() - before;
+                    marks.mark(Phase::Reduce);
                 }
                 self.sgd
                     .step(&mut self.flat.params, &mut self.flat.grads, lr);
@@ -387,8 +448,18 @@ impl<'c> Trainer<'c> {
                     ],
                     0,
                 );
+                marks.mark(Phase::Optimizer);
                 Ok((out.loss, out.correct1))
             })??;
+            times.push(marks.compute(), marks.reduce());
+            if tracing {
+                self.timeline
+                    .step(self.step, &marks, &calls, times.len() - 1);
+            }
+            if self.board.is_some() {
+                step_loss.push(loss.shallow_clone());
+                steps.wall_time.push(mnist_tensorboard::now());
+            }
             self.step += 1;
             if cfg.checkpoint_every > 0
                 && self.step.is_multiple_of(cfg.checkpoint_every as u64)
@@ -454,6 +525,15 @@ impl<'c> Trainer<'c> {
             samples: per_rank,
             seconds,
             bytes_per_step: grad_sent as f64 / (batches - resumed.batches_done).max(1) as f64,
+            times,
+            steps: StepSeries {
+                loss: if step_loss.is_empty() {
+                    Vec::new()
+                } else {
+                    crate::flat::tensor_to_vec(&Tensor::stack(&step_loss, 0))
+                },
+                ..steps
+            },
         })
     }
 
@@ -476,6 +556,8 @@ impl<'c> Trainer<'c> {
             vec![v[0], v[1], v[2], stats.samples as f32]
         };
         s.comm.all_reduce_f32(&mut totals, ReduceOp::Sum)?;
+        let all_times = breakdown::gather(s.comm.as_mut(), &stats.times)?;
+        self.timeline.epoch_times(&all_times);
         let ntrain = totals[3] as f64;
         let (train_loss, train_top1, train_top5) = (
             totals[0] as f64 / ntrain,
@@ -487,6 +569,7 @@ impl<'c> Trainer<'c> {
             crate::batchnorm::broadcast_buffers(&mut self.model, s.comm.as_mut())?;
         }
         self.threads.evaluation();
+        let eval_start = Instant::now();
         let test = guarded("evaluation", || {
             evaluate(
                 &self.model,
@@ -497,6 +580,18 @@ impl<'c> Trainer<'c> {
         });
         self.threads.training();
         let test = test??;
+        if self
+            .step
+            .checked_sub(1)
+            .is_some_and(|s| self.timeline.active(s))
+        {
+            self.timeline.evaluation(eval_start);
+        }
+        let trace = if self.timeline.due(self.step, epoch + 1 == self.last_epoch) {
+            self.timeline.write(s.comm.as_mut(), &cfg.path)?
+        } else {
+            None
+        };
         if rank != 0 {
             self.best_acc = self.best_acc.max(test.top1());
             return Ok(());
@@ -511,6 +606,8 @@ impl<'c> Trainer<'c> {
             stats.seconds,
             images_per_second
         ));
+        let time = breakdown::summarize(&all_times);
+        s.log.info(&time.log_line());
         if let Some(r) = compression_ratio {
             s.log.info(&format!(
                 "Gradient traffic ({}): {:.0} bytes/step/rank, compression ratio {r:.1}x vs none",
@@ -533,30 +630,40 @@ impl<'c> Trainer<'c> {
             "Current best test accuracy: {:.2}%",
             self.best_acc
         ));
-        metrics::append(
-            &cfg.path.join(METRICS_FILE),
-            &EpochRecord {
-                epoch: epoch + 1,
-                lr: stats.lr,
-                train_loss,
-                train_top1,
-                train_top5,
-                test_loss: test.avg_loss(),
-                test_top1: test.top1(),
-                test_top5: test.top5(),
-                epoch_seconds: stats.seconds,
-                images_per_second,
-                world_size: world,
-                compression: self.reducer.method().to_string(),
-                bytes_sent_per_step: stats.bytes_per_step,
-                compression_ratio,
-                restarts: s.restart_round,
-            },
-        )
-        .map_err(|e| TrainError::OutputDir {
+        if let (Some(path), Some(w)) = (trace, cfg.profile_steps) {
+            s.log.info(&format!(
+                "Timeline of steps {}..{} on every rank: {} (open in ui.perfetto.dev or chrome://tracing)",
+                w.start,
+                w.end,
+                path.display()
+            ));
+        }
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            lr: stats.lr,
+            train_loss,
+            train_top1,
+            train_top5,
+            test_loss: test.avg_loss(),
+            test_top1: test.top1(),
+            test_top5: test.top5(),
+            epoch_seconds: stats.seconds,
+            images_per_second,
+            world_size: world,
+            compression: self.reducer.method().to_string(),
+            bytes_sent_per_step: stats.bytes_per_step,
+            compression_ratio,
+            restarts: s.restart_round,
+            time,
+        };
+        metrics::append(&cfg.path.join(METRICS_FILE), &rec).map_err(|e| TrainError::OutputDir {
             path: cfg.path.clone(),
             source: e,
         })?;
+        self.report.end_epoch(cfg, &s.log);
+        if let Some(b) = self.board.as_mut() {
+            b.epoch(&stats.steps, self.step, &rec)?;
+        }
         let state = self.resume_state(world, epoch + 1, ResumePoint::default());
         resume::save_with_hook(&self.ckpt_path, &state, || {
             self.faults.in_checkpoint_write(self.step)
@@ -621,7 +728,7 @@ impl<'c> Trainer<'c> {
     }
 
     /// Log the end of the run and wait for every rank.
-    pub fn finish(self, s: &mut Session) -> Result<(), TrainError> {
+    pub fn finish(mut self, s: &mut Session) -> Result<(), TrainError> {
         let cfg = self.cfg;
         if self.last_epoch < cfg.epochs {
             s.log.info(&format!(
@@ -633,6 +740,11 @@ impl<'c> Trainer<'c> {
                 "Final best Test Accuracy: {:.2}%",
                 self.best_acc.max(0.0)
             ));
+        }
+        if s.comm.rank() == 0 {
+            let sent = s.comm.bytes_sent();
+            let resumed = cfg.resume || s.restart_round > 0;
+            self.report.finish(cfg, &s.log, s.started, sent, resumed);
         }
         s.comm.barrier()?;
         Ok(())
