@@ -16,6 +16,12 @@ Subcommands (all print one JSON object on stdout):
         load M strictly, eval mode; forward the first K test images, backward the mean
         cross-entropy; write to G the outputs (K x 10) and then every parameter's gradient in
         named_parameters order (raw little-endian float32); print the loss
+  ddp-load --model M [--expect-prefix]
+        load M into a real DistributedDataParallel(model) (gloo, world size 1) the ways a
+        DDP script does: `module.` keys with ddp.load_state_dict(strict=True), plain keys with
+        ddp.module.load_state_dict(strict=True) and, prefixed on the fly, with
+        ddp.load_state_dict({"module." + k: v}, strict=True); check every loaded value
+        (int64 num_batches_tracked included) against the file; print how it loaded
 
 Run: $MNIST_PYTHON scripts/ref/interop_logits.py eval --data DIR --model mnist_model.pt
 """
@@ -123,6 +129,41 @@ def cmd_grads(a):
     print(json.dumps({"loss": loss.item(), "parameters": names}))
 
 
+def cmd_ddp_load(a):
+    import tempfile
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    sd = torch.load(a.model, weights_only=True)
+    prefixed = all(k.startswith("module.") for k in sd)
+    if prefixed != a.expect_prefix:
+        raise SystemExit(f"{a.model}: keys {'have' if prefixed else 'lack'} the module. prefix: {list(sd)[:3]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = dist.FileStore(os.path.join(tmp, "store"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        try:
+            ways = {}
+            if prefixed:
+                ways["ddp.load_state_dict(sd)"] = lambda ddp: ddp.load_state_dict(sd, strict=True)
+            else:
+                ways["ddp.module.load_state_dict(sd)"] = lambda ddp: ddp.module.load_state_dict(sd, strict=True)
+                with_prefix = {"module." + k: v for k, v in sd.items()}
+                ways['ddp.load_state_dict({"module." + k: v})'] = lambda ddp: ddp.load_state_dict(with_prefix, strict=True)
+            for how, load in ways.items():
+                torch.manual_seed(99)
+                ddp = DDP(MODELS[a.arch]())
+                load(ddp)
+                got = ddp.state_dict()
+                assert list(got) == ["module." + k.removeprefix("module.") for k in sd], (list(got), list(sd))
+                for k, v in sd.items():
+                    g = got["module." + k.removeprefix("module.")]
+                    assert g.dtype == v.dtype and torch.equal(g, v), f"{how}: {k} differs after loading"
+        finally:
+            dist.destroy_process_group()
+    print(json.dumps({"loaded": list(ways), "tensors": len(sd)}))
+
+
 @torch.no_grad()
 def cmd_eval(a):
     model = load_strict(a.arch, a.model)
@@ -164,10 +205,14 @@ def main():
     g.add_argument("--model", required=True)
     g.add_argument("--n", type=int, default=64)
     g.add_argument("--out", required=True)
-    for q in (i, t, e, g):
+    d = sub.add_parser("ddp-load")
+    d.add_argument("--model", required=True)
+    d.add_argument("--expect-prefix", action="store_true", help="the keys must carry module.")
+    for q in (i, t, e, g, d):
         q.add_argument("--arch", choices=sorted(MODELS), default="LeNet")
     a = p.parse_args()
-    {"init": cmd_init, "train": cmd_train, "eval": cmd_eval, "grads": cmd_grads}[a.cmd](a)
+    cmds = {"init": cmd_init, "train": cmd_train, "eval": cmd_eval, "grads": cmd_grads, "ddp-load": cmd_ddp_load}
+    cmds[a.cmd](a)
 
 
 if __name__ == "__main__":

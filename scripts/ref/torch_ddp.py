@@ -3,7 +3,8 @@
 Spawns --world processes (torch.multiprocessing), each with torch.set_num_threads(--threads).
 Every rank preloads the normalised training images as one tensor, takes its indices from a
 DistributedSampler (shuffle, set_epoch each epoch) and gathers batches of --batch-size by index:
-the fairest in-memory DDP loop, no DataLoader. Same LeNet and SGD as mnist-ddp. After the warm-up
+the fairest in-memory DDP loop, no DataLoader. Same model (--model LeNet|Net; Net's BatchNorm
+unsynchronised: PyTorch's SyncBatchNorm refuses CPU modules) and SGD as mnist-ddp. After the warm-up
 epoch(s), each timed epoch runs between two barriers; rank 0 prints
 `RESULT epoch_seconds=<s> images_per_second=<n>` (median over timed epochs, all ranks' images).
 
@@ -22,7 +23,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
-from torch_loop import LeNet, make_optimizer, normalised_tensors, parse_common, train_epoch
+from torch_loop import MODELS, make_optimizer, normalised_tensors, parse_common, train_epoch
 
 
 def worker(rank, args, port):
@@ -34,7 +35,7 @@ def worker(rank, args, port):
     try:
         torch.manual_seed(args.seed)
         x, y = normalised_tensors(args.data)
-        model = DDP(LeNet())
+        model = DDP(MODELS[args.model]())
         opt = make_optimizer(model)
         model.train()
         sampler = DistributedSampler(range(x.shape[0]), num_replicas=args.world, rank=rank, shuffle=True, seed=args.seed)

@@ -1,6 +1,7 @@
 //! `--model Net` end to end: our trained state_dict loads strictly into the example's `Net` in
 //! PyTorch (plain and with DDP's `module.` prefix; `num_batches_tracked` as int64) and gives
-//! the same outputs and accuracy; a PyTorch-trained Net (either form) evaluates here with
+//! the same outputs and accuracy, and into a real `DistributedDataParallel(Net())` both ways
+//! the README shows; a PyTorch-trained Net (either form) evaluates here with
 //! PyTorch's accuracy; a forward/backward pass in eval mode matches PyTorch's (outputs and
 //! every gradient, 1e-5); and two ranks train through `mnist-launch` with and without
 //! `--sync-bn`, in step (`--check-sync`).
@@ -154,6 +155,15 @@ fn net_state_dicts_go_both_ways_with_pytorch() {
         &prefixed,
         tmp.path(),
     );
+    // Into a real DDP-wrapped Net, the ways a DDP script loads (README "Checkpoints").
+    let j = interop(&py, args!["ddp-load", "--model", ours.display()]);
+    assert_eq!(j["loaded"].as_array().unwrap().len(), 2, "{j}");
+    assert_eq!(j["tensors"], 18, "{j}");
+    let j = interop(
+        &py,
+        args!["ddp-load", "--model", prefixed.display(), "--expect-prefix"],
+    );
+    assert_eq!(j["loaded"][0], "ddp.load_state_dict(sd)", "{j}");
 
     // PyTorch → ours, plain and as DDP saves it.
     for prefix in [false, true] {

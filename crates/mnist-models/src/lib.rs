@@ -328,7 +328,7 @@ impl Model {
                 let x = x.conv2d(self.p(0), Some(self.p(1)), [1, 1], [0, 0], [1, 1], 1);
                 let x = bn(x, 2, 0).relu();
                 let x = x.conv2d(self.p(4), Some(self.p(5)), [1, 1], [0, 0], [1, 1], 1);
-                let x = bn(x, 6, 3).relu().max_pool2d_default(2).flatten(1, -1);
+                let x = net::relu_max_pool(&bn(x, 6, 3)).flatten(1, -1);
                 let x = x.linear(self.p(8), Some(self.p(9))).relu();
                 x.linear(self.p(10), Some(self.p(11)))
                     .log_softmax(-1, Kind::Float)

@@ -2,7 +2,9 @@
 //! written with libtorch's own training-mode `batch_norm` and autograd (loss, output, every
 //! gradient, running statistics, counters); N simulated ranks with summed BatchNorm statistics
 //! (SyncBatchNorm) equal one rank with the whole batch, for N = 2 and 3 and uneven batches;
-//! dropout masks are reproducible per seed and rank and change the step.
+//! dropout masks are reproducible per seed and rank and change the step; training-mode
+//! dropout is PyTorch's (`x * keep / (1 - p)` after the pooling and after `fc1`) and keeps
+//! a share 1 - p of the values, per layer and per mask.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Barrier, Mutex};
@@ -318,4 +320,133 @@ fn dropout_steps_are_reproducible_per_seed_and_rank() {
     assert_eq!(a, b, "same seed and rank: same masks, same loss");
     assert_ne!(a, plain, "dropout changes the step");
     assert_ne!(a, other, "another rank draws other masks");
+}
+
+/// Training-mode dropout is PyTorch's `F.dropout` at PyTorch's places: with the masks a
+/// [`Dropout`] stream draws (which values are kept), a step equals the same network written
+/// with libtorch's `batch_norm` and dropout as `x * keep / (1 - p)` after the pooling (p 0.25)
+/// and after `fc1`'s relu (p 0.5): loss, output and every gradient to 1e-5.
+#[test]
+fn training_dropout_is_pytorchs_dropout_at_pytorchs_places() {
+    tch::set_num_threads(1);
+    let values = weights();
+    let ours = net(&values);
+    let reference = net(&values);
+    let (x, y) = batch(6, 50);
+    let mut d = Dropout::at_batch(1, 0, 2, 7);
+    let mut masks = d.clone();
+    let out = train_step(&ours, &x, &y, 1.0, Some(&mut d), &mut identity).unwrap();
+
+    let keep1 = masks.mask(&[6, 64, 12, 12], 0.25, Device::Cpu).ne(0.0);
+    let keep2 = masks.mask(&[6, 128], 0.5, Device::Cpu).ne(0.0);
+    let dropped = |keep: &Tensor| {
+        1.0 - keep
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[])
+    };
+    // Both masks drop something and keep something: the comparison below tests dropout.
+    assert!((0.1..0.4).contains(&dropped(&keep1)), "{}", dropped(&keep1));
+    assert!((0.3..0.7).contains(&dropped(&keep2)), "{}", dropped(&keep2));
+    let p = |i: usize| &reference.parameters()[i].tensor;
+    let b = |i: usize| reference.buffers()[i].tensor.shallow_clone();
+    let bn = |h: Tensor, w: usize, s: usize| {
+        h.batch_norm(
+            Some(p(w)),
+            Some(p(w + 1)),
+            Some(&b(s)),
+            Some(&b(s + 1)),
+            true,
+            MOMENTUM,
+            EPS,
+            false,
+        )
+    };
+    let h = x.conv2d(p(0), Some(p(1)), [1, 1], [0, 0], [1, 1], 1);
+    let h = bn(h, 2, 0).relu();
+    let h = h.conv2d(p(4), Some(p(5)), [1, 1], [0, 0], [1, 1], 1);
+    let h = bn(h, 6, 3).relu().max_pool2d_default(2);
+    let h = h * keep1.to_kind(Kind::Float) / 0.75;
+    let h = h.flatten(1, -1).linear(p(8), Some(p(9))).relu();
+    let h = h * keep2.to_kind(Kind::Float) / 0.5;
+    let logp = h.linear(p(10), Some(p(11))).log_softmax(-1, Kind::Float);
+    let loss = logp.g_nll_loss::<Tensor>(&y, None, Reduction::Mean, -100);
+    loss.backward();
+
+    let dl = (out.loss.double_value(&[]) - loss.double_value(&[])).abs();
+    assert!(dl < 1e-5, "loss differs by {dl}");
+    let d = max_diff(&out.output, &logp);
+    assert!(d < 1e-5, "output differs by {d}");
+    for ((prm, a), b) in ours
+        .parameters()
+        .iter()
+        .zip(grads(&ours))
+        .zip(grads(&reference))
+    {
+        let d = rel_diff(&a, &b);
+        assert!(d < 1e-5, "{} gradient differs by {d}", prm.name);
+    }
+}
+
+/// The keep rate of the masks the trainer draws (`Dropout::at_batch`, Net's shapes at batch
+/// 32, 2 ranks × 40 batches of an epoch) is 1 - p, per layer and per mask, kept values are
+/// scaled by exactly 1/(1 - p), and masks of different batches and ranks are independent
+/// (they agree on a share p² + (1-p)² of positions). Bounds are 6 standard deviations of the
+/// binomial share (a fair stream fails one with probability < 2e-9; the seeds are fixed, so
+/// the test is deterministic anyway); a stream that drops p/2 too many or reuses a mask fails.
+#[test]
+fn dropout_keep_rate_per_layer_and_mask_is_one_minus_p() {
+    let six_sigma = |p: f64, n: f64| 6.0 * (p * (1.0 - p) / n).sqrt();
+    for (shape, p) in [(vec![32i64, 64, 12, 12], 0.25), (vec![32, 128], 0.5)] {
+        let per_mask = shape.iter().product::<i64>() as f64;
+        let (mut kept, mut total) = (0.0, 0.0);
+        let mut previous: Option<Tensor> = None;
+        let (mut agree, mut pairs) = (0.0, 0.0);
+        for rank in 0..2 {
+            for b in 0..40 {
+                let mut d = Dropout::at_batch(1, rank, 3, b);
+                // Net draws the first mask, then the second, from each batch's stream.
+                if p == 0.5 {
+                    let _ = d.mask(&[32, 64, 12, 12], 0.25, Device::Cpu);
+                }
+                let m = d.mask(&shape, p, Device::Cpu);
+                let keep = m.ne(0.0);
+                let k = keep.to_kind(Kind::Float).sum(Kind::Float).double_value(&[]);
+                let share = k / per_mask;
+                assert!(
+                    (share - (1.0 - p)).abs() < six_sigma(p, per_mask),
+                    "p {p}, rank {rank}, batch {b}: kept share {share}"
+                );
+                let kept_values = m.masked_select(&keep);
+                let scale = 1.0 / (1.0 - p);
+                let off = (kept_values - scale).abs().max().double_value(&[]);
+                assert!(
+                    off < 1e-6,
+                    "p {p}: kept values are not 1/(1-p) (off by {off})"
+                );
+                kept += k;
+                total += per_mask;
+                if let Some(prev) = &previous {
+                    agree += keep
+                        .eq_tensor(prev)
+                        .to_kind(Kind::Float)
+                        .sum(Kind::Float)
+                        .double_value(&[]);
+                    pairs += per_mask;
+                }
+                previous = Some(keep);
+            }
+        }
+        let share = kept / total;
+        assert!(
+            (share - (1.0 - p)).abs() < six_sigma(p, total),
+            "p {p}: kept share {share} over {total} values"
+        );
+        let q = p * p + (1.0 - p) * (1.0 - p);
+        let a = agree / pairs;
+        assert!(
+            (a - q).abs() < six_sigma(q, pairs),
+            "p {p}: consecutive masks agree on {a} of positions, independent ones on {q}"
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! Hand-written BatchNorm2d (crates/mnist-models/src/batchnorm.rs): one process matches
 //! libtorch's own training-mode `batch_norm` (outputs, running statistics, gradients), and
 //! N simulated ranks with summed statistics match one rank with the whole batch, for N = 2
-//! and 3 and uneven per-rank batches.
+//! and 3 and uneven per-rank batches, also when the channel means are thousands of standard
+//! deviations from the running mean.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Barrier, Mutex};
@@ -125,11 +126,9 @@ impl FakeAllReduce {
     }
 }
 
-fn check_ranks(sizes: &[i64]) {
-    let total: i64 = sizes.iter().sum();
-    let (x, dy, w, b) = inputs(total);
-    let whole = run_one(&x, &dy, &w, &b, &mut identity);
-
+/// Each rank of `sizes` runs forward and backward on its rows of `x` and `dy` in a thread,
+/// statistics summed by a [`FakeAllReduce`].
+fn run_ranks(sizes: &[i64], x: &Tensor, dy: &Tensor, w: &Tensor, b: &Tensor) -> Vec<Out> {
     let ar = Arc::new(FakeAllReduce {
         barrier: Barrier::new(sizes.len()),
         acc: Mutex::new(Vec::new()),
@@ -151,7 +150,15 @@ fn check_ranks(sizes: &[i64]) {
             })
         })
         .collect();
-    let outs: Vec<Out> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn check_ranks(sizes: &[i64]) {
+    let total: i64 = sizes.iter().sum();
+    let (x, dy, w, b) = inputs(total);
+    let whole = run_one(&x, &dy, &w, &b, &mut identity);
+
+    let outs = run_ranks(sizes, &x, &dy, &w, &b);
 
     let y = Tensor::cat(
         &outs.iter().map(|o| o.y.shallow_clone()).collect::<Vec<_>>(),
@@ -200,4 +207,39 @@ fn two_ranks_equal_one_rank_with_the_whole_batch() {
 fn three_ranks_with_uneven_batches_equal_one_rank() {
     check_ranks(&[3, 3, 3]);
     check_ranks(&[4, 4, 1]);
+}
+
+/// Channels whose mean is 4000 standard deviations away from 0 (after the first step the
+/// running mean is 0): the statistics still match a float64 reference, so the sums the ranks
+/// add do not cancel (a float32 sum of squares would lose the variance entirely).
+#[test]
+fn large_channel_means_keep_the_variance() {
+    let (x, dy, w, b) = inputs(8);
+    let offsets = Tensor::from_slice(&[200.0f32, -150.0, 80.0, 1000.0]).view([1, C, 1, 1]);
+    let x = x * 0.05 + offsets;
+    let outs = run_ranks(&[5, 3], &x, &dy, &w, &b);
+    let x64 = x.to_kind(Kind::Double);
+    let mean = x64.mean_dim([0i64, 2, 3].as_slice(), true, Kind::Double);
+    let var = (&x64 - &mean)
+        .square()
+        .mean_dim([0i64, 2, 3].as_slice(), true, Kind::Double);
+    let n = x.numel() as f64 / C as f64;
+    let want_var = var.view([C]) * (n / (n - 1.0));
+    let want_y = (&x64 - &mean) / (&var + EPS).sqrt() * w.to_kind(Kind::Double).view([1, C, 1, 1])
+        + b.to_kind(Kind::Double).view([1, C, 1, 1]);
+    let y = Tensor::cat(&[outs[0].y.shallow_clone(), outs[1].y.shallow_clone()], 0);
+    for (r, o) in outs.iter().enumerate() {
+        // The batch's unbiased variance, as the running variance (1 before) took it in.
+        let got = (o.rv.to_kind(Kind::Double) - (1.0 - MOMENTUM)) / MOMENTUM;
+        let rel = ((got - &want_var).abs() / &want_var)
+            .max()
+            .double_value(&[]);
+        assert!(
+            rel < 1e-3,
+            "rank {r}: batch variance off by {rel} (relative)"
+        );
+    }
+    // float32 x carries 1000·2⁻²⁴ ≈ 6e-5 of rounding, 1.2e-3 standard deviations.
+    let d = max_diff(&y.to_kind(Kind::Double), &want_y);
+    assert!(d < 5e-3, "output differs from float64 by {d}");
 }
