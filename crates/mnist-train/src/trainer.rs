@@ -481,7 +481,8 @@ impl<'c> Trainer<'c> {
                     .step(self.step, &marks, &calls, &parts, times.len() - 1);
             }
             if self.board.is_some() {
-                step_loss.push(loss.shallow_clone());
+                // Detached: the step's autograd graph is not kept alive until the epoch ends.
+                step_loss.push(loss.detach());
                 steps.wall_time.push(mnist_tensorboard::now());
             }
             self.step += 1;
