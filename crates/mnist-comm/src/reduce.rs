@@ -45,6 +45,11 @@ pub(crate) trait Elem: crate::shm::Plain + Default + Send + 'static {
     fn add(acc: &mut [f32], src: &[Self]);
     /// `dst[i] = acc[i]` rounded once.
     fn store(dst: &mut [Self], acc: &[f32]);
+    /// The same elements as f32 when they are f32 (the ring then sums in place and sends
+    /// straight from the buffer), else `None`.
+    fn as_f32_mut(_buf: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
     /// Little-endian bytes of `src` appended to `out` (one copy on a little-endian machine).
     fn to_le(src: &[Self], out: &mut Vec<u8>) {
         let start = out.len();
@@ -97,6 +102,9 @@ impl Elem for f32 {
     }
     fn store(dst: &mut [f32], acc: &[f32]) {
         dst.copy_from_slice(acc);
+    }
+    fn as_f32_mut(buf: &mut [f32]) -> Option<&mut [f32]> {
+        Some(buf)
     }
 }
 

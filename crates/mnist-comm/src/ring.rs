@@ -28,7 +28,7 @@
 //! its successor, and each member forwards the first one it receives, so every member stops
 //! with the same cause, naming the failed rank and its address.
 
-use crate::reduce::{as_bytes_mut, Elem, BLOCK};
+use crate::reduce::{as_bytes, as_bytes_mut, Elem, BLOCK};
 use crate::shm::OpDesc;
 use crate::CommError;
 use std::io::{Read, Write};
@@ -359,6 +359,91 @@ impl Ring {
         }
     }
 
+    /// Send a data frame whose payload is `payload` (little-endian bytes). While the sender
+    /// thread is idle, header and payload go to the socket in one `sendmsg` as far as it
+    /// takes them without waiting, straight from `payload` (no copy); only what it does not
+    /// take, or everything while the thread still has frames to write, is copied for the
+    /// thread.
+    fn send_frame(&mut self, payload: &[u8], seq: u64, d: &OpDesc) {
+        let h = Head {
+            kind: KIND_DATA,
+            seq,
+            d: *d,
+            len: payload.len() as u64,
+        }
+        .encode();
+        while let Ok(ev) = self.events.try_recv() {
+            self.note(ev);
+        }
+        let total = HEADER + payload.len();
+        let mut sent = 0;
+        if self.outstanding == 0 && self.write_error.is_none() {
+            while sent < total {
+                let (head, body) = if sent < HEADER {
+                    (&h[sent..], payload)
+                } else {
+                    (&h[..0], &payload[sent - HEADER..])
+                };
+                let iov = [
+                    libc::iovec {
+                        iov_base: head.as_ptr() as *mut libc::c_void,
+                        iov_len: head.len(),
+                    },
+                    libc::iovec {
+                        iov_base: body.as_ptr() as *mut libc::c_void,
+                        iov_len: body.len(),
+                    },
+                ];
+                // SAFETY: an all-zero msghdr is valid (no address, no control data).
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+                msg.msg_iovlen = iov.len() as _;
+                // SAFETY: sendmsg on our own connected socket; both iovecs point into live
+                // buffers of the given lengths, which the kernel only reads during the call;
+                // MSG_DONTWAIT never blocks.
+                let n = unsafe {
+                    libc::sendmsg(
+                        self.send_probe.as_raw_fd(),
+                        &msg,
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n > 0 {
+                    sent += n as usize;
+                    continue;
+                }
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => continue,
+                    std::io::ErrorKind::WouldBlock => break,
+                    _ => {
+                        self.write_error = Some(e);
+                        return;
+                    }
+                }
+            }
+            if sent == total {
+                return;
+            }
+        }
+        let mut bytes = self.buffer();
+        if sent < HEADER {
+            bytes.extend_from_slice(&h[sent..]);
+            bytes.extend_from_slice(payload);
+        } else {
+            bytes.extend_from_slice(&payload[sent - HEADER..]);
+        }
+        if let Some(j) = &self.jobs {
+            self.outstanding += 1;
+            // The rest of a frame already begun must go out even after a cancel, or the
+            // stream would lose its framing.
+            let _ = j.send(Job::Frame {
+                data: sent == 0,
+                bytes,
+            });
+        }
+    }
+
     /// A frame buffer with room for the header, ready for the payload.
     fn frame_buffer(&mut self) -> Vec<u8> {
         let mut b = self.buffer();
@@ -684,6 +769,11 @@ impl Ring {
         divide: Option<usize>,
     ) -> Result<(), CommError> {
         self.begin()?;
+        if cfg!(target_endian = "little") {
+            if let Some(values) = T::as_f32_mut(buf) {
+                return self.all_reduce_f32(values, seq, d, divide);
+            }
+        }
         let (n, i) = (self.n(), self.index);
         let per = (CHUNK_BYTES / std::mem::size_of::<T>()).max(1);
         let esz = std::mem::size_of::<T>();
@@ -716,17 +806,7 @@ impl Ring {
                 let h = self.recv_frame(seq, d, direct)?;
                 let wire = if reducing { 4 } else { esz };
                 if h.len != ((b - a) * wire) as u64 {
-                    let err = CommError::Mismatch {
-                        rank: self.rank,
-                        seq,
-                        detail: format!(
-                            "rank {} sent {} bytes for a chunk of {} elements",
-                            self.members[self.prev()],
-                            h.len,
-                            b - a
-                        ),
-                    };
-                    return Err(self.fail_out(&err));
+                    return Err(self.wrong_chunk(seq, h.len, b - a));
                 }
                 let more = t + 1 < steps;
                 let mut f = if more {
@@ -769,6 +849,64 @@ impl Ring {
             }
         }
         self.finish(d)
+    }
+
+    /// [`Ring::all_reduce`] of f32 values on a little-endian machine, with fewer passes over
+    /// memory: partial sums are added in place (`buf += received`, bit-identical to the
+    /// general path's `received + buf`), frames leave straight from `buf`, and the
+    /// all-gather half is read straight into place. Nothing outlives a call into `buf`: a
+    /// frame either goes to the kernel during [`Ring::send_frame`] or is copied for the
+    /// sender thread.
+    fn all_reduce_f32(
+        &mut self,
+        buf: &mut [f32],
+        seq: u64,
+        d: &OpDesc,
+        divide: Option<usize>,
+    ) -> Result<(), CommError> {
+        let (n, i) = (self.n(), self.index);
+        let per = CHUNK_BYTES / 4;
+        let steps = 2 * (n - 1);
+        let (s0, e0) = segment(buf.len(), n, send_seg(i, n, 0));
+        for (a, b) in chunks(s0, e0, per) {
+            self.send_frame(as_bytes(&buf[a..b]), seq, d);
+        }
+        for t in 0..steps {
+            let (s, e) = segment(buf.len(), n, send_seg(i, n, t + 1));
+            let reducing = t + 1 < n;
+            let last_reduce = t + 2 == n;
+            for (a, b) in chunks(s, e, per) {
+                let direct = (!reducing && b > a).then(|| as_bytes_mut(&mut buf[a..b]));
+                let h = self.recv_frame(seq, d, direct)?;
+                if h.len != ((b - a) * 4) as u64 {
+                    return Err(self.wrong_chunk(seq, h.len, b - a));
+                }
+                if reducing {
+                    add_le_in_place(
+                        &mut buf[a..b],
+                        &self.inbuf,
+                        divide.filter(|_| last_reduce),
+                    );
+                }
+                if t + 1 < steps {
+                    self.send_frame(as_bytes(&buf[a..b]), seq, d);
+                }
+            }
+        }
+        self.finish(d)
+    }
+
+    /// The predecessor sent `got` bytes for a chunk of `elems` elements.
+    fn wrong_chunk(&mut self, seq: u64, got: u64, elems: usize) -> CommError {
+        let err = CommError::Mismatch {
+            rank: self.rank,
+            seq,
+            detail: format!(
+                "rank {} sent {got} bytes for a chunk of {elems} elements",
+                self.members[self.prev()],
+            ),
+        };
+        self.fail_out(&err)
     }
 
     /// Copy member `root`'s `buf` into every member's `buf` (a pipelined chain along the
@@ -847,6 +985,29 @@ impl Drop for Ring {
         self.jobs = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// `dst[k] += src[k]` for the little-endian f32 values in `src`, then divided by `divide`
+/// when given: `(dst + src) / w` rounded as the general path rounds `(src + dst) / w`.
+fn add_le_in_place(dst: &mut [f32], src: &[u8], divide: Option<usize>) {
+    debug_assert_eq!(src.len(), dst.len() * 4);
+    let w = divide.map(|w| w as f32);
+    // SAFETY: every bit pattern is a valid f32; `align_to` only hands out the aligned middle.
+    let (pre, mid, post) = unsafe { src.align_to::<f32>() };
+    if cfg!(target_endian = "little") && pre.is_empty() && post.is_empty() {
+        match w {
+            None => dst.iter_mut().zip(mid).for_each(|(v, r)| *v += *r),
+            Some(w) => dst.iter_mut().zip(mid).for_each(|(v, r)| *v = (*v + *r) / w),
+        }
+    } else {
+        for (v, r) in dst.iter_mut().zip(src.chunks_exact(4)) {
+            let r = f32::from_le_bytes([r[0], r[1], r[2], r[3]]);
+            *v = match w {
+                None => *v + r,
+                Some(w) => (*v + r) / w,
+            };
         }
     }
 }
