@@ -882,11 +882,7 @@ impl Ring {
                     return Err(self.wrong_chunk(seq, h.len, b - a));
                 }
                 if reducing {
-                    add_le_in_place(
-                        &mut buf[a..b],
-                        &self.inbuf,
-                        divide.filter(|_| last_reduce),
-                    );
+                    add_le_in_place(&mut buf[a..b], &self.inbuf, divide.filter(|_| last_reduce));
                 }
                 if t + 1 < steps {
                     self.send_frame(as_bytes(&buf[a..b]), seq, d);
@@ -999,7 +995,10 @@ fn add_le_in_place(dst: &mut [f32], src: &[u8], divide: Option<usize>) {
     if cfg!(target_endian = "little") && pre.is_empty() && post.is_empty() {
         match w {
             None => dst.iter_mut().zip(mid).for_each(|(v, r)| *v += *r),
-            Some(w) => dst.iter_mut().zip(mid).for_each(|(v, r)| *v = (*v + *r) / w),
+            Some(w) => dst
+                .iter_mut()
+                .zip(mid)
+                .for_each(|(v, r)| *v = (*v + *r) / w),
         }
     } else {
         for (v, r) in dst.iter_mut().zip(src.chunks_exact(4)) {
@@ -1234,6 +1233,49 @@ mod tests {
                 );
                 for (m, part) in g.iter().enumerate() {
                     assert_eq!(part, &vec![m as u8; m * 3], "all_gather n={n} member {i}");
+                }
+            }
+        }
+    }
+
+    /// Averages (`divide`) are divided once, after the last partial sum, on every member and
+    /// every chunk; values are multiples of `n` so every average is exact. Half precision
+    /// takes the general path (f32 partial sums, one rounding) and must agree.
+    #[test]
+    fn ring_average_divides_once_for_f32_and_halves() {
+        for n in [2usize, 3, 5] {
+            let len = CHUNK_BYTES / 4 + 7 * n + 1;
+            let rs = rings(n, Duration::from_secs(60));
+            let handles: Vec<_> = rs
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut ring)| {
+                    std::thread::spawn(move || {
+                        let mut b: Vec<f32> =
+                            (0..len).map(|k| (n * ((i + k) % 13)) as f32).collect();
+                        ring.all_reduce(&mut b, 1, &desc(len), Some(n)).unwrap();
+                        let mut h: Vec<half::f16> = (0..len)
+                            .map(|k| half::f16::from_f32((n * ((i + k) % 13)) as f32))
+                            .collect();
+                        let hd = OpDesc {
+                            dtype: 3,
+                            ..desc(len)
+                        };
+                        ring.all_reduce(&mut h, 2, &hd, Some(n)).unwrap();
+                        (b, h)
+                    })
+                })
+                .collect();
+            for (i, h) in handles.into_iter().enumerate() {
+                let (b, hb) = h.join().unwrap();
+                for k in 0..len {
+                    let expect: usize = (0..n).map(|r| (r + k) % 13).sum();
+                    assert_eq!(b[k], expect as f32, "n={n} member {i} element {k}");
+                    assert_eq!(
+                        hb[k].to_f32(),
+                        expect as f32,
+                        "f16 n={n} member {i} element {k}"
+                    );
                 }
             }
         }
