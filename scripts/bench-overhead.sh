@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# What watching a run costs: a LeNet epoch (batch 64, 2 processes of 1 thread, CPU) with
-# --tensorboard and the time breakdown against one with neither (MNIST_TIME_BREAKDOWN=0, no
-# --tensorboard), in one go: the two alternate (plain, observed, plain, observed, ...) so a
-# change in the machine's load hits both alike. Per pair the overhead is
-# observed / plain - 1 of the training loop's seconds (metrics.jsonl epoch_seconds; the
-# event file is written after the loop, so the whole run's wall time is shown too) and of the
+# What watching a run costs: LeNet epochs (batch 64, 2 processes of 1 thread, CPU) with
+# --tensorboard and the time breakdown against the same with neither (MNIST_TIME_BREAKDOWN=0,
+# no --tensorboard), in one go: runs come in pairs, one of each, back to back so a change in
+# the machine's load hits both alike, in an order drawn per pair (a fixed order measured the
+# second run of each pair ~10% slower on this VM, whichever it was). Per pair the overhead is
+# observed / plain - 1 of the training loops' seconds (metrics.jsonl epoch_seconds summed over
+# the run's epochs; the event file is written after each loop, so the whole run's wall time is
+# shown too) and of the
 # whole run's CPU time (user + system of the launcher and its workers: less sensitive to
 # other load than wall time, though waiting peers spin for a while). The target is <= 2%.
 # The verdict comes from the median of the pairs' overheads and its 90% bootstrap interval:
@@ -14,9 +16,11 @@
 # rank 0's end-of-epoch work, and a LeNet step to compare with
 # (`cargo bench -p mnist-train --bench observe_overhead`).
 #
-# Usage: scripts/bench-overhead.sh [--data DIR] [--reps N] [--ntrain N] [--out FILE]
+# Usage: scripts/bench-overhead.sh [--data DIR] [--reps N] [--epochs N] [--nproc N] [--ntrain N] [--out FILE]
 #   --data DIR    MNIST IDX files (default data/mnist)
-#   --reps N      pairs of runs (default 10)
+#   --reps N      pairs of runs (default 20)
+#   --epochs N    epochs per run (default 3; longer runs average out the VM's second-to-second
+#                 speed changes: per-pair scatter ~±15% with 1 epoch, ~±5% with 3)
 #   --ntrain N    train on the first N training images only (default: all 60,000)
 #   --nproc N     processes (default 2)
 #   --out FILE    also write the table to FILE
@@ -27,13 +31,14 @@ cd "$(dirname "$0")/.."
 
 die() { echo "bench-overhead: error: $*" >&2; exit 1; }
 
-DATA=data/mnist REPS=10 NTRAIN="" OUT="" NPROC=2
+DATA=data/mnist REPS=20 EPOCHS=3 NTRAIN="" OUT="" NPROC=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) [ $# -ge 2 ] || die "--data needs a folder"; DATA=$2; shift 2 ;;
     --reps) [ $# -ge 2 ] && [ "$2" -ge 1 ] 2>/dev/null || die "--reps needs a whole number >= 1"; REPS=$2; shift 2 ;;
     --ntrain) [ $# -ge 2 ] && [ "$2" -ge 640 ] 2>/dev/null || die "--ntrain needs a whole number >= 640"; NTRAIN=$2; shift 2 ;;
     --out) [ $# -ge 2 ] || die "--out needs a file name"; OUT=$2; shift 2 ;;
+    --epochs) [ $# -ge 2 ] && [ "$2" -ge 1 ] 2>/dev/null || die "--epochs needs a whole number >= 1"; EPOCHS=$2; shift 2 ;;
     --nproc) [ $# -ge 2 ] && [ "$2" -ge 1 ] 2>/dev/null || die "--nproc needs a whole number >= 1"; NPROC=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see $0 --help)" ;;
@@ -85,13 +90,13 @@ rc = subprocess.call(sys.argv[2:])
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 open(sys.argv[1], "w").write(f"{time.time() - t0} {ru.ru_utime + ru.ru_stime}\n")
 sys.exit(rc)' "$dir/times" "$LAUNCH" --nproc "$NPROC" --threads 1 --device cpu --backend cpu \
-      --model LeNet --batch-size 64 --epochs 1 --data "$DATA" --path "$dir" --progress never \
+      --model LeNet --batch-size 64 --epochs "$EPOCHS" --data "$DATA" --path "$dir" --progress never \
       "$@" >"$dir/launch.log" 2>&1; then
     echo "bench-overhead: error: run $name failed; last lines of $dir/launch.log:" >&2
     tail -n 20 "$dir/launch.log" >&2
     return 1
   fi
-  "$PY" -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]; print(r["epoch_seconds"], open(sys.argv[2]).read().strip())' \
+  "$PY" -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]; print(sum(e["epoch_seconds"] for e in r), open(sys.argv[2]).read().strip())' \
     "$dir/metrics.jsonl" "$dir/times"
 }
 
@@ -99,11 +104,17 @@ echo "bench-overhead: part by part: cargo bench -p mnist-train --bench observe_o
 PARTS=$(cargo bench -q -p mnist-train --bench observe_overhead) || die "the observe_overhead bench failed"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 : >"$TMP/pairs"
+RANDOM=1   # the pairs' orders: drawn, but the same on every run of this script
 for i in $(seq 1 "$REPS"); do
-  echo "bench-overhead: pair $i of $REPS: plain" >&2
-  plain=$(one "plain$i" MNIST_TIME_BREAKDOWN=0 --)
-  echo "bench-overhead: pair $i of $REPS: --tensorboard + time breakdown" >&2
-  observed=$(one "observed$i" MNIST_TIME_BREAKDOWN=1 -- --tensorboard)
+  if [ $((RANDOM % 2)) = 0 ]; then
+    echo "bench-overhead: pair $i of $REPS: plain, then --tensorboard + time breakdown" >&2
+    plain=$(one "plain$i" MNIST_TIME_BREAKDOWN=0 --)
+    observed=$(one "observed$i" MNIST_TIME_BREAKDOWN=1 -- --tensorboard)
+  else
+    echo "bench-overhead: pair $i of $REPS: --tensorboard + time breakdown, then plain" >&2
+    observed=$(one "observed$i" MNIST_TIME_BREAKDOWN=1 -- --tensorboard)
+    plain=$(one "plain$i" MNIST_TIME_BREAKDOWN=0 --)
+  fi
   ls "$TMP/observed$i/tb/"events.out.tfevents.* >/dev/null 2>&1 || die "run observed$i wrote no event file"
   grep -q "Time per step" "$TMP/observed$i/launch.log" || die "run observed$i logged no time breakdown"
   if grep -q "Time per step" "$TMP/plain$i/launch.log"; then die "run plain$i had the time breakdown on"; fi
@@ -113,7 +124,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 report() {
   echo "Overhead of --tensorboard + time breakdown ($(date -u +%FT%TZ); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $(nproc) cores)"
-  echo "LeNet, batch 64, $NPROC process(es) x 1 thread, 1 epoch on ${NTRAIN:-60000} images; $REPS alternating pairs"
+  echo "LeNet, batch 64, $NPROC process(es) x 1 thread, $EPOCHS epoch(s) per run on ${NTRAIN:-60000} images; $REPS pairs, order drawn per pair"
   echo "load average before: $LOAD_BEFORE   after: $LOAD_AFTER"
   "$PY" - "$TMP/pairs" <<'PYEOF'
 import statistics, sys

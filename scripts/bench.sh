@@ -181,9 +181,10 @@ if [ "$ONLY" != net ]; then
   wait "$pid0" || die "ceiling run 0 failed"
   wait "$pid1" || die "ceiling run 1 failed"
   B_CEIL=$(awk '{ s += $1 } END { printf "%.1f", s }' "$TMP/solo0.ips" "$TMP/solo1.ips")
-  C_REPS=$([ "$QUICK" = 1 ] && echo 3 || echo 10)
-  step "C overhead of --tensorboard + time breakdown: scripts/bench-overhead.sh --reps $C_REPS (alternating pairs)"
-  C_REPORT=$(scripts/bench-overhead.sh --data "$DATA" --reps "$C_REPS") || die "scripts/bench-overhead.sh failed"
+  C_ARGS=(--reps 10 --epochs 3)
+  [ "$QUICK" = 1 ] && C_ARGS=(--reps 3 --epochs 1)
+  step "C overhead of --tensorboard + time breakdown: scripts/bench-overhead.sh ${C_ARGS[*]} (pairs, order drawn per pair)"
+  C_REPORT=$(scripts/bench-overhead.sh --data "$DATA" "${C_ARGS[@]}") || die "scripts/bench-overhead.sh failed"
 fi
 if [ "$ONLY" != lenet ]; then
   subset "$TMP/net-data" "$NET_TRAIN" 1000

@@ -48,6 +48,7 @@ fn check_metrics(dir: &Path, epochs: usize) {
         "test_top1",
         "test_top5",
         "epoch_seconds",
+        "epoch_cpu_seconds",
         "images_per_second",
         "world_size",
         "compression",
@@ -64,12 +65,26 @@ fn check_metrics(dir: &Path, epochs: usize) {
             "train_loss",
             "test_loss",
             "epoch_seconds",
+            "epoch_cpu_seconds",
             "images_per_second",
             "lr",
         ] {
             let v = r[f].as_f64().unwrap();
             assert!(v.is_finite() && v > 0.0, "{f} = {v} in {r}");
         }
+    }
+    for r in &m {
+        // The loop's CPU time: positive, and on one process no more than its threads could
+        // use in the loop's wall time (with a little room for clock granularity).
+        let (cpu, wall) = (
+            r["epoch_cpu_seconds"].as_f64().unwrap(),
+            r["epoch_seconds"].as_f64().unwrap(),
+        );
+        let threads = std::thread::available_parallelism().map_or(64, |n| n.get()) as f64;
+        assert!(
+            cpu <= wall * threads + 0.05,
+            "cpu {cpu} s > {threads} x wall {wall} s: {r}"
+        );
     }
     assert_eq!(m[0]["lr"], 0.01, "first epoch uses the initial --lr");
     let loss = |i: usize| m[i]["test_loss"].as_f64().unwrap();

@@ -25,6 +25,9 @@ pub struct EpochRecord {
     pub test_top5: f64,
     /// Seconds spent in the training loop.
     pub epoch_seconds: f64,
+    /// CPU seconds rank 0's process (all its threads) used in the training loop: what the
+    /// loop cost, less sensitive than `epoch_seconds` to other load on the machine.
+    pub epoch_cpu_seconds: f64,
     /// Training images per second, all ranks together.
     pub images_per_second: f64,
     /// Number of processes.

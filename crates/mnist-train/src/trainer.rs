@@ -117,6 +117,9 @@ pub struct EpochStats {
     pub samples: usize,
     /// Seconds in the training loop.
     pub seconds: f64,
+    /// CPU seconds this process (all its threads) used in the training loop, since the
+    /// resume for an epoch resumed inside.
+    pub cpu_seconds: f64,
     /// Gradient bytes this rank sent per step (metrics and checks not counted).
     pub bytes_per_step: f64,
     /// This rank's compute and gradient-reduction time per step ([`crate::breakdown`]).
@@ -379,6 +382,7 @@ impl<'c> Trainer<'c> {
             ..StepSeries::default()
         };
         let t0 = Instant::now();
+        let cpu0 = process_cpu_seconds();
         for b in resumed.batches_done..batches {
             if let Some(signal) = interrupt::pending() {
                 return Err(TrainError::Interrupted { signal });
@@ -542,6 +546,7 @@ impl<'c> Trainer<'c> {
         }
         self.guard.check()?;
         let seconds = resumed.seconds + t0.elapsed().as_secs_f64();
+        let cpu_seconds = process_cpu_seconds() - cpu0;
         if let Some(pb) = bar {
             pb.finish_and_clear();
         }
@@ -551,6 +556,7 @@ impl<'c> Trainer<'c> {
             // Rank 0 also counts the places trained before a change of the world size.
             samples: per_rank + if rank == 0 { offset } else { 0 },
             seconds,
+            cpu_seconds,
             bytes_per_step: grad_sent as f64 / (batches - resumed.batches_done).max(1) as f64,
             times,
             steps: StepSeries {
@@ -681,6 +687,7 @@ impl<'c> Trainer<'c> {
             test_top1: test.top1(),
             test_top5: test.top5(),
             epoch_seconds: stats.seconds,
+            epoch_cpu_seconds: stats.cpu_seconds,
             images_per_second,
             world_size: world,
             compression: self.reducer.method().to_string(),
@@ -886,4 +893,18 @@ fn check_sync(
         return Err(TrainError::OutOfSync { step, detail });
     }
     Ok(())
+}
+
+/// CPU seconds used so far by this process, all threads together (0 where the clock cannot
+/// be read).
+fn process_cpu_seconds() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into our local.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } != 0 {
+        return 0.0;
+    }
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
