@@ -8,8 +8,9 @@
 #   B. two processes, 1 thread each: `mnist-launch --nproc 2` vs PyTorch DDP over gloo
 #      (scripts/ref/torch_ddp.py), and vs the ceiling: two independent single-process runs of
 #      ours side by side (sum of their images/s).
-#   C. the overhead of --tensorboard and the time breakdown on a LeNet epoch (2 processes),
-#      alternating runs with and without (scripts/bench-overhead.sh, 3 pairs; target <= 2%).
+#   C. the overhead of --tensorboard and the time breakdown on a LeNet epoch (one process per
+#      run, each pair's two runs side by side on pinned cores: scripts/bench-overhead.sh
+#      --nproc 1 --side-by-side, 40 pairs, 3 with --quick; target <= 2%).
 #   D. the DDP example's Net (BatchNorm, dropout), batch 32, two processes, 1 thread each:
 #      `mnist-launch --nproc 2 --model Net --batch-size 32 --test-batch-size 256` (SyncBatchNorm,
 #      the default) vs PyTorch DDP over gloo with the same Net, BatchNorm unsynchronised
@@ -181,9 +182,9 @@ if [ "$ONLY" != net ]; then
   wait "$pid0" || die "ceiling run 0 failed"
   wait "$pid1" || die "ceiling run 1 failed"
   B_CEIL=$(awk '{ s += $1 } END { printf "%.1f", s }' "$TMP/solo0.ips" "$TMP/solo1.ips")
-  C_ARGS=(--reps 10 --epochs 3)
-  [ "$QUICK" = 1 ] && C_ARGS=(--reps 3 --epochs 1)
-  step "C overhead of --tensorboard + time breakdown: scripts/bench-overhead.sh ${C_ARGS[*]} (pairs, order drawn per pair)"
+  C_ARGS=(--nproc 1 --side-by-side --reps 40 --epochs 1)
+  [ "$QUICK" = 1 ] && C_ARGS=(--nproc 1 --side-by-side --reps 3 --epochs 1)
+  step "C overhead of --tensorboard + time breakdown: scripts/bench-overhead.sh ${C_ARGS[*]}"
   C_REPORT=$(scripts/bench-overhead.sh --data "$DATA" "${C_ARGS[@]}") || die "scripts/bench-overhead.sh failed"
 fi
 if [ "$ONLY" != lenet ]; then

@@ -376,7 +376,10 @@ impl<'c> Trainer<'c> {
             pb.set_position(resumed.batches_done as u64);
         }
         let mut times = StepTimes::default();
-        let mut step_loss = Vec::new();
+        // Rank 0 with --tensorboard: each step's loss, copied into one tensor on the loss's
+        // device (no per-step tensors kept alive, no device sync inside the loop).
+        let mut step_loss: Option<Tensor> = None;
+        let mut losses_kept = 0i64;
         let mut steps = StepSeries {
             first_step: self.step,
             ..StepSeries::default()
@@ -486,7 +489,18 @@ impl<'c> Trainer<'c> {
             }
             if self.board.is_some() {
                 // Detached: the step's autograd graph is not kept alive until the epoch ends.
-                step_loss.push(loss.detach());
+                let all = step_loss.get_or_insert_with(|| {
+                    Tensor::zeros(
+                        [(batches - resumed.batches_done).max(1) as i64],
+                        (Kind::Float, loss.device()),
+                    )
+                });
+                tch::no_grad(|| {
+                    let _ = all
+                        .narrow(0, losses_kept, 1)
+                        .copy_(&loss.detach().reshape([1]));
+                });
+                losses_kept += 1;
                 steps.wall_time.push(mnist_tensorboard::now());
             }
             self.step += 1;
@@ -560,10 +574,9 @@ impl<'c> Trainer<'c> {
             bytes_per_step: grad_sent as f64 / (batches - resumed.batches_done).max(1) as f64,
             times,
             steps: StepSeries {
-                loss: if step_loss.is_empty() {
-                    Vec::new()
-                } else {
-                    crate::flat::tensor_to_vec(&Tensor::stack(&step_loss, 0))
+                loss: match &step_loss {
+                    Some(all) => crate::flat::tensor_to_vec(&all.narrow(0, 0, losses_kept)),
+                    None => Vec::new(),
                 },
                 ..steps
             },
