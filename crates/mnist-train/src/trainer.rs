@@ -496,9 +496,8 @@ impl<'c> Trainer<'c> {
                     )
                 });
                 tch::no_grad(|| {
-                    let _ = all
-                        .narrow(0, losses_kept, 1)
-                        .copy_(&loss.detach().reshape([1]));
+                    all.narrow(0, losses_kept, 1)
+                        .copy_(&loss.detach().reshape([1]))
                 });
                 losses_kept += 1;
                 steps.wall_time.push(mnist_tensorboard::now());
