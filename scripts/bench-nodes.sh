@@ -76,7 +76,7 @@ case "$MODE" in
 lenet)
     EPOCHS=${2:-2}
     REPEAT=${3:-1}
-    echo "LeNet, 2 namespace nodes x 1 process, --threads 1, $EPOCHS epochs (1 warm-up), $REPEAT pair(s) run back to back; machine shared with other jobs"
+    echo "LeNet, 2 namespace nodes x 1 process, --threads 1, $EPOCHS epochs (1 warm-up), $REPEAT pair(s) run back to back; load average $(cut -d" " -f1-3 /proc/loadavg)"
     ratios=()
     for r in $(seq "$REPEAT"); do
         m=$(ours "lenet$r" data/mnist --model LeNet --epochs "$EPOCHS")
@@ -115,7 +115,7 @@ for prefix, keep in (("train", n), ("t10k", None)):
         (out / f"{prefix}-{kind}").write_bytes(raw[:4] + struct.pack(">" + "I" * ndim, *dims) + body)
 PY
     shape "$RATE"
-    echo "MLP, 2 namespace nodes x 1 process, eth0 shaped to $RATE (tc tbf), first $N training images, 2 epochs (2nd timed); machine shared with other jobs"
+    echo "MLP, 2 namespace nodes x 1 process, eth0 shaped to $RATE (tc tbf), first $N training images, 2 epochs (2nd timed); load average $(cut -d" " -f1-3 /proc/loadavg)"
     printf "%-10s %14s %16s %12s %10s\n" compression epoch_seconds bytes_per_step ratio test_top1
     for c in none fp16 topk powersgd; do
         m=$(ours "mlp-$c" "$TMP/data" --model MLP --epochs 2 --compression "$c" --powersgd-start-iter 10)
