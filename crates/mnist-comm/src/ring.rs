@@ -312,32 +312,7 @@ impl Ring {
         if self.outstanding == 0 && self.write_error.is_none() {
             // The sender thread is idle: write what the socket takes now without waiting, and
             // hand only the rest (if any) to the thread.
-            let mut sent = 0;
-            while sent < bytes.len() {
-                // SAFETY: send on our own connected socket from a live buffer of
-                // `bytes.len() - sent` readable bytes; MSG_DONTWAIT never blocks.
-                let n = unsafe {
-                    libc::send(
-                        self.send_probe.as_raw_fd(),
-                        bytes[sent..].as_ptr().cast(),
-                        bytes.len() - sent,
-                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    )
-                };
-                if n > 0 {
-                    sent += n as usize;
-                    continue;
-                }
-                let e = std::io::Error::last_os_error();
-                match e.kind() {
-                    std::io::ErrorKind::Interrupted => continue,
-                    std::io::ErrorKind::WouldBlock => break,
-                    _ => {
-                        self.write_error = Some(e);
-                        sent = bytes.len();
-                    }
-                }
-            }
+            let sent = self.send_now(&bytes, &[]);
             if sent == bytes.len() {
                 self.spare.push(bytes);
                 return;
@@ -359,6 +334,59 @@ impl Ring {
         }
     }
 
+    /// Write `head` then `body` to the successor in one `sendmsg` per try, as far as the socket
+    /// takes them without waiting; returns the bytes written. A failure other than a full
+    /// socket is kept in `write_error` and counts as everything written (the frame is dropped).
+    fn send_now(&mut self, head: &[u8], body: &[u8]) -> usize {
+        let total = head.len() + body.len();
+        let mut sent = 0;
+        while sent < total {
+            let (h, b) = if sent < head.len() {
+                (&head[sent..], body)
+            } else {
+                (&head[..0], &body[sent - head.len()..])
+            };
+            let iov = [
+                libc::iovec {
+                    iov_base: h.as_ptr() as *mut libc::c_void,
+                    iov_len: h.len(),
+                },
+                libc::iovec {
+                    iov_base: b.as_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
+                },
+            ];
+            // SAFETY: an all-zero msghdr is valid (no address, no control data).
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = iov.len() as _;
+            // SAFETY: sendmsg on our own connected socket; both iovecs point into live buffers
+            // of the given lengths, which the kernel only reads during the call; MSG_DONTWAIT
+            // never blocks.
+            let n = unsafe {
+                libc::sendmsg(
+                    self.send_probe.as_raw_fd(),
+                    &msg,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n > 0 {
+                sent += n as usize;
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => break,
+                _ => {
+                    self.write_error = Some(e);
+                    return total;
+                }
+            }
+        }
+        sent
+    }
+
     /// Send a data frame whose payload is `payload` (little-endian bytes). While the sender
     /// thread is idle, header and payload go to the socket in one `sendmsg` as far as it
     /// takes them without waiting, straight from `payload` (no copy); only what it does not
@@ -378,50 +406,7 @@ impl Ring {
         let total = HEADER + payload.len();
         let mut sent = 0;
         if self.outstanding == 0 && self.write_error.is_none() {
-            while sent < total {
-                let (head, body) = if sent < HEADER {
-                    (&h[sent..], payload)
-                } else {
-                    (&h[..0], &payload[sent - HEADER..])
-                };
-                let iov = [
-                    libc::iovec {
-                        iov_base: head.as_ptr() as *mut libc::c_void,
-                        iov_len: head.len(),
-                    },
-                    libc::iovec {
-                        iov_base: body.as_ptr() as *mut libc::c_void,
-                        iov_len: body.len(),
-                    },
-                ];
-                // SAFETY: an all-zero msghdr is valid (no address, no control data).
-                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-                msg.msg_iovlen = iov.len() as _;
-                // SAFETY: sendmsg on our own connected socket; both iovecs point into live
-                // buffers of the given lengths, which the kernel only reads during the call;
-                // MSG_DONTWAIT never blocks.
-                let n = unsafe {
-                    libc::sendmsg(
-                        self.send_probe.as_raw_fd(),
-                        &msg,
-                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    )
-                };
-                if n > 0 {
-                    sent += n as usize;
-                    continue;
-                }
-                let e = std::io::Error::last_os_error();
-                match e.kind() {
-                    std::io::ErrorKind::Interrupted => continue,
-                    std::io::ErrorKind::WouldBlock => break,
-                    _ => {
-                        self.write_error = Some(e);
-                        return;
-                    }
-                }
-            }
+            sent = self.send_now(&h, payload);
             if sent == total {
                 return;
             }
