@@ -72,18 +72,7 @@ trap 'rm -rf "$TMP"' EXIT
 
 # subset DIR NTRAIN NTEST: the first NTRAIN training and NTEST test images, as raw IDX files.
 subset() {
-  "$PY" - "data/mnist" "$1" "$2" "$3" <<'PYEOF' || die "could not write an MNIST subset to $1"
-import struct, sys
-from pathlib import Path
-sys.path.insert(0, "scripts/ref")
-from torch_loop import load_mnist
-src, dst, ntrain, ntest = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-dst.mkdir(parents=True)
-for split, prefix, n in (("train", "train", ntrain), ("test", "t10k", ntest)):
-    images, labels = load_mnist(src, split)
-    (dst / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">4I", 0x803, n, 28, 28) + images[:n].tobytes())
-    (dst / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">2I", 0x801, n) + labels[:n].tobytes())
-PYEOF
+  "$PY" scripts/ref/mnist_subset.py "data/mnist" "$1" "$2" "$3" || die "could not write an MNIST subset to $1"
 }
 
 if [ "$QUICK" = 1 ]; then
