@@ -16,10 +16,12 @@
 //! ```
 //!
 //! Segments travel in chunks of [`CHUNK_BYTES`]; chunk `c` of step `t + 1` leaves as soon as
-//! chunk `c` of step `t` has arrived, so a large buffer streams through the ring. A frame is
-//! written at once as far as the socket takes it without waiting; the rest, and everything
-//! after it, goes to a sender thread, so every member sends and receives at the same time (full
-//! duplex) and small collectives cost no thread hand-offs. Every frame carries the collective's header (sequence, op,
+//! chunk `c` of step `t` has arrived, so a large buffer streams through the ring, and every
+//! member sends and receives at the same time (full duplex). The all-reduce of f32 (gradients)
+//! does both in one loop that never waits on either socket alone: frames leave straight from
+//! the caller's buffer, no thread and no copy in between. The other collectives write a frame
+//! at once as far as the socket takes it without waiting and hand the rest, and everything
+//! after it, to a sender thread. Every frame carries the collective's header (sequence, op,
 //! dtype, count, extra), checked against the receiver's own before its payload is used; every
 //! step sends at least one frame, so a mismatch is always seen.
 //!
@@ -31,6 +33,7 @@
 use crate::reduce::{as_bytes, as_bytes_mut, Elem, BLOCK};
 use crate::shm::OpDesc;
 use crate::CommError;
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -124,6 +127,15 @@ pub(crate) fn chunks(start: usize, end: usize, per: usize) -> Vec<(usize, usize)
 /// The segment member `i` of `n` sends in step `t` (it receives segment `send_seg(i, n, t + 1)`).
 pub(crate) fn send_seg(i: usize, n: usize, t: usize) -> usize {
     (i + n * (t / n + 1) - t) % n
+}
+
+/// A frame of [`Ring::all_reduce_f32`] waiting to leave: its header, then elements `a..b` of
+/// the buffer; `done` bytes of the two are written.
+struct Outgoing {
+    head: [u8; HEADER],
+    a: usize,
+    b: usize,
+    done: usize,
 }
 
 /// What the sender thread is asked to do.
@@ -334,99 +346,23 @@ impl Ring {
         }
     }
 
-    /// Write `head` then `body` to the successor in one `sendmsg` per try, as far as the socket
-    /// takes them without waiting; returns the bytes written. A failure other than a full
-    /// socket is kept in `write_error` and counts as everything written (the frame is dropped).
+    /// Write `head` then `body` to the successor as far as the socket takes them without
+    /// waiting; returns the bytes written. A failure other than a full socket is kept in
+    /// `write_error` and counts as everything written (the frame is dropped).
     fn send_now(&mut self, head: &[u8], body: &[u8]) -> usize {
         let total = head.len() + body.len();
         let mut sent = 0;
         while sent < total {
-            let (h, b) = if sent < head.len() {
-                (&head[sent..], body)
-            } else {
-                (&head[..0], &body[sent - head.len()..])
-            };
-            let iov = [
-                libc::iovec {
-                    iov_base: h.as_ptr() as *mut libc::c_void,
-                    iov_len: h.len(),
-                },
-                libc::iovec {
-                    iov_base: b.as_ptr() as *mut libc::c_void,
-                    iov_len: b.len(),
-                },
-            ];
-            // SAFETY: an all-zero msghdr is valid (no address, no control data).
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-            msg.msg_iovlen = iov.len() as _;
-            // SAFETY: sendmsg on our own connected socket; both iovecs point into live buffers
-            // of the given lengths, which the kernel only reads during the call; MSG_DONTWAIT
-            // never blocks.
-            let n = unsafe {
-                libc::sendmsg(
-                    self.send_probe.as_raw_fd(),
-                    &msg,
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n > 0 {
-                sent += n as usize;
-                continue;
-            }
-            let e = std::io::Error::last_os_error();
-            match e.kind() {
-                std::io::ErrorKind::Interrupted => continue,
-                std::io::ErrorKind::WouldBlock => break,
-                _ => {
+            match send_nb(self.send_probe.as_raw_fd(), head, body, sent) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
                     self.write_error = Some(e);
                     return total;
                 }
             }
         }
         sent
-    }
-
-    /// Send a data frame whose payload is `payload` (little-endian bytes). While the sender
-    /// thread is idle, header and payload go to the socket in one `sendmsg` as far as it
-    /// takes them without waiting, straight from `payload` (no copy); only what it does not
-    /// take, or everything while the thread still has frames to write, is copied for the
-    /// thread.
-    fn send_frame(&mut self, payload: &[u8], seq: u64, d: &OpDesc) {
-        let h = Head {
-            kind: KIND_DATA,
-            seq,
-            d: *d,
-            len: payload.len() as u64,
-        }
-        .encode();
-        while let Ok(ev) = self.events.try_recv() {
-            self.note(ev);
-        }
-        let total = HEADER + payload.len();
-        let mut sent = 0;
-        if self.outstanding == 0 && self.write_error.is_none() {
-            sent = self.send_now(&h, payload);
-            if sent == total {
-                return;
-            }
-        }
-        let mut bytes = self.buffer();
-        if sent < HEADER {
-            bytes.extend_from_slice(&h[sent..]);
-            bytes.extend_from_slice(payload);
-        } else {
-            bytes.extend_from_slice(&payload[sent - HEADER..]);
-        }
-        if let Some(j) = &self.jobs {
-            self.outstanding += 1;
-            // The rest of a frame already begun must go out even after a cancel, or the
-            // stream would lose its framing.
-            let _ = j.send(Job::Frame {
-                data: sent == 0,
-                bytes,
-            });
-        }
     }
 
     /// A frame buffer with room for the header, ready for the payload.
@@ -495,19 +431,49 @@ impl Ring {
             }
         }
         let mut hb = [0u8; HEADER];
-        let head = self.recv.read_exact(&mut hb).and_then(|_| {
-            let h = Head::decode(&hb).ok_or_else(|| std::io::Error::other("bad frame magic"))?;
-            if h.len > MAX_FRAME {
-                return Err(std::io::Error::other(format!(
-                    "frame of {} bytes is too long",
-                    h.len
-                )));
+        if let Err(e) = self.recv.read_exact(&mut hb) {
+            return Err(self.lost_prev(d, e));
+        }
+        let h = self.check_head(&hb, seq, d)?;
+        self.prev_entered = true;
+        let body = match direct {
+            Some(dst) if dst.len() as u64 == h.len => {
+                self.inbuf.clear();
+                self.recv.read_exact(dst)
             }
-            Ok(h)
-        });
-        let h = match head {
-            Ok(h) => h,
-            Err(e) => return Err(self.lost_prev(d, e)),
+            _ => {
+                self.inbuf.resize(h.len as usize, 0);
+                self.recv.read_exact(&mut self.inbuf)
+            }
+        };
+        if let Err(e) = body {
+            return Err(self.lost_prev(d, e));
+        }
+        Ok(h)
+    }
+
+    /// Whether `h` is a data frame of the collective `#seq d` that this member runs.
+    fn expected(h: &Head, seq: u64, d: &OpDesc) -> bool {
+        h.kind == KIND_DATA
+            && h.len <= MAX_FRAME
+            && h.seq == seq
+            && h.d.op == d.op
+            && h.d.dtype == d.dtype
+            && h.d.extra == d.extra
+            && (h.d.count == d.count || d.op == crate::shm::OP_ALL_GATHER)
+    }
+
+    /// The header `hb` just read from the predecessor, when it is a data frame of `#seq d`;
+    /// else the error it means: a bad or too long frame (the predecessor is lost), an error
+    /// frame (read whole and forwarded once), or a mismatch (sent round the ring).
+    fn check_head(&mut self, hb: &[u8; HEADER], seq: u64, d: &OpDesc) -> Result<Head, CommError> {
+        let h = match Head::decode(hb) {
+            None => return Err(self.lost_prev(d, std::io::Error::other("bad frame magic"))),
+            Some(h) if h.len > MAX_FRAME => {
+                let e = std::io::Error::other(format!("frame of {} bytes is too long", h.len));
+                return Err(self.lost_prev(d, e));
+            }
+            Some(h) => h,
         };
         if h.kind == KIND_ERR {
             self.inbuf.resize(h.len as usize, 0);
@@ -516,12 +482,7 @@ impl Ring {
             }
             return Err(self.error_frame(&h, d));
         }
-        let same = h.seq == seq
-            && h.d.op == d.op
-            && h.d.dtype == d.dtype
-            && h.d.extra == d.extra
-            && (h.d.count == d.count || d.op == crate::shm::OP_ALL_GATHER);
-        if !same {
+        if !Self::expected(&h, seq, d) {
             let detail = format!(
                 "rank {}: #{} {}; rank {}: #{} {}",
                 self.members[self.prev()],
@@ -539,19 +500,6 @@ impl Ring {
             return Err(self.fail_out(&err));
         }
         self.prev_entered = true;
-        let body = match direct {
-            Some(dst) if dst.len() as u64 == h.len => {
-                self.inbuf.clear();
-                self.recv.read_exact(dst)
-            }
-            _ => {
-                self.inbuf.resize(h.len as usize, 0);
-                self.recv.read_exact(&mut self.inbuf)
-            }
-        };
-        if let Err(e) = body {
-            return Err(self.lost_prev(d, e));
-        }
         Ok(h)
     }
 
@@ -837,11 +785,13 @@ impl Ring {
     }
 
     /// [`Ring::all_reduce`] of f32 values on a little-endian machine, with fewer passes over
-    /// memory: partial sums are added in place (`buf += received`, bit-identical to the
-    /// general path's `received + buf`), frames leave straight from `buf`, and the
-    /// all-gather half is read straight into place. Nothing outlives a call into `buf`: a
-    /// frame either goes to the kernel during [`Ring::send_frame`] or is copied for the
-    /// sender thread.
+    /// memory and no thread: one loop sends and receives without waiting on either socket
+    /// (and sleeps in `poll` on both when neither can move). Partial sums are added in place
+    /// (`buf += received`, bit-identical to the general path's `received + buf`), frames
+    /// leave straight from `buf` (never copied for the sender thread), and the all-gather
+    /// half is read straight into place. A frame only leaves from a region after its last
+    /// change, and a region is only received into after the frame sent from it has left:
+    /// what arrives there depends on what this member sent from it.
     fn all_reduce_f32(
         &mut self,
         buf: &mut [f32],
@@ -849,32 +799,188 @@ impl Ring {
         d: &OpDesc,
         divide: Option<usize>,
     ) -> Result<(), CommError> {
+        if self.outstanding > 0 || self.write_error.is_some() {
+            // Not after a finished collective; kept so the two paths never interleave.
+            self.finish(d)?;
+        }
         let (n, i) = (self.n(), self.index);
         let per = CHUNK_BYTES / 4;
         let steps = 2 * (n - 1);
+        let frame = |a: usize, b: usize| Outgoing {
+            head: Head {
+                kind: KIND_DATA,
+                seq,
+                d: *d,
+                len: ((b - a) * 4) as u64,
+            }
+            .encode(),
+            a,
+            b,
+            done: 0,
+        };
         let (s0, e0) = segment(buf.len(), n, send_seg(i, n, 0));
-        for (a, b) in chunks(s0, e0, per) {
-            self.send_frame(as_bytes(&buf[a..b]), seq, d);
+        let mut out: VecDeque<Outgoing> = chunks(s0, e0, per)
+            .into_iter()
+            .map(|(a, b)| frame(a, b))
+            .collect();
+        // Every frame to receive, in order: (step, first element, end).
+        let plan: Vec<(usize, usize, usize)> = (0..steps)
+            .flat_map(|t| {
+                let (s, e) = segment(buf.len(), n, send_seg(i, n, t + 1));
+                chunks(s, e, per).into_iter().map(move |(a, b)| (t, a, b))
+            })
+            .collect();
+        let most = plan.iter().map(|&(_, a, b)| b - a).max().unwrap_or(0) * 4;
+        if self.inbuf.len() < most {
+            self.inbuf.resize(most, 0);
         }
-        for t in 0..steps {
-            let (s, e) = segment(buf.len(), n, send_seg(i, n, t + 1));
-            let reducing = t + 1 < n;
-            let last_reduce = t + 2 == n;
-            for (a, b) in chunks(s, e, per) {
-                let direct = (!reducing && b > a).then(|| as_bytes_mut(&mut buf[a..b]));
-                let h = self.recv_frame(seq, d, direct)?;
-                if h.len != ((b - a) * 4) as u64 {
-                    return Err(self.wrong_chunk(seq, h.len, b - a));
+        let (sfd, rfd) = (self.send_probe.as_raw_fd(), self.recv.as_raw_fd());
+        let mut next = 0;
+        let mut hb = [0u8; HEADER];
+        // Bytes of the current frame's header, then (once `in_body`) of its payload.
+        let mut got = 0;
+        let mut in_body = false;
+        let mut last_in = Instant::now();
+        let mut last_out = Instant::now();
+        while next < plan.len() || !out.is_empty() {
+            let mut moved = false;
+            while let Some(f) = out.front_mut() {
+                let body = as_bytes(&buf[f.a..f.b]);
+                match send_nb(sfd, &f.head, body, f.done) {
+                    Ok(k) => {
+                        f.done += k;
+                        moved = true;
+                        last_out = Instant::now();
+                        if f.done == HEADER + body.len() {
+                            out.pop_front();
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        return Err(self.successor_lost(d, format!("did not take data: {e}")));
+                    }
                 }
-                if reducing {
-                    add_le_in_place(&mut buf[a..b], &self.inbuf, divide.filter(|_| last_reduce));
+            }
+            if let Some(&(t, a, b)) = plan.get(next) {
+                let reducing = t + 1 < n;
+                let len = (b - a) * 4;
+                let want = if in_body { len } else { HEADER };
+                if got < want {
+                    let dst = if !in_body {
+                        &mut hb[got..]
+                    } else if reducing {
+                        &mut self.inbuf[got..len]
+                    } else {
+                        &mut as_bytes_mut(&mut buf[a..b])[got..]
+                    };
+                    match recv_nb(rfd, dst) {
+                        Ok(0) => {
+                            self.hand_over(&mut out, buf);
+                            let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                            return Err(self.lost_prev(d, e));
+                        }
+                        Ok(k) => {
+                            got += k;
+                            moved = true;
+                            last_in = Instant::now();
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            self.hand_over(&mut out, buf);
+                            return Err(self.lost_prev(d, e));
+                        }
+                    }
                 }
-                if t + 1 < steps {
-                    self.send_frame(as_bytes(&buf[a..b]), seq, d);
+                if !in_body && got == HEADER {
+                    if !Head::decode(&hb).is_some_and(|h| Self::expected(&h, seq, d)) {
+                        self.hand_over(&mut out, buf);
+                    }
+                    let h = self.check_head(&hb, seq, d)?;
+                    if h.len != len as u64 {
+                        self.hand_over(&mut out, buf);
+                        return Err(self.wrong_chunk(seq, h.len, b - a));
+                    }
+                    in_body = true;
+                    got = 0;
+                    moved = true;
                 }
+                if in_body && got == len {
+                    if reducing {
+                        let w = divide.filter(|_| t + 2 == n);
+                        add_le_in_place(&mut buf[a..b], &self.inbuf[..len], w);
+                    }
+                    if t + 1 < steps {
+                        out.push_back(frame(a, b));
+                    }
+                    next += 1;
+                    in_body = false;
+                    got = 0;
+                    moved = true;
+                }
+            }
+            if moved {
+                continue;
+            }
+            let mut fds = [
+                libc::pollfd {
+                    fd: rfd,
+                    events: if next < plan.len() { libc::POLLIN } else { 0 },
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: sfd,
+                    events: if out.is_empty() { 0 } else { libc::POLLOUT },
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds for the duration of the call.
+            if unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) } > 0 {
+                continue;
+            }
+            let limit = if self.prev_entered {
+                2 * self.timeout + self.slack + Duration::from_secs(5)
+            } else {
+                self.timeout + self.slack
+            };
+            let waited = last_in.elapsed();
+            if next < plan.len() && waited >= limit {
+                self.hand_over(&mut out, buf);
+                let err = CommError::Timeout {
+                    rank: self.rank,
+                    op: format!("{} from {}", d.describe(), self.who(self.prev())),
+                    seconds: waited.as_secs_f64(),
+                    missing: vec![self.members[self.prev()]],
+                };
+                return Err(self.fail_out(&err));
+            }
+            if !out.is_empty() && last_out.elapsed() >= self.timeout + self.slack {
+                self.hand_over(&mut out, buf);
+                let what = "did not take data: timed out".to_string();
+                return Err(self.successor_lost(d, what));
             }
         }
         self.finish(d)
+    }
+
+    /// Before an error frame can follow, the rest of a frame the loop of
+    /// [`Ring::all_reduce_f32`] has begun to send goes to the sender thread (the stream would
+    /// lose its framing otherwise); frames not begun are dropped.
+    fn hand_over(&mut self, out: &mut VecDeque<Outgoing>, buf: &[f32]) {
+        if let Some(f) = out.front().filter(|f| f.done > 0) {
+            let body = as_bytes(&buf[f.a..f.b]);
+            let mut bytes = self.buffer();
+            if f.done < HEADER {
+                bytes.extend_from_slice(&f.head[f.done..]);
+                bytes.extend_from_slice(body);
+            } else {
+                bytes.extend_from_slice(&body[f.done - HEADER..]);
+            }
+            if let Some(j) = &self.jobs {
+                self.outstanding += 1;
+                let _ = j.send(Job::Frame { data: false, bytes });
+            }
+        }
+        out.clear();
     }
 
     /// The predecessor sent `got` bytes for a chunk of `elems` elements.
@@ -966,6 +1072,69 @@ impl Drop for Ring {
         self.jobs = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// One `sendmsg` of `head` then `body`, skipping their first `from` bytes, without waiting:
+/// the bytes written (at least one), `WouldBlock` when the socket is full, or the error.
+fn send_nb(fd: i32, head: &[u8], body: &[u8], from: usize) -> std::io::Result<usize> {
+    let (h, b) = if from < head.len() {
+        (&head[from..], body)
+    } else {
+        (&head[..0], &body[from - head.len()..])
+    };
+    let iov = [
+        libc::iovec {
+            iov_base: h.as_ptr() as *mut libc::c_void,
+            iov_len: h.len(),
+        },
+        libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        },
+    ];
+    // SAFETY: an all-zero msghdr is valid (no address, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    loop {
+        // SAFETY: sendmsg on a connected socket; both iovecs point into live buffers of the
+        // given lengths, which the kernel only reads during the call; MSG_DONTWAIT never blocks.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n > 0 {
+            return Ok(n as usize);
+        }
+        let e = if n == 0 {
+            std::io::Error::new(std::io::ErrorKind::WriteZero, "socket took nothing")
+        } else {
+            std::io::Error::last_os_error()
+        };
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// One `recv` into `dst` without waiting: the bytes read (0 when the peer closed the
+/// connection), `WouldBlock` when nothing is there yet, or the error.
+fn recv_nb(fd: i32, dst: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: recv writes at most `dst.len()` bytes into the live buffer `dst`.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                dst.as_mut_ptr() as *mut libc::c_void,
+                dst.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
@@ -1307,6 +1476,35 @@ mod tests {
         for h in handles {
             let e = h.join().unwrap();
             assert!(e.contains("peer rank 10 (127.0.0.1:"), "{e}");
+        }
+    }
+
+    /// A mismatch found while this member's own frames are still half written: the rest of
+    /// the half-written frame goes out before the error frame, so every member reads the
+    /// error (not a broken stream) and names the mismatch.
+    #[test]
+    fn ring_mismatch_with_frames_in_flight_keeps_the_stream_framed() {
+        let n = 3;
+        let len = 3 * n * CHUNK_BYTES / 4;
+        let rs = rings(n, Duration::from_secs(20));
+        let handles: Vec<_> = rs
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut ring)| {
+                std::thread::spawn(move || {
+                    let mut b = vec![1f32; len];
+                    ring.all_reduce(&mut b, 1, &desc(len), None).unwrap();
+                    let extra = if i == 1 { 5 } else { 0 };
+                    let d = OpDesc { extra, ..desc(len) };
+                    ring.all_reduce(&mut b, 2, &d, None)
+                        .unwrap_err()
+                        .to_string()
+                })
+            })
+            .collect();
+        for h in handles {
+            let e = h.join().unwrap();
+            assert!(e.contains("mismatch") && e.contains("#2 all_reduce"), "{e}");
         }
     }
 
