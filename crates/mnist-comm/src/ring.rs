@@ -392,11 +392,7 @@ impl Ring {
         direct: Option<&mut [u8]>,
     ) -> Result<Head, CommError> {
         let start = Instant::now();
-        let limit = if self.prev_entered {
-            2 * self.timeout + self.slack + Duration::from_secs(5)
-        } else {
-            self.timeout + self.slack
-        };
+        let limit = self.recv_limit();
         loop {
             while let Ok(ev) = self.events.try_recv() {
                 self.note(ev);
@@ -421,13 +417,7 @@ impl Ring {
             // sends round the ring.
             let waited = start.elapsed();
             if waited >= limit {
-                let err = CommError::Timeout {
-                    rank: self.rank,
-                    op: format!("{} from {}", d.describe(), self.who(self.prev())),
-                    seconds: waited.as_secs_f64(),
-                    missing: vec![self.members[self.prev()]],
-                };
-                return Err(self.fail_out(&err));
+                return Err(self.prev_timed_out(d, waited));
             }
         }
         let mut hb = [0u8; HEADER];
@@ -501,6 +491,27 @@ impl Ring {
         }
         self.prev_entered = true;
         Ok(h)
+    }
+
+    /// How long to wait for the predecessor's next frame: once it has sent a frame of this
+    /// collective it may be waiting on its own node or predecessor, so longer.
+    fn recv_limit(&self) -> Duration {
+        if self.prev_entered {
+            2 * self.timeout + self.slack + Duration::from_secs(5)
+        } else {
+            self.timeout + self.slack
+        }
+    }
+
+    /// Nothing came from the predecessor for `waited`: tell the ring and return the error.
+    fn prev_timed_out(&mut self, d: &OpDesc, waited: Duration) -> CommError {
+        let err = CommError::Timeout {
+            rank: self.rank,
+            op: format!("{} from {}", d.describe(), self.who(self.prev())),
+            seconds: waited.as_secs_f64(),
+            missing: vec![self.members[self.prev()]],
+        };
+        self.fail_out(&err)
     }
 
     /// The predecessor's connection failed while reading from it.
@@ -937,21 +948,10 @@ impl Ring {
             if unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) } > 0 {
                 continue;
             }
-            let limit = if self.prev_entered {
-                2 * self.timeout + self.slack + Duration::from_secs(5)
-            } else {
-                self.timeout + self.slack
-            };
             let waited = last_in.elapsed();
-            if next < plan.len() && waited >= limit {
+            if next < plan.len() && waited >= self.recv_limit() {
                 self.hand_over(&mut out, buf);
-                let err = CommError::Timeout {
-                    rank: self.rank,
-                    op: format!("{} from {}", d.describe(), self.who(self.prev())),
-                    seconds: waited.as_secs_f64(),
-                    missing: vec![self.members[self.prev()]],
-                };
-                return Err(self.fail_out(&err));
+                return Err(self.prev_timed_out(d, waited));
             }
             if !out.is_empty() && last_out.elapsed() >= self.timeout + self.slack {
                 self.hand_over(&mut out, buf);
@@ -1506,6 +1506,36 @@ mod tests {
             let e = h.join().unwrap();
             assert!(e.contains("mismatch") && e.contains("#2 all_reduce"), "{e}");
         }
+    }
+
+    /// A member that never enters the all-reduce (alive, connections open) is named by every
+    /// other member after the timeout, with frames of a large buffer still unsent: nobody
+    /// hangs, and the one that waited on it says which rank it waited for.
+    #[test]
+    fn ring_member_that_never_comes_times_out_everywhere() {
+        let n = 3;
+        let len = 2 * n * CHUNK_BYTES / 4;
+        let mut rs = rings(n, Duration::from_secs(1));
+        let idle = rs.pop().unwrap();
+        let started = Instant::now();
+        let handles: Vec<_> = rs
+            .into_iter()
+            .map(|mut ring| {
+                std::thread::spawn(move || {
+                    let mut b = vec![1f32; len];
+                    ring.all_reduce(&mut b, 1, &desc(len), None)
+                        .unwrap_err()
+                        .to_string()
+                })
+            })
+            .collect();
+        let errs: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(started.elapsed() < Duration::from_secs(15), "{errs:?}");
+        for e in &errs {
+            assert!(e.contains("timed out") && e.contains("[20]"), "{e}");
+        }
+        assert!(errs[0].contains("from 20 (127.0.0.1:"), "{}", errs[0]);
+        drop(idle);
     }
 
     #[test]
