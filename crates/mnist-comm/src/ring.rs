@@ -17,9 +17,10 @@
 //!
 //! Segments travel in chunks of [`CHUNK_BYTES`]; chunk `c` of step `t + 1` leaves as soon as
 //! chunk `c` of step `t` has arrived, so a large buffer streams through the ring, and every
-//! member sends and receives at the same time (full duplex). The all-reduce of f32 (gradients)
-//! does both in one loop that never waits on either socket alone: frames leave straight from
-//! the caller's buffer, no thread and no copy in between. The other collectives write a frame
+//! member sends and receives at the same time (full duplex). The all-reduce does both in one
+//! loop that never waits on either socket alone, with no thread: frames whose bytes are the
+//! caller's elements (f32 partial sums, final values) leave straight from its buffer, and the
+//! all-gather half lands straight in place. The other collectives write a frame
 //! at once as far as the socket takes it without waiting and hand the rest, and everything
 //! after it, to a sender thread. Every frame carries the collective's header (sequence, op,
 //! dtype, count, extra), checked against the receiver's own before its payload is used; every
@@ -30,7 +31,7 @@
 //! its successor, and each member forwards the first one it receives, so every member stops
 //! with the same cause, naming the failed rank and its address.
 
-use crate::reduce::{as_bytes, as_bytes_mut, Elem, BLOCK};
+use crate::reduce::{as_bytes, as_bytes_mut, DType, Elem, BLOCK};
 use crate::shm::OpDesc;
 use crate::CommError;
 use std::collections::VecDeque;
@@ -129,13 +130,52 @@ pub(crate) fn send_seg(i: usize, n: usize, t: usize) -> usize {
     (i + n * (t / n + 1) - t) % n
 }
 
-/// A frame of [`Ring::all_reduce_f32`] waiting to leave: its header, then elements `a..b` of
-/// the buffer; `done` bytes of the two are written.
+/// The payload of an [`Outgoing`] frame.
+enum Body {
+    /// Elements `a..b` of the all-reduce's buffer (their bytes are the wire bytes).
+    Buf(usize, usize),
+    /// Bytes of its own (f32 partial sums of a narrower type, or converted values).
+    Own(Vec<u8>),
+}
+
+impl Body {
+    /// The payload's bytes, given the buffer that `Buf` ranges point into.
+    fn bytes<'a, T: Elem>(&'a self, buf: &'a [T]) -> &'a [u8] {
+        match self {
+            Body::Buf(a, b) => as_bytes(&buf[*a..*b]),
+            Body::Own(v) => v,
+        }
+    }
+}
+
+/// A frame of [`Ring::all_reduce`] waiting to leave: its header, then its body; `done` bytes
+/// of the two are written.
 struct Outgoing {
     head: [u8; HEADER],
-    a: usize,
-    b: usize,
+    body: Body,
     done: usize,
+}
+
+impl Outgoing {
+    /// A data frame of `#seq d` with `body` (`Buf` ranges of elements `esz` bytes wide).
+    fn new(seq: u64, d: &OpDesc, body: Body, esz: usize) -> Outgoing {
+        let len = match &body {
+            Body::Buf(a, b) => (b - a) * esz,
+            Body::Own(v) => v.len(),
+        };
+        let head = Head {
+            kind: KIND_DATA,
+            seq,
+            d: *d,
+            len: len as u64,
+        }
+        .encode();
+        Outgoing {
+            head,
+            body,
+            done: 0,
+        }
+    }
 }
 
 /// What the sender thread is asked to do.
@@ -381,16 +421,10 @@ impl Ring {
         }
     }
 
-    /// Wait for the next frame from the predecessor and read its payload into `direct` when
-    /// that has exactly the payload's length (then `inbuf` is left empty), else into `inbuf`;
+    /// Wait for the next frame from the predecessor and read its payload into `inbuf`;
     /// checks liveness of both neighbours and the sender while waiting. Error frames become
     /// errors (and are forwarded once).
-    fn recv_frame(
-        &mut self,
-        seq: u64,
-        d: &OpDesc,
-        direct: Option<&mut [u8]>,
-    ) -> Result<Head, CommError> {
+    fn recv_frame(&mut self, seq: u64, d: &OpDesc) -> Result<Head, CommError> {
         let start = Instant::now();
         let limit = self.recv_limit();
         loop {
@@ -426,17 +460,8 @@ impl Ring {
         }
         let h = self.check_head(&hb, seq, d)?;
         self.prev_entered = true;
-        let body = match direct {
-            Some(dst) if dst.len() as u64 == h.len => {
-                self.inbuf.clear();
-                self.recv.read_exact(dst)
-            }
-            _ => {
-                self.inbuf.resize(h.len as usize, 0);
-                self.recv.read_exact(&mut self.inbuf)
-            }
-        };
-        if let Err(e) = body {
+        self.inbuf.resize(h.len as usize, 0);
+        if let Err(e) = self.recv.read_exact(&mut self.inbuf) {
             return Err(self.lost_prev(d, e));
         }
         Ok(h)
@@ -705,6 +730,14 @@ impl Ring {
     /// before the one final rounding to `T`. Partial sums travel as f32 (the reduce-scatter
     /// half), final values as `T` (the all-gather half), so half-precision buffers are rounded
     /// once, as the other backends do.
+    ///
+    /// One loop sends and receives without waiting on either socket alone (it sleeps in
+    /// `poll` on both when neither can move); no sender thread. Frames whose wire bytes are
+    /// elements of `buf` (f32 partial sums added in place, final values on a little-endian
+    /// machine) leave straight from `buf`, and the all-gather half is read straight into
+    /// place. A frame leaves from a region only after its last change there, and a region is
+    /// received into only after the frame sent from it has left: what arrives there depends
+    /// on what this member sent from it.
     pub(crate) fn all_reduce<T: Elem>(
         &mut self,
         buf: &mut [T],
@@ -713,127 +746,26 @@ impl Ring {
         divide: Option<usize>,
     ) -> Result<(), CommError> {
         self.begin()?;
-        if cfg!(target_endian = "little") {
-            if let Some(values) = T::as_f32_mut(buf) {
-                return self.all_reduce_f32(values, seq, d, divide);
-            }
-        }
-        let (n, i) = (self.n(), self.index);
-        let per = (CHUNK_BYTES / std::mem::size_of::<T>()).max(1);
-        let esz = std::mem::size_of::<T>();
-        let steps = 2 * (n - 1);
-        let mut acc = vec![0f32; BLOCK];
-        // Step 0: our own segment, widened, can leave at once.
-        let (s0, e0) = segment(buf.len(), n, send_seg(i, n, 0));
-        for (a, b) in chunks(s0, e0, per) {
-            let mut f = self.frame_buffer();
-            let mut at = a;
-            while at < b {
-                let m = (b - at).min(BLOCK);
-                T::load(&mut acc[..m], &buf[at..at + m]);
-                f32::to_le(&acc[..m], &mut f);
-                at += m;
-            }
-            self.queue(f, seq, d);
-        }
-        for t in 0..steps {
-            let k = send_seg(i, n, t + 1);
-            let (s, e) = segment(buf.len(), n, k);
-            let reducing = t + 1 < n;
-            let last_reduce = t + 2 == n;
-            for (a, b) in chunks(s, e, per) {
-                // All-gather: on a little-endian machine the wire bytes are the values, read
-                // straight into place.
-                let direct = (!reducing && cfg!(target_endian = "little") && b > a)
-                    .then(|| as_bytes_mut(&mut buf[a..b]));
-                let placed = direct.is_some();
-                let h = self.recv_frame(seq, d, direct)?;
-                let wire = if reducing { 4 } else { esz };
-                if h.len != ((b - a) * wire) as u64 {
-                    return Err(self.wrong_chunk(seq, h.len, b - a));
-                }
-                let more = t + 1 < steps;
-                let mut f = if more {
-                    self.frame_buffer()
-                } else {
-                    Vec::new()
-                };
-                if reducing {
-                    // Reduce-scatter: partial sum + our values, block by block, in f32.
-                    let mut at = a;
-                    while at < b {
-                        let m = (b - at).min(BLOCK);
-                        f32::from_le(&self.inbuf[(at - a) * 4..(at - a + m) * 4], &mut acc[..m]);
-                        T::add(&mut acc[..m], &buf[at..at + m]);
-                        if last_reduce {
-                            if let Some(w) = divide {
-                                let w = w as f32;
-                                acc[..m].iter_mut().for_each(|v| *v /= w);
-                            }
-                            T::store(&mut buf[at..at + m], &acc[..m]);
-                        } else {
-                            f32::to_le(&acc[..m], &mut f);
-                        }
-                        at += m;
-                    }
-                    if last_reduce {
-                        T::to_le(&buf[a..b], &mut f);
-                    }
-                } else {
-                    if !placed {
-                        T::from_le(&self.inbuf, &mut buf[a..b]);
-                    }
-                    if more {
-                        T::to_le(&buf[a..b], &mut f);
-                    }
-                }
-                if more {
-                    self.queue(f, seq, d);
-                }
-            }
-        }
-        self.finish(d)
-    }
-
-    /// [`Ring::all_reduce`] of f32 values on a little-endian machine, with fewer passes over
-    /// memory and no thread: one loop sends and receives without waiting on either socket
-    /// (and sleeps in `poll` on both when neither can move). Partial sums are added in place
-    /// (`buf += received`, bit-identical to the general path's `received + buf`), frames
-    /// leave straight from `buf` (never copied for the sender thread), and the all-gather
-    /// half is read straight into place. A frame only leaves from a region after its last
-    /// change, and a region is only received into after the frame sent from it has left:
-    /// what arrives there depends on what this member sent from it.
-    fn all_reduce_f32(
-        &mut self,
-        buf: &mut [f32],
-        seq: u64,
-        d: &OpDesc,
-        divide: Option<usize>,
-    ) -> Result<(), CommError> {
         if self.outstanding > 0 || self.write_error.is_some() {
-            // Not after a finished collective; kept so the two paths never interleave.
+            // Not after a finished collective; kept so the two ways of sending never interleave.
             self.finish(d)?;
         }
+        let le = cfg!(target_endian = "little");
+        let esz = std::mem::size_of::<T>();
         let (n, i) = (self.n(), self.index);
-        let per = CHUNK_BYTES / 4;
+        let per = (CHUNK_BYTES / esz).max(1);
         let steps = 2 * (n - 1);
-        let frame = |a: usize, b: usize| Outgoing {
-            head: Head {
-                kind: KIND_DATA,
-                seq,
-                d: *d,
-                len: ((b - a) * 4) as u64,
-            }
-            .encode(),
-            a,
-            b,
-            done: 0,
-        };
         let (s0, e0) = segment(buf.len(), n, send_seg(i, n, 0));
-        let mut out: VecDeque<Outgoing> = chunks(s0, e0, per)
-            .into_iter()
-            .map(|(a, b)| frame(a, b))
-            .collect();
+        let mut out: VecDeque<Outgoing> = VecDeque::new();
+        for (a, b) in chunks(s0, e0, per) {
+            // Step 0: our own segment as f32 partial sums (straight from `buf` when it is f32).
+            let body = if le && T::DTYPE == DType::F32 {
+                Body::Buf(a, b)
+            } else {
+                Body::Own(widen(&buf[a..b], self.buffer()))
+            };
+            out.push_back(Outgoing::new(seq, d, body, esz));
+        }
         // Every frame to receive, in order: (step, first element, end).
         let plan: Vec<(usize, usize, usize)> = (0..steps)
             .flat_map(|t| {
@@ -841,7 +773,12 @@ impl Ring {
                 chunks(s, e, per).into_iter().map(move |(a, b)| (t, a, b))
             })
             .collect();
-        let most = plan.iter().map(|&(_, a, b)| b - a).max().unwrap_or(0) * 4;
+        let wire = |t: usize| if t + 1 < n { 4 } else { esz };
+        let most = plan
+            .iter()
+            .map(|&(t, a, b)| (b - a) * wire(t))
+            .max()
+            .unwrap_or(0);
         if self.inbuf.len() < most {
             self.inbuf.resize(most, 0);
         }
@@ -856,14 +793,16 @@ impl Ring {
         while next < plan.len() || !out.is_empty() {
             let mut moved = false;
             while let Some(f) = out.front_mut() {
-                let body = as_bytes(&buf[f.a..f.b]);
+                let body = f.body.bytes(buf);
                 match send_nb(sfd, &f.head, body, f.done) {
                     Ok(k) => {
                         f.done += k;
                         moved = true;
                         last_out = Instant::now();
                         if f.done == HEADER + body.len() {
-                            out.pop_front();
+                            if let Some(Body::Own(v)) = out.pop_front().map(|f| f.body) {
+                                self.spare.push(v);
+                            }
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -874,15 +813,16 @@ impl Ring {
             }
             if let Some(&(t, a, b)) = plan.get(next) {
                 let reducing = t + 1 < n;
-                let len = (b - a) * 4;
+                let direct = !reducing && le;
+                let len = (b - a) * wire(t);
                 let want = if in_body { len } else { HEADER };
                 if got < want {
                     let dst = if !in_body {
                         &mut hb[got..]
-                    } else if reducing {
-                        &mut self.inbuf[got..len]
-                    } else {
+                    } else if direct {
                         &mut as_bytes_mut(&mut buf[a..b])[got..]
+                    } else {
+                        &mut self.inbuf[got..len]
                     };
                     match recv_nb(rfd, dst) {
                         Ok(0) => {
@@ -916,12 +856,26 @@ impl Ring {
                     moved = true;
                 }
                 if in_body && got == len {
-                    if reducing {
-                        let w = divide.filter(|_| t + 2 == n);
-                        add_le_in_place(&mut buf[a..b], &self.inbuf[..len], w);
-                    }
-                    if t + 1 < steps {
-                        out.push_back(frame(a, b));
+                    let more = t + 1 < steps;
+                    let body = if reducing {
+                        let last = (t + 2 == n).then_some(divide);
+                        match reduce_into(&mut buf[a..b], &self.inbuf[..len], last, &mut self.spare)
+                        {
+                            None => Body::Buf(a, b),
+                            Some(v) => Body::Own(v),
+                        }
+                    } else if direct {
+                        Body::Buf(a, b)
+                    } else {
+                        T::from_le(&self.inbuf[..len], &mut buf[a..b]);
+                        let mut v = self.buffer();
+                        T::to_le(&buf[a..b], &mut v);
+                        Body::Own(v)
+                    };
+                    match body {
+                        Body::Own(v) if !more => self.spare.push(v),
+                        body if more => out.push_back(Outgoing::new(seq, d, body, esz)),
+                        _ => {}
                     }
                     next += 1;
                     in_body = false;
@@ -963,11 +917,11 @@ impl Ring {
     }
 
     /// Before an error frame can follow, the rest of a frame the loop of
-    /// [`Ring::all_reduce_f32`] has begun to send goes to the sender thread (the stream would
+    /// [`Ring::all_reduce`] has begun to send goes to the sender thread (the stream would
     /// lose its framing otherwise); frames not begun are dropped.
-    fn hand_over(&mut self, out: &mut VecDeque<Outgoing>, buf: &[f32]) {
+    fn hand_over<T: Elem>(&mut self, out: &mut VecDeque<Outgoing>, buf: &[T]) {
         if let Some(f) = out.front().filter(|f| f.done > 0) {
-            let body = as_bytes(&buf[f.a..f.b]);
+            let body = f.body.bytes(buf);
             let mut bytes = self.buffer();
             if f.done < HEADER {
                 bytes.extend_from_slice(&f.head[f.done..]);
@@ -1010,7 +964,7 @@ impl Ring {
         let forwards = self.next() != root;
         for (a, b) in chunks(0, buf.len(), CHUNK_BYTES) {
             if self.index != root {
-                self.recv_frame(seq, d, None)?;
+                self.recv_frame(seq, d)?;
                 if self.inbuf.len() != b - a {
                     let err = CommError::Mismatch {
                         rank: self.rank,
@@ -1051,7 +1005,7 @@ impl Ring {
             let mut f = self.frame_buffer();
             f.extend_from_slice(&out[mine]);
             self.queue(f, seq, d);
-            self.recv_frame(seq, d, None)?;
+            self.recv_frame(seq, d)?;
             let theirs = (i + n - t - 1) % n;
             out[theirs] = std::mem::take(&mut self.inbuf);
         }
@@ -1136,6 +1090,68 @@ fn recv_nb(fd: i32, dst: &mut [u8]) -> std::io::Result<usize> {
         if e.kind() != std::io::ErrorKind::Interrupted {
             return Err(e);
         }
+    }
+}
+
+/// `src` widened to f32, as little-endian bytes appended to `out`.
+fn widen<T: Elem>(src: &[T], mut out: Vec<u8>) -> Vec<u8> {
+    let mut acc = [0f32; BLOCK];
+    for c in src.chunks(BLOCK) {
+        T::load(&mut acc[..c.len()], c);
+        f32::to_le(&acc[..c.len()], &mut out);
+    }
+    out
+}
+
+/// One reduce-scatter step on a chunk `buf` of the all-reduce's buffer: the predecessor's
+/// f32 partial sums `partial` (little-endian) plus our elements. At the last step (`last` =
+/// `Some(divide)`) the sum, divided when asked, is rounded once into `buf`; before it the new
+/// partial sums are the frame to send on. Returns that frame's bytes (from `spare` when it
+/// has one), or `None` when they are `buf`'s own bytes: for f32 on a little-endian machine,
+/// whose sums are kept in place at every step, and for the final values of any type there.
+fn reduce_into<T: Elem>(
+    buf: &mut [T],
+    partial: &[u8],
+    last: Option<Option<usize>>,
+    spare: &mut Vec<Vec<u8>>,
+) -> Option<Vec<u8>> {
+    let le = cfg!(target_endian = "little");
+    if le {
+        if let Some(v) = T::as_f32_mut(buf) {
+            add_le_in_place(v, partial, last.flatten());
+            return None;
+        }
+    }
+    let mut f = Vec::new();
+    if last.is_none() || !le {
+        f = spare.pop().unwrap_or_default();
+        f.clear();
+    }
+    let mut acc = [0f32; BLOCK];
+    let mut at = 0;
+    while at < buf.len() {
+        let m = (buf.len() - at).min(BLOCK);
+        f32::from_le(&partial[at * 4..(at + m) * 4], &mut acc[..m]);
+        T::add(&mut acc[..m], &buf[at..at + m]);
+        match last {
+            Some(divide) => {
+                if let Some(w) = divide {
+                    let w = w as f32;
+                    acc[..m].iter_mut().for_each(|v| *v /= w);
+                }
+                T::store(&mut buf[at..at + m], &acc[..m]);
+            }
+            None => f32::to_le(&acc[..m], &mut f),
+        }
+        at += m;
+    }
+    match last {
+        Some(_) if le => None,
+        Some(_) => {
+            T::to_le(buf, &mut f);
+            Some(f)
+        }
+        None => Some(f),
     }
 }
 
@@ -1347,6 +1363,21 @@ mod tests {
                                 .collect();
                             ring.all_reduce(&mut b, c as u64 + 1, &desc(len), None)
                                 .unwrap();
+                            // The same sums in half precision (exact below 2048): f32 partial
+                            // sums in the reduce half, f16 values in the all-gather half.
+                            let mut h: Vec<half::f16> = b.iter().map(|_| half::f16::ZERO).collect();
+                            h.iter_mut().enumerate().for_each(|(k, v)| {
+                                *v = half::f16::from_f32(((i * 31 + k * 7 + c) % 101) as f32)
+                            });
+                            let hd = OpDesc {
+                                dtype: 3,
+                                ..desc(len)
+                            };
+                            ring.all_reduce(&mut h, c as u64 + 50, &hd, None).unwrap();
+                            assert!(
+                                h.iter().zip(&b).all(|(x, y)| x.to_f32() == *y),
+                                "n={n} len={len}: f16 differs from f32 on member {i}"
+                            );
                             outs.push(b);
                         }
                         let mut b = vec![0u8; 1 << 20 | 5];
