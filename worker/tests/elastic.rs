@@ -43,38 +43,7 @@ fn in_ns(ns: &Netns, i: usize, nnodes: &str, port: u16, nproc: usize, args: &[St
 
 /// Training flags: synthetic data, CPU, one thread, every step logged.
 fn train(data: &Path, out: &Path, extra: Vec<String>) -> Vec<String> {
-    let mut a = with_base(args![
-        "--backend",
-        "cpu",
-        "--data",
-        data.display(),
-        "--path",
-        out.display(),
-        "--log-interval",
-        1,
-        "--test-batch-size",
-        100,
-        "--grace-period",
-        2
-    ]);
-    a.extend(extra);
-    a
-}
-
-fn wait_for_log(file: &Path, needle: &str) {
-    let t0 = Instant::now();
-    loop {
-        let log = std::fs::read_to_string(file).unwrap_or_default();
-        if log.contains(needle) {
-            return;
-        }
-        assert!(
-            t0.elapsed() < DEADLINE,
-            "{needle:?} never appeared in {}:\n{log}",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    node_flags(data, out, 1, extra)
 }
 
 /// The pid of the worker whose `--path` is `out`.

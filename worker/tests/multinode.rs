@@ -165,22 +165,7 @@ impl Drop for Node {
 
 /// Training flags of the tests: synthetic data, CPU, one thread each.
 fn train(data: &Path, out: &Path, extra: Vec<String>) -> Vec<String> {
-    let mut a = with_base(args![
-        "--backend",
-        "cpu",
-        "--data",
-        data.display(),
-        "--path",
-        out.display(),
-        "--log-interval",
-        5,
-        "--test-batch-size",
-        100,
-        "--grace-period",
-        2,
-    ]);
-    a.extend(extra);
-    a
+    node_flags(data, out, 5, extra)
 }
 
 /// A launcher for node `rank` of `nnodes` on loopback, rendezvous at 127.0.0.1:`port`.

@@ -42,22 +42,6 @@ fn launch_cmd(data: &Path, out: &Path, extra: Vec<String>, fault: Option<&str>) 
     cmd
 }
 
-fn wait_for_log(file: &Path, needle: &str) {
-    let t0 = Instant::now();
-    loop {
-        let log = std::fs::read_to_string(file).unwrap_or_default();
-        if log.contains(needle) {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(90),
-            "{needle:?} never appeared in {}:\n{log}",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// No process has `out` on its command line (waiting for exiting ones to vanish).
 fn assert_nothing_left(out: &Path) {
     let out_s = out.display().to_string();

@@ -320,3 +320,42 @@ pub fn rank_of(pid: u32) -> Option<String> {
         .filter_map(|kv| std::str::from_utf8(kv).ok())
         .find_map(|kv| kv.strip_prefix("RANK=").map(str::to_string))
 }
+
+/// Launcher flags of the several-node tests: `BASE` plus synthetic data `data`, CPU, output
+/// `out`, a log line every `log_interval` steps, test batches of 100, a 2 s grace period, then
+/// `extra`.
+pub fn node_flags(data: &Path, out: &Path, log_interval: u32, extra: Vec<String>) -> Vec<String> {
+    let mut a = with_base(args![
+        "--backend",
+        "cpu",
+        "--data",
+        data.display(),
+        "--path",
+        out.display(),
+        "--log-interval",
+        log_interval,
+        "--test-batch-size",
+        100,
+        "--grace-period",
+        2,
+    ]);
+    a.extend(extra);
+    a
+}
+
+/// Wait (at most [`DEADLINE`]) until `file` contains `needle`.
+pub fn wait_for_log(file: &Path, needle: &str) {
+    let t0 = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(file).unwrap_or_default();
+        if log.contains(needle) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "{needle:?} never appeared in {}:\n{log}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
