@@ -9,7 +9,7 @@ set and prints `RESULT epoch_seconds=<s> images_per_second=<n> test_accuracy=<pe
 (median over the timed epochs, all ranks' images).
 
 Usage: python scripts/ref/torch_ddp_nodes.py --rank R --world N --master-addr A --master-port P
-       [--data DIR] [--threads 1] [--epochs 1] [--warmup 1] [--model LeNet|MLP]
+       [--data DIR] [--threads 1] [--epochs 1] [--warmup 1] [--model LeNet|MLP|Net]
 """
 
 import math
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
-from torch_loop import MEAN, STD, LeNet, load_mnist, make_optimizer, normalised_tensors, parse_common, train_epoch
+from torch_loop import MEAN, MODELS, STD, load_mnist, make_optimizer, normalised_tensors, parse_common, train_epoch
 
 
 class MLP(nn.Module):
@@ -53,12 +53,12 @@ def test_accuracy(model, data_dir):
 
 
 def main():
-    p = parse_common(__doc__.splitlines()[0], threads=1, epochs=1)
+    models = {**MODELS, "MLP": MLP}
+    p = parse_common(__doc__.splitlines()[0], threads=1, epochs=1, models=models)
     p.add_argument("--rank", type=int, required=True)
     p.add_argument("--world", type=int, required=True)
     p.add_argument("--master-addr", required=True)
     p.add_argument("--master-port", type=int, default=29600)
-    p.add_argument("--model", choices=["LeNet", "MLP"], default="LeNet")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     dist.init_process_group(
@@ -70,7 +70,7 @@ def main():
     try:
         torch.manual_seed(args.seed)
         x, y = normalised_tensors(args.data)
-        net = LeNet() if args.model == "LeNet" else MLP()
+        net = models[args.model]()
         model = DDP(net)
         opt = make_optimizer(model)
         total = args.warmup + args.epochs

@@ -119,8 +119,8 @@ def make_optimizer(model, lr=0.01):
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
 
 
-def parse_common(description, threads, epochs):
-    """Flags shared by the reference scripts."""
+def parse_common(description, threads, epochs, models=MODELS):
+    """Flags shared by the reference scripts (`--model` chooses among `models`)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", default="data/mnist", help="folder with the MNIST IDX files")
     p.add_argument("--batch-size", type=int, default=64)
@@ -134,7 +134,7 @@ def parse_common(description, threads, epochs):
         help="stop each epoch after this many batches (0: full epochs; for smoke tests)",
     )
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--model", choices=sorted(MODELS), default="LeNet", help="network to train")
+    p.add_argument("--model", choices=sorted(models), default="LeNet", help="network to train")
     return p
 
 
