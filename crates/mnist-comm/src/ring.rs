@@ -332,14 +332,19 @@ impl Ring {
         b
     }
 
+    /// Keep a frame buffer for reuse (at most 64).
+    fn recycle(&mut self, b: Vec<u8>) {
+        if self.spare.len() < 64 {
+            self.spare.push(b);
+        }
+    }
+
     /// Handle an event from the sender; a write failure is kept in `write_error`.
     fn note(&mut self, ev: Event) {
         match ev {
             Event::Spare(b) => {
                 self.outstanding = self.outstanding.saturating_sub(1);
-                if self.spare.len() < 64 {
-                    self.spare.push(b);
-                }
+                self.recycle(b);
             }
             Event::Flushed(_) => {}
             Event::Failed(e) => {
@@ -366,7 +371,7 @@ impl Ring {
             // hand only the rest (if any) to the thread.
             let sent = self.send_now(&bytes, &[]);
             if sent == bytes.len() {
-                self.spare.push(bytes);
+                self.recycle(bytes);
                 return;
             }
             if sent > 0 {
@@ -801,7 +806,7 @@ impl Ring {
                         last_out = Instant::now();
                         if f.done == HEADER + body.len() {
                             if let Some(Body::Own(v)) = out.pop_front().map(|f| f.body) {
-                                self.spare.push(v);
+                                self.recycle(v);
                             }
                         }
                     }
@@ -873,7 +878,7 @@ impl Ring {
                         Body::Own(v)
                     };
                     match body {
-                        Body::Own(v) if !more => self.spare.push(v),
+                        Body::Own(v) if !more => self.recycle(v),
                         body if more => out.push_back(Outgoing::new(seq, d, body, esz)),
                         _ => {}
                     }
