@@ -872,9 +872,10 @@ impl Ring {
                     } else if direct {
                         Body::Buf(a, b)
                     } else {
+                        // Big-endian: the wire bytes go on as they came.
                         T::from_le(&self.inbuf[..len], &mut buf[a..b]);
                         let mut v = self.buffer();
-                        T::to_le(&buf[a..b], &mut v);
+                        v.extend_from_slice(&self.inbuf[..len]);
                         Body::Own(v)
                     };
                     match body {
@@ -891,22 +892,23 @@ impl Ring {
             if moved {
                 continue;
             }
+            // A socket this member no longer waits on is left out (a negative fd), so a hang-up
+            // there cannot wake the loop over and over; the deadlines below are checked after
+            // every wake-up, so a socket that keeps waking it without moving still times out.
             let mut fds = [
                 libc::pollfd {
-                    fd: rfd,
-                    events: if next < plan.len() { libc::POLLIN } else { 0 },
+                    fd: if next < plan.len() { rfd } else { -1 },
+                    events: libc::POLLIN,
                     revents: 0,
                 },
                 libc::pollfd {
-                    fd: sfd,
-                    events: if out.is_empty() { 0 } else { libc::POLLOUT },
+                    fd: if out.is_empty() { -1 } else { sfd },
+                    events: libc::POLLOUT,
                     revents: 0,
                 },
             ];
-            // SAFETY: two valid pollfds for the duration of the call.
-            if unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) } > 0 {
-                continue;
-            }
+            // SAFETY: two pollfds, valid for the duration of the call.
+            unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
             let waited = last_in.elapsed();
             if next < plan.len() && waited >= self.recv_limit() {
                 self.hand_over(&mut out, buf);
