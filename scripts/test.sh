@@ -47,8 +47,8 @@ if [ "$tests_only" = 0 ]; then
 fi
 
 echo "== cargo test $*"
-# The status of cargo itself, read in the same statement as the pipeline (a later `|| true`
-# or command would overwrite PIPESTATUS: the defect this script once had).
+# The status of cargo itself, copied right after the pipeline (any later command would
+# overwrite PIPESTATUS: the defect this script once had).
 set +e
 cargo test "$@" --no-fail-fast 2>&1 | tee "$test_log" |
   grep -Ev '^(running 0 tests|test result: ok\. 0 passed.*)$' | grep -v '^$'
@@ -76,9 +76,10 @@ failed=$(awk '/^test result:/ {for (i=1;i<=NF;i++) if ($(i+1) ~ /^failed/) s+=$i
 ignored=$(awk '/^test result:/ {for (i=1;i<=NF;i++) if ($(i+1) ~ /^ignored/) s+=$i} END {print s+0}' "$test_log")
 echo
 echo "== summary: $passed passed, $failed failed, $ignored ignored, $(sort -u "$skip_log" | wc -l) skipped at run time"
-grep -E '^test .* \.\.\. FAILED$' "$test_log" | sed 's/^/   failed: /' || true
-grep -E '^test .* \.\.\. ignored' "$test_log" | sort -u | sed 's/^/   ignored: /' || true
-grep -E '^error(\[|:)' "$test_log" | sort -u | sed 's/^/   build: /' || true
+# (sed -n, not grep: a summary with nothing to list is not an error under `set -e`)
+sed -nE 's/^(test .* \.\.\. FAILED)$/   failed: \1/p' "$test_log"
+sed -nE 's/^(test .* \.\.\. ignored.*)$/   ignored: \1/p' "$test_log" | sort -u
+sed -nE 's/^(error(\[|:).*)$/   build: \1/p' "$test_log" | sort -u
 sort -u "$skip_log" | sed 's/^/   skipped: /'
 if [ "$status" != 0 ]; then
   echo "== FAILED (exit $status)"
