@@ -18,9 +18,9 @@
 //! Segments travel in chunks of [`CHUNK_BYTES`]; chunk `c` of step `t + 1` leaves as soon as
 //! chunk `c` of step `t` has arrived, so a large buffer streams through the ring, and every
 //! member sends and receives at the same time (full duplex). The all-reduce does both in one
-//! loop that never waits on either socket alone, with no thread: frames whose bytes are the
-//! caller's elements (f32 partial sums, final values) leave straight from its buffer, and the
-//! all-gather half lands straight in place. The other collectives write a frame
+//! loop that never waits on either socket alone, with no thread: frames leave straight from
+//! the caller's buffer (partial sums are kept there, in its element type), and the all-gather
+//! half lands straight in place. The other collectives write a frame
 //! at once as far as the socket takes it without waiting and hand the rest, and everything
 //! after it, to a sender thread. Every frame carries the collective's header (sequence, op,
 //! dtype, count, extra), checked against the receiver's own before its payload is used; every
@@ -31,7 +31,7 @@
 //! its successor, and each member forwards the first one it receives, so every member stops
 //! with the same cause, naming the failed rank and its address.
 
-use crate::reduce::{as_bytes, as_bytes_mut, DType, Elem, BLOCK};
+use crate::reduce::{as_bytes, as_bytes_mut, Elem, BLOCK};
 use crate::shm::OpDesc;
 use crate::CommError;
 use std::collections::VecDeque;
@@ -134,7 +134,7 @@ pub(crate) fn send_seg(i: usize, n: usize, t: usize) -> usize {
 enum Body {
     /// Elements `a..b` of the all-reduce's buffer (their bytes are the wire bytes).
     Buf(usize, usize),
-    /// Bytes of its own (f32 partial sums of a narrower type, or converted values).
+    /// Bytes of its own (the little-endian form of elements on a big-endian machine).
     Own(Vec<u8>),
 }
 
@@ -732,13 +732,15 @@ impl Ring {
     }
 
     /// All-reduce `buf` (the sum over the members); with `divide` the sum is divided by it
-    /// before the one final rounding to `T`. Partial sums travel as f32 (the reduce-scatter
-    /// half), final values as `T` (the all-gather half), so half-precision buffers are rounded
-    /// once, as the other backends do.
+    /// before the final rounding to `T`. Partial sums and final values both travel as `T`, so
+    /// an f16 or bf16 all-reduce sends half the bytes of an f32 one (what `--compression fp16`
+    /// is for). Each step adds in f32 and rounds once to `T`, as NCCL's and gloo's rings do:
+    /// two members round once (the partial sent is the member's own elements), `n` members
+    /// `n − 1` times.
     ///
     /// One loop sends and receives without waiting on either socket alone (it sleeps in
     /// `poll` on both when neither can move); no sender thread. Frames whose wire bytes are
-    /// elements of `buf` (f32 partial sums added in place, final values on a little-endian
+    /// elements of `buf` (partial sums added in place, final values; on a little-endian
     /// machine) leave straight from `buf`, and the all-gather half is read straight into
     /// place. A frame leaves from a region only after its last change there, and a region is
     /// received into only after the frame sent from it has left: what arrives there depends
@@ -763,11 +765,13 @@ impl Ring {
         let (s0, e0) = segment(buf.len(), n, send_seg(i, n, 0));
         let mut out: VecDeque<Outgoing> = VecDeque::new();
         for (a, b) in chunks(s0, e0, per) {
-            // Step 0: our own segment as f32 partial sums (straight from `buf` when it is f32).
-            let body = if le && T::DTYPE == DType::F32 {
+            // Step 0: our own segment, the first partial sums.
+            let body = if le {
                 Body::Buf(a, b)
             } else {
-                Body::Own(widen(&buf[a..b], self.buffer()))
+                let mut v = self.buffer();
+                T::to_le(&buf[a..b], &mut v);
+                Body::Own(v)
             };
             out.push_back(Outgoing::new(seq, d, body, esz));
         }
@@ -778,10 +782,9 @@ impl Ring {
                 chunks(s, e, per).into_iter().map(move |(a, b)| (t, a, b))
             })
             .collect();
-        let wire = |t: usize| if t + 1 < n { 4 } else { esz };
         let most = plan
             .iter()
-            .map(|&(t, a, b)| (b - a) * wire(t))
+            .map(|&(_, a, b)| (b - a) * esz)
             .max()
             .unwrap_or(0);
         if self.inbuf.len() < most {
@@ -819,7 +822,7 @@ impl Ring {
             if let Some(&(t, a, b)) = plan.get(next) {
                 let reducing = t + 1 < n;
                 let direct = !reducing && le;
-                let len = (b - a) * wire(t);
+                let len = (b - a) * esz;
                 let want = if in_body { len } else { HEADER };
                 if got < want {
                     let dst = if !in_body {
@@ -1100,22 +1103,11 @@ fn recv_nb(fd: i32, dst: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
-/// `src` widened to f32, as little-endian bytes appended to `out`.
-fn widen<T: Elem>(src: &[T], mut out: Vec<u8>) -> Vec<u8> {
-    let mut acc = [0f32; BLOCK];
-    for c in src.chunks(BLOCK) {
-        T::load(&mut acc[..c.len()], c);
-        f32::to_le(&acc[..c.len()], &mut out);
-    }
-    out
-}
-
 /// One reduce-scatter step on a chunk `buf` of the all-reduce's buffer: the predecessor's
-/// f32 partial sums `partial` (little-endian) plus our elements. At the last step (`last` =
-/// `Some(divide)`) the sum, divided when asked, is rounded once into `buf`; before it the new
-/// partial sums are the frame to send on. Returns that frame's bytes (from `spare` when it
-/// has one), or `None` when they are `buf`'s own bytes: for f32 on a little-endian machine,
-/// whose sums are kept in place at every step, and for the final values of any type there.
+/// partial sums `partial` (little-endian `T`) plus our elements, added in f32 and rounded once
+/// into `buf` (divided first at the last step when `last` = `Some(Some(w))`). Returns the
+/// frame to send on when its bytes are not `buf`'s own (on a big-endian machine; from `spare`
+/// when it has one), else `None`.
 fn reduce_into<T: Elem>(
     buf: &mut [T],
     partial: &[u8],
@@ -1123,43 +1115,34 @@ fn reduce_into<T: Elem>(
     spare: &mut Vec<Vec<u8>>,
 ) -> Option<Vec<u8>> {
     let le = cfg!(target_endian = "little");
+    let esz = std::mem::size_of::<T>();
     if le {
         if let Some(v) = T::as_f32_mut(buf) {
             add_le_in_place(v, partial, last.flatten());
             return None;
         }
     }
-    let mut f = Vec::new();
-    if last.is_none() || !le {
-        f = spare.pop().unwrap_or_default();
-        f.clear();
-    }
+    let divide = last.flatten().map(|w| w as f32);
     let mut acc = [0f32; BLOCK];
+    let mut theirs = [T::default(); BLOCK];
     let mut at = 0;
     while at < buf.len() {
         let m = (buf.len() - at).min(BLOCK);
-        f32::from_le(&partial[at * 4..(at + m) * 4], &mut acc[..m]);
+        T::from_le(&partial[at * esz..(at + m) * esz], &mut theirs[..m]);
+        T::load(&mut acc[..m], &theirs[..m]);
         T::add(&mut acc[..m], &buf[at..at + m]);
-        match last {
-            Some(divide) => {
-                if let Some(w) = divide {
-                    let w = w as f32;
-                    acc[..m].iter_mut().for_each(|v| *v /= w);
-                }
-                T::store(&mut buf[at..at + m], &acc[..m]);
-            }
-            None => f32::to_le(&acc[..m], &mut f),
+        if let Some(w) = divide {
+            acc[..m].iter_mut().for_each(|v| *v /= w);
         }
+        T::store(&mut buf[at..at + m], &acc[..m]);
         at += m;
     }
-    match last {
-        Some(_) if le => None,
-        Some(_) => {
-            T::to_le(buf, &mut f);
-            Some(f)
-        }
-        None => Some(f),
-    }
+    (!le).then(|| {
+        let mut f = spare.pop().unwrap_or_default();
+        f.clear();
+        T::to_le(buf, &mut f);
+        f
+    })
 }
 
 /// `dst[k] += src[k]` for the little-endian f32 values in `src`, then divided by `divide`
@@ -1228,6 +1211,7 @@ fn clone_err(e: &CommError) -> CommError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
 
     /// The schedule alone: simulate `n` members exchanging segments step by step (what member
     /// i sends in step t arrives at member i + 1) and check that every member ends with the
@@ -1311,6 +1295,40 @@ mod tests {
 
     /// Real rings of `n` members on loopback sockets (one thread per member).
     fn rings(n: usize, timeout: Duration) -> Vec<Ring> {
+        rings_through(n, timeout, |_, to| TcpStream::connect(to).unwrap())
+    }
+
+    /// Rings whose every link runs through a relay that counts the bytes member `i` sends
+    /// (`counts[i]`).
+    fn counted_rings(n: usize, timeout: Duration) -> (Vec<Ring>, Vec<Arc<AtomicU64>>) {
+        let counts: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::default()).collect();
+        let relay_counts = counts.clone();
+        let rs = rings_through(n, timeout, move |i, to| {
+            let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let send = TcpStream::connect(relay.local_addr().unwrap()).unwrap();
+            let (mut from, _) = relay.accept().unwrap();
+            let mut onward = TcpStream::connect(to).unwrap();
+            let count = relay_counts[i].clone();
+            std::thread::spawn(move || {
+                let mut b = vec![0u8; 1 << 16];
+                while let Ok(k @ 1..) = from.read(&mut b) {
+                    count.fetch_add(k as u64, Ordering::SeqCst);
+                    if onward.write_all(&b[..k]).is_err() {
+                        break;
+                    }
+                }
+            });
+            send
+        });
+        (rs, counts)
+    }
+
+    /// Rings whose member `i` sends on `connect(i, address of member i + 1)`.
+    fn rings_through(
+        n: usize,
+        timeout: Duration,
+        mut connect: impl FnMut(usize, &str) -> TcpStream,
+    ) -> Vec<Ring> {
         let ls: Vec<std::net::TcpListener> = (0..n)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
@@ -1318,9 +1336,7 @@ mod tests {
             .iter()
             .map(|l| l.local_addr().unwrap().to_string())
             .collect();
-        let sends: Vec<TcpStream> = (0..n)
-            .map(|i| TcpStream::connect(&addrs[(i + 1) % n]).unwrap())
-            .collect();
+        let sends: Vec<TcpStream> = (0..n).map(|i| connect(i, &addrs[(i + 1) % n])).collect();
         sends
             .into_iter()
             .enumerate()
@@ -1370,8 +1386,8 @@ mod tests {
                                 .collect();
                             ring.all_reduce(&mut b, c as u64 + 1, &desc(len), None)
                                 .unwrap();
-                            // The same sums in half precision (exact below 2048): f32 partial
-                            // sums in the reduce half, f16 values in the all-gather half.
+                            // The same sums in half precision (integers below 2048: every
+                            // partial sum and every result is exact in f16).
                             let mut h: Vec<half::f16> = b.iter().map(|_| half::f16::ZERO).collect();
                             h.iter_mut().enumerate().for_each(|(k, v)| {
                                 *v = half::f16::from_f32(((i * 31 + k * 7 + c) % 101) as f32)
@@ -1430,9 +1446,78 @@ mod tests {
         }
     }
 
+    /// Half precision halves the bytes on the wire: every frame of an f16 or bf16 all-reduce,
+    /// the partial sums of the reduce-scatter half included, carries 2-byte elements (counted
+    /// by relays on the links, headers included). Two members round once, so f16 sums of
+    /// inexact values equal their f32 sum rounded to f16.
+    #[test]
+    fn ring_half_precision_sends_half_the_bytes() {
+        for n in [2usize, 3] {
+            let len = CHUNK_BYTES / 2 + 5 * n + 1;
+            let (rs, counts) = counted_rings(n, Duration::from_secs(60));
+            let handles: Vec<_> = rs
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut ring)| {
+                    std::thread::spawn(move || {
+                        let v = |k: usize| ((i * 7 + k) % 1000) as f32 / 997.0 + 0.1;
+                        let mut b: Vec<f32> = (0..len).map(v).collect();
+                        ring.all_reduce(&mut b, 1, &desc(len), None).unwrap();
+                        let mut h: Vec<half::f16> =
+                            (0..len).map(|k| half::f16::from_f32(v(k))).collect();
+                        let hd = OpDesc {
+                            dtype: 3,
+                            ..desc(len)
+                        };
+                        ring.all_reduce(&mut h, 2, &hd, None).unwrap();
+                        let mut g: Vec<half::bf16> =
+                            (0..len).map(|k| half::bf16::from_f32(v(k))).collect();
+                        let gd = OpDesc {
+                            dtype: 4,
+                            ..desc(len)
+                        };
+                        ring.all_reduce(&mut g, 3, &gd, None).unwrap();
+                        (ring, h)
+                    })
+                })
+                .collect();
+            let outs: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            // Every frame of member i: a header and its chunk's elements.
+            let wire = |i: usize, esz: usize| -> u64 {
+                (0..2 * (n - 1))
+                    .flat_map(|t| {
+                        let (s, e) = segment(len, n, send_seg(i, n, t));
+                        chunks(s, e, CHUNK_BYTES / esz)
+                    })
+                    .map(|(a, b)| (HEADER + (b - a) * esz) as u64)
+                    .sum()
+            };
+            for (i, count) in counts.iter().enumerate() {
+                let sent = count.load(Ordering::SeqCst);
+                let expect = wire(i, 4) + 2 * wire(i, 2);
+                assert_eq!(sent, expect, "n={n} member {i}: bytes on the wire");
+            }
+            for (i, (_, h)) in outs.iter().enumerate() {
+                assert_eq!(h, &outs[0].1, "n={n}: member {i} differs from member 0");
+                if n == 2 {
+                    for (k, x) in h.iter().enumerate() {
+                        let r = |m: usize| {
+                            half::f16::from_f32(((m * 7 + k) % 1000) as f32 / 997.0 + 0.1)
+                        };
+                        let once = half::f16::from_f32(r(0).to_f32() + r(1).to_f32());
+                        assert_eq!(
+                            *x, once,
+                            "n=2 member {i} element {k}: rounded more than once"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Averages (`divide`) are divided once, after the last partial sum, on every member and
     /// every chunk; values are multiples of `n` so every average is exact. Half precision
-    /// takes the general path (f32 partial sums, one rounding) and must agree.
+    /// takes the general path (partial sums widened to f32 and rounded back) and must agree.
     #[test]
     fn ring_average_divides_once_for_f32_and_halves() {
         for n in [2usize, 3, 5] {
