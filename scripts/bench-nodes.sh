@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Several machines, measured across network namespaces (needs root and `ip`/`tc`): two nodes,
 # each a network namespace with its own eth0 (10.77.0.1 and .2) on a bridge in a third
-# namespace; everything is removed on exit. Uses the release build.
+# namespace; everything is removed on exit. Uses the release build (under CARGO_TARGET_DIR,
+# default ./target).
 #
 #   scripts/bench-nodes.sh lenet [EPOCHS] [REPEAT]
 #       LeNet, 2 nodes x 1 process, --threads 1: mnist-ddp vs PyTorch DDP over gloo
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 [ "$(id -u)" = 0 ] || { echo "bench-nodes.sh: needs root (network namespaces)" >&2; exit 2; }
 MODE=${1:-lenet}
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 cargo build --release -q -p mnist-launch -p mnist-worker
 TMP=$(mktemp -d /tmp/bench-nodes.XXXXXX)
 P=mnbench$$
