@@ -12,9 +12,10 @@
 #       back to back, and the median speed-up over the pairs (a shared machine's load drifts).
 #   scripts/bench-nodes.sh compression [TRAIN_IMAGES] [RATE]
 #       MLP (2 MB of gradients per step), 2 nodes x 1 process, each node's eth0 shaped to RATE
-#       (default 100mbit, tc tbf): epoch time and gradient bytes per step for --compression
-#       none, fp16, topk, powersgd (--powersgd-start-iter 10) on the first TRAIN_IMAGES training
-#       images (default 6400: 50 steps per rank; the full test set), 2 epochs, the 2nd timed.
+#       (default 100mbit, tc tbf): epoch time and gradient bytes per step for every
+#       --compression (the PowerSGD ones with --powersgd-start-iter 10) on the first
+#       TRAIN_IMAGES training images (default 6400: 50 steps per rank; the full test set),
+#       2 epochs, the 2nd timed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -117,10 +118,10 @@ for prefix, keep in (("train", n), ("t10k", None)):
 PY
     shape "$RATE"
     echo "MLP, 2 namespace nodes x 1 process, eth0 shaped to $RATE (tc tbf), first $N training images, 2 epochs (2nd timed); load average $(cut -d" " -f1-3 /proc/loadavg)"
-    printf "%-10s %14s %16s %12s %10s\n" compression epoch_seconds bytes_per_step ratio test_top1
-    for c in none fp16 topk powersgd; do
+    printf "%-22s %14s %16s %12s %10s\n" compression epoch_seconds bytes_per_step ratio test_top1
+    for c in none fp16 bf16 topk powersgd powersgd_fp16 batched_powersgd batched_powersgd_fp16; do
         m=$(ours "mlp-$c" "$TMP/data" --model MLP --epochs 2 --compression "$c" --powersgd-start-iter 10)
-        printf "%-10s %14.2f %16.0f %12.1f %10.2f\n" "$c" "$(field "$m" epoch_seconds)" \
+        printf "%-22s %14.2f %16.0f %12.1f %10.2f\n" "$c" "$(field "$m" epoch_seconds)" \
             "$(field "$m" bytes_sent_per_step)" "$(field "$m" compression_ratio)" "$(field "$m" test_top1)"
     done
     ;;
