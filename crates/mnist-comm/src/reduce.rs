@@ -45,8 +45,8 @@ pub(crate) trait Elem: crate::shm::Plain + Default + Send + 'static {
     fn add(acc: &mut [f32], src: &[Self]);
     /// `dst[i] = acc[i]` rounded once.
     fn store(dst: &mut [Self], acc: &[f32]);
-    /// The same elements as f32 when they are f32 (the ring then sums in place and sends
-    /// straight from the buffer), else `None`.
+    /// The same elements as f32 when they are f32 (the ring then adds what it receives in
+    /// place, with no conversion), else `None`.
     fn as_f32_mut(_buf: &mut [Self]) -> Option<&mut [f32]> {
         None
     }

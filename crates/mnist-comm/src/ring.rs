@@ -866,8 +866,8 @@ impl Ring {
                 if in_body && got == len {
                     let more = t + 1 < steps;
                     let body = if reducing {
-                        let last = (t + 2 == n).then_some(divide);
-                        match reduce_into(&mut buf[a..b], &self.inbuf[..len], last, &mut self.spare)
+                        let div = divide.filter(|_| t + 2 == n);
+                        match reduce_into(&mut buf[a..b], &self.inbuf[..len], div, &mut self.spare)
                         {
                             None => Body::Buf(a, b),
                             Some(v) => Body::Own(v),
@@ -1104,25 +1104,25 @@ fn recv_nb(fd: i32, dst: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// One reduce-scatter step on a chunk `buf` of the all-reduce's buffer: the predecessor's
-/// partial sums `partial` (little-endian `T`) plus our elements, added in f32 and rounded once
-/// into `buf` (divided first at the last step when `last` = `Some(Some(w))`). Returns the
+/// partial sums `partial` (little-endian `T`) plus our elements, added in f32, divided by
+/// `divide` when given (the last step of an average), and rounded once into `buf`. Returns the
 /// frame to send on when its bytes are not `buf`'s own (on a big-endian machine; from `spare`
 /// when it has one), else `None`.
 fn reduce_into<T: Elem>(
     buf: &mut [T],
     partial: &[u8],
-    last: Option<Option<usize>>,
+    divide: Option<usize>,
     spare: &mut Vec<Vec<u8>>,
 ) -> Option<Vec<u8>> {
     let le = cfg!(target_endian = "little");
     let esz = std::mem::size_of::<T>();
     if le {
         if let Some(v) = T::as_f32_mut(buf) {
-            add_le_in_place(v, partial, last.flatten());
+            add_le_in_place(v, partial, divide);
             return None;
         }
     }
-    let divide = last.flatten().map(|w| w as f32);
+    let divide = divide.map(|w| w as f32);
     let mut acc = [0f32; BLOCK];
     let mut theirs = [T::default(); BLOCK];
     let mut at = 0;
