@@ -1211,6 +1211,7 @@ fn clone_err(e: &CommError) -> CommError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reduce::DType;
     use std::sync::atomic::AtomicU64;
 
     /// The schedule alone: simulate `n` members exchanging segments step by step (what member
@@ -1359,9 +1360,14 @@ mod tests {
     }
 
     fn desc(len: usize) -> OpDesc {
+        desc_of(DType::F32, len)
+    }
+
+    /// An all-reduce of `len` elements of type `dtype`.
+    fn desc_of(dtype: DType, len: usize) -> OpDesc {
         OpDesc {
             op: crate::shm::OP_ALL_REDUCE,
-            dtype: 2,
+            dtype: dtype as u64,
             count: len as u64,
             extra: 0,
         }
@@ -1392,10 +1398,7 @@ mod tests {
                             h.iter_mut().enumerate().for_each(|(k, v)| {
                                 *v = half::f16::from_f32(((i * 31 + k * 7 + c) % 101) as f32)
                             });
-                            let hd = OpDesc {
-                                dtype: 3,
-                                ..desc(len)
-                            };
+                            let hd = desc_of(DType::F16, len);
                             ring.all_reduce(&mut h, c as u64 + 50, &hd, None).unwrap();
                             assert!(
                                 h.iter().zip(&b).all(|(x, y)| x.to_f32() == *y),
@@ -1465,17 +1468,11 @@ mod tests {
                         ring.all_reduce(&mut b, 1, &desc(len), None).unwrap();
                         let mut h: Vec<half::f16> =
                             (0..len).map(|k| half::f16::from_f32(v(k))).collect();
-                        let hd = OpDesc {
-                            dtype: 3,
-                            ..desc(len)
-                        };
+                        let hd = desc_of(DType::F16, len);
                         ring.all_reduce(&mut h, 2, &hd, None).unwrap();
                         let mut g: Vec<half::bf16> =
                             (0..len).map(|k| half::bf16::from_f32(v(k))).collect();
-                        let gd = OpDesc {
-                            dtype: 4,
-                            ..desc(len)
-                        };
+                        let gd = desc_of(DType::Bf16, len);
                         ring.all_reduce(&mut g, 3, &gd, None).unwrap();
                         (ring, h)
                     })
@@ -1534,10 +1531,7 @@ mod tests {
                         let mut h: Vec<half::f16> = (0..len)
                             .map(|k| half::f16::from_f32((n * ((i + k) % 13)) as f32))
                             .collect();
-                        let hd = OpDesc {
-                            dtype: 3,
-                            ..desc(len)
-                        };
+                        let hd = desc_of(DType::F16, len);
                         ring.all_reduce(&mut h, 2, &hd, Some(n)).unwrap();
                         (b, h)
                     })
