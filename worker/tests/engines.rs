@@ -32,15 +32,6 @@ fn train_args(data: &Path, out: &Path) -> Vec<String> {
     ])
 }
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Job {
     _tmp: tempfile::TempDir,
     data: PathBuf,

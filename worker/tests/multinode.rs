@@ -365,11 +365,7 @@ fn mismatched_flags_are_named_on_every_node() {
 fn unreachable_master_is_named_with_the_os_error() {
     let tmp = tempdir();
     let data = make_data(tmp.path(), 640, 100);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut a = train(&data, &tmp.path().join("n1"), vec![]);
     a.extend(args!["--rendezvous-timeout", 2]);
     let e = Node::start(loopback(1, 2, port, 1, &a), "node 1").wait();

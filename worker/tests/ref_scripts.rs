@@ -36,11 +36,7 @@ fn reference_scripts_parse_their_flags_and_the_per_node_script_trains() {
     }
     let tmp = tempdir();
     let data = make_data(tmp.path(), 256, 100);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     for model in ["LeNet", "MLP"] {
         let o = Command::new(&py)
             .arg(ref_script("torch_ddp_nodes.py"))

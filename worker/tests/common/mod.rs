@@ -359,3 +359,12 @@ pub fn wait_for_log(file: &Path, needle: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
