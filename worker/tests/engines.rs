@@ -175,6 +175,7 @@ fn torchrun_two_agents_meet_through_c10d() {
         stdout: format!("{}\n{}", o0.stdout, o1.stdout),
         stderr: format!("{}\n{}", o0.stderr, o1.stderr),
         secs: o0.secs.max(o1.secs),
+        ended: o0.ended.max(o1.ended),
     };
     assert!(both.stdout.contains("node 1 of 2"), "{}", both.stdout);
     check("torchrun c10d, 2 agents", &both, &out, "torchrun", 2);
@@ -344,6 +345,7 @@ fn slurm_srun_workers_launchers_and_sbatch_example() {
             .join("\n"),
         stderr: text.clone(),
         secs: o.secs,
+        ended: o.ended,
     };
     check(
         "sbatch examples/slurm/mnist.sbatch",
@@ -394,6 +396,7 @@ fn env_vars_across_two_network_namespaces() {
         stdout: format!("{}\n{}", o0.stdout, o1.stdout),
         stderr: format!("{}\n{}", o0.stderr, o1.stderr),
         secs: o0.secs.max(o1.secs),
+        ended: o0.ended.max(o1.ended),
     };
     check(
         "env:// pods in two network namespaces",

@@ -9,158 +9,18 @@ mod common;
 
 use common::*;
 use mnist_testkit::netns::Netns;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A running launcher whose stderr is collected line by line (so a test can wait for a line).
-struct Node {
-    child: Child,
-    err: Arc<Mutex<String>>,
-    out: Option<std::thread::JoinHandle<String>>,
-    errt: Option<std::thread::JoinHandle<()>>,
-    what: String,
-}
-
-/// How a node ended.
-struct Ended {
-    code: Option<i32>,
-    stderr: String,
-    stdout: String,
-    at: Instant,
-}
-
-impl Node {
-    fn start(mut cmd: Command, what: &str) -> Node {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for v in [
-            "RANK",
-            "LOCAL_RANK",
-            "WORLD_SIZE",
-            "LOCAL_WORLD_SIZE",
-            "MNIST_RENDEZVOUS",
-            "MNIST_RUN_ID",
-            "MNIST_STORE",
-        ] {
-            cmd.env_remove(v);
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        let err = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let e2 = err.clone();
-        let errt = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut e = e2.lock().unwrap();
-                e.push_str(&line);
-                e.push('\n');
-            }
-        });
-        let mut stdout = child.stdout.take().unwrap();
-        let out = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
-            s
-        });
-        Node {
-            child,
-            err,
-            out: Some(out),
-            errt: Some(errt),
-            what: what.to_string(),
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.err.lock().unwrap().clone()
-    }
-
-    /// Wait for a stderr line containing `needle`; returns that line.
-    fn wait_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(l) = self.stderr().lines().find(|l| l.contains(needle)) {
-                return l.to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no line with {needle:?} within {DEADLINE:?}:\n{}",
-                self.what,
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Node 0 started with `--master-port 0`: the port it serves on.
-    fn served_port(&self) -> u16 {
-        let l = self.wait_line("serving the rendezvous");
-        l.split("on port ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {l:?}"))
-    }
-
-    fn wait(mut self) -> Ended {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > DEADLINE {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "{} ran longer than {DEADLINE:?}; killed:\n{}",
-                    self.what,
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let at = Instant::now();
-        if let Some(t) = self.errt.take() {
-            let _ = t.join();
-        }
-        Ended {
-            code: status.code(),
-            stderr: self.stderr(),
-            stdout: self
-                .out
-                .take()
-                .map(|h| h.join().unwrap())
-                .unwrap_or_default(),
-            at,
-        }
-    }
-
-    fn ok(self) -> Ended {
-        let what = self.what.clone();
-        let e = self.wait();
-        assert_eq!(
-            e.code,
-            Some(0),
-            "{what} failed:\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            e.stdout,
-            e.stderr
-        );
-        e
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Node 0 started with `--master-port 0`: the port it serves on.
+fn served_port(n0: &Running) -> u16 {
+    let l = n0.wait_line("serving the rendezvous");
+    l.split("on port ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {l:?}"))
 }
 
 /// Training flags of the tests: synthetic data, CPU, one thread each.
@@ -188,14 +48,19 @@ fn loopback(rank: usize, nnodes: usize, port: u16, nproc: usize, args: &[String]
 
 /// Start node 0 (any free port) and the other nodes with `nprocs[i]` processes each; node i
 /// writes into `<tmp>/n<i>`. Returns the nodes and the port.
-fn start_loopback(tmp: &Path, data: &Path, nprocs: &[usize], extra: &[String]) -> (Vec<Node>, u16) {
+fn start_loopback(
+    tmp: &Path,
+    data: &Path,
+    nprocs: &[usize],
+    extra: &[String],
+) -> (Vec<Running>, u16) {
     let n = nprocs.len();
     let a = |i: usize| train(data, &tmp.join(format!("n{i}")), extra.to_vec());
-    let n0 = Node::start(loopback(0, n, 0, nprocs[0], &a(0)), "node 0");
-    let port = n0.served_port();
+    let n0 = spawn_named(loopback(0, n, 0, nprocs[0], &a(0)), "node 0");
+    let port = served_port(&n0);
     let mut nodes = vec![n0];
     for (i, &p) in nprocs.iter().enumerate().skip(1) {
-        nodes.push(Node::start(
+        nodes.push(spawn_named(
             loopback(i, n, port, p, &a(i)),
             &format!("node {i}"),
         ));
@@ -230,7 +95,7 @@ fn nodes_train(nprocs: &[usize]) {
         1
     ];
     let (nodes, _) = start_loopback(tmp.path(), &data, nprocs, &extra);
-    let ended: Vec<Ended> = nodes.into_iter().map(Node::ok).collect();
+    let ended: Vec<Output> = nodes.into_iter().map(Running::ok).collect();
     let world: usize = nprocs.iter().sum();
     let out0 = tmp.path().join("n0");
     let m = metrics(&out0);
@@ -306,7 +171,7 @@ fn two_nodes_of_two_equal_one_node_of_four() {
     let mut c = Command::new(launcher_bin());
     c.args(train(&data, &single, extra.clone()))
         .args(args!["--nproc", 4]);
-    Node::start(c, "one node x 4").ok();
+    spawn_named(c, "one node x 4").ok();
     let a =
         mnist_train::resume::load(&mnist_train::resume::path_in(&tmp.path().join("n0"))).unwrap();
     let b = mnist_train::resume::load(&mnist_train::resume::path_in(&single)).unwrap();
@@ -325,12 +190,12 @@ fn two_nodes_of_two_equal_one_node_of_four() {
 fn mismatched_flags_are_named_on_every_node() {
     let tmp = tempdir();
     let data = make_data(tmp.path(), 640, 100);
-    let n0 = Node::start(
+    let n0 = spawn_named(
         loopback(0, 2, 0, 1, &train(&data, &tmp.path().join("n0"), vec![])),
         "node 0",
     );
-    let port = n0.served_port();
-    let n1 = Node::start(
+    let port = served_port(&n0);
+    let n1 = spawn_named(
         loopback(
             1,
             2,
@@ -344,8 +209,8 @@ fn mismatched_flags_are_named_on_every_node() {
         ),
         "node 1",
     );
-    for e in [n0.wait(), n1.wait()] {
-        assert_ne!(e.code, Some(0));
+    for e in [n0.wait(DEADLINE), n1.wait(DEADLINE)] {
+        assert_ne!(e.status.code(), Some(0));
         assert!(
             e.stderr
                 .contains("node 1: --compression fp16, node 0: none"),
@@ -368,8 +233,8 @@ fn unreachable_master_is_named_with_the_os_error() {
     let port = free_port();
     let mut a = train(&data, &tmp.path().join("n1"), vec![]);
     a.extend(args!["--rendezvous-timeout", 2]);
-    let e = Node::start(loopback(1, 2, port, 1, &a), "node 1").wait();
-    assert_ne!(e.code, Some(0));
+    let e = spawn_named(loopback(1, 2, port, 1, &a), "node 1").wait(DEADLINE);
+    assert_ne!(e.status.code(), Some(0));
     let line = e
         .stderr
         .lines()
@@ -391,7 +256,7 @@ fn unreachable_master_is_named_with_the_os_error() {
         "--master-addr",
         "no-such-host.invalid"
     ]);
-    let e = Node::start(c, "node 1").wait();
+    let e = spawn_named(c, "node 1").wait(DEADLINE);
     assert!(
         e.stderr.contains("no-such-host.invalid:29500") && e.stderr.contains("name not resolved"),
         "{}",
@@ -405,8 +270,8 @@ fn node_0_names_the_nodes_that_never_came_and_duplicates() {
     let data = make_data(tmp.path(), 640, 100);
     let mut a = train(&data, &tmp.path().join("n0"), vec![]);
     a.extend(args!["--rendezvous-timeout", 3]);
-    let e = Node::start(loopback(0, 3, 0, 1, &a), "node 0").wait();
-    assert_ne!(e.code, Some(0));
+    let e = spawn_named(loopback(0, 3, 0, 1, &a), "node 0").wait(DEADLINE);
+    assert_ne!(e.status.code(), Some(0));
     assert!(
         e.stderr.contains("node rank(s) 1, 2 never joined"),
         "{}",
@@ -414,12 +279,12 @@ fn node_0_names_the_nodes_that_never_came_and_duplicates() {
     );
 
     let a = train(&data, &tmp.path().join("d"), vec![]);
-    let n0 = Node::start(loopback(0, 3, 0, 1, &a), "node 0");
-    let port = n0.served_port();
-    let d1 = Node::start(loopback(1, 3, port, 1, &a), "node 1");
-    let d2 = Node::start(loopback(1, 3, port, 1, &a), "node 1 again");
-    for e in [n0.wait(), d1.wait(), d2.wait()] {
-        assert_ne!(e.code, Some(0));
+    let n0 = spawn_named(loopback(0, 3, 0, 1, &a), "node 0");
+    let port = served_port(&n0);
+    let d1 = spawn_named(loopback(1, 3, port, 1, &a), "node 1");
+    let d2 = spawn_named(loopback(1, 3, port, 1, &a), "node 1 again");
+    for e in [n0.wait(DEADLINE), d1.wait(DEADLINE), d2.wait(DEADLINE)] {
+        assert_ne!(e.status.code(), Some(0));
         assert!(
             e.stderr.contains("node rank 1 was given twice"),
             "{}",
@@ -434,12 +299,12 @@ fn the_master_port_in_use_is_named() {
     let data = make_data(tmp.path(), 640, 100);
     let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let e = Node::start(
+    let e = spawn_named(
         loopback(0, 2, port, 1, &train(&data, &tmp.path().join("n0"), vec![])),
         "node 0",
     )
-    .wait();
-    assert_ne!(e.code, Some(0));
+    .wait(DEADLINE);
+    assert_ne!(e.status.code(), Some(0));
     assert!(
         e.stderr.contains(&format!("port {port} is in use")),
         "{}",
@@ -472,10 +337,10 @@ fn a_killed_node_stops_the_others_within_10_s_naming_it() {
     let killed = Instant::now();
     let _ = victim.child.wait();
     for (i, n) in nodes.into_iter().enumerate() {
-        let e = n.wait();
-        let secs = e.at.duration_since(killed).as_secs_f64();
+        let e = n.wait(DEADLINE);
+        let secs = e.ended.duration_since(killed).as_secs_f64();
         println!("killed node (loopback): a node stopped {secs:.1} s after the kill");
-        assert_ne!(e.code, Some(0));
+        assert_ne!(e.status.code(), Some(0));
         assert!(
             secs <= 10.0,
             "node {} took {secs:.1} s to stop",
@@ -534,11 +399,11 @@ fn netns_two_nodes_train_across_network_stacks() {
         1
     ];
     let a = |i: usize| train(&data, &tmp.path().join(format!("n{i}")), extra.clone());
-    let n0 = Node::start(in_ns(&ns, 0, 2, 29500, &a(0)), "node 0");
+    let n0 = spawn_named(in_ns(&ns, 0, 2, 29500, &a(0)), "node 0");
     let mut c1 = in_ns(&ns, 1, 2, 29500, &a(1));
     c1.env("MNIST_SOCKET_IFNAME", "eth0")
         .env("MNIST_STATUS_SECS", "0.3");
-    let n1 = Node::start(c1, "node 1");
+    let n1 = spawn_named(c1, "node 1");
     let (e0, e1) = (n0.ok(), n1.ok());
     for e in [&e0, &e1] {
         assert!(
@@ -582,15 +447,15 @@ fn netns_killed_node_and_cut_network_stop_the_others_naming_the_node() {
     let extra = args!["--epochs", 200, "--batch-size", 32];
     let a = |i: usize| train(&data, &tmp.path().join(format!("n{i}")), extra.clone());
     // A killed node (its launcher gets SIGKILL).
-    let n0 = Node::start(in_ns(&ns, 0, 2, 29500, &a(0)), "node 0");
-    let mut n1 = Node::start(in_ns(&ns, 1, 2, 29500, &a(1)), "node 1");
+    let n0 = spawn_named(in_ns(&ns, 0, 2, 29500, &a(0)), "node 0");
+    let mut n1 = spawn_named(in_ns(&ns, 1, 2, 29500, &a(1)), "node 1");
     wait_training(&tmp.path().join("n0"), 0);
     n1.child.kill().unwrap();
     let killed = Instant::now();
-    let e = n0.wait();
-    let secs = e.at.duration_since(killed).as_secs_f64();
+    let e = n0.wait(DEADLINE);
+    let secs = e.ended.duration_since(killed).as_secs_f64();
     println!("killed node (namespaces): node 0 stopped {secs:.1} s after the kill");
-    assert_ne!(e.code, Some(0));
+    assert_ne!(e.status.code(), Some(0));
     assert!(
         secs <= 10.0,
         "node 0 took {secs:.1} s to stop:\n{}",
@@ -611,17 +476,17 @@ fn netns_killed_node_and_cut_network_stop_the_others_naming_the_node() {
 
     // A cut network: node 2's link goes down; both sides stop, each naming the other.
     let b = |i: usize| train(&data, &tmp.path().join(format!("cut{i}")), extra.clone());
-    let n0 = Node::start(in_ns(&ns, 0, 2, 29501, &b(0)), "node 0");
+    let n0 = spawn_named(in_ns(&ns, 0, 2, 29501, &b(0)), "node 0");
     let mut c = in_ns(&ns, 2, 2, 29501, &b(2));
     c.args(args!["--node-rank", 1]);
-    let n2 = Node::start(c, "node 1 (namespace 2)");
+    let n2 = spawn_named(c, "node 1 (namespace 2)");
     wait_training(&tmp.path().join("cut0"), 0);
     ns.cut(2).unwrap();
     let cut = Instant::now();
-    let (e0, e2) = (n0.wait(), n2.wait());
+    let (e0, e2) = (n0.wait(DEADLINE), n2.wait(DEADLINE));
     for (e, who) in [(&e0, "10.77.0.3"), (&e2, "10.77.0.1")] {
-        assert_ne!(e.code, Some(0));
-        let secs = e.at.duration_since(cut).as_secs_f64();
+        assert_ne!(e.status.code(), Some(0));
+        let secs = e.ended.duration_since(cut).as_secs_f64();
         println!(
             "cut network: stopped {secs:.1} s after the cut: {}",
             e.stderr
@@ -668,8 +533,8 @@ fn netns_unreachable_master_wrong_port_and_mismatch_are_named() {
         "--master-port",
         29500
     ]);
-    let e = Node::start(c, "node 1").wait();
-    assert_ne!(e.code, Some(0));
+    let e = spawn_named(c, "node 1").wait(DEADLINE);
+    assert_ne!(e.status.code(), Some(0));
     assert!(
         e.stderr.contains("10.77.0.99:29500")
             && (e.stderr.contains("no route to host") || e.stderr.contains("timed out")),
@@ -677,10 +542,10 @@ fn netns_unreachable_master_wrong_port_and_mismatch_are_named() {
         e.stderr
     );
     // A wrong port: node 1 is refused, node 0 names node 1 as never come.
-    let n0 = Node::start(in_ns(&ns, 0, 2, 29500, &a), "node 0");
+    let n0 = spawn_named(in_ns(&ns, 0, 2, 29500, &a), "node 0");
     n0.wait_line("serving the rendezvous");
-    let n1 = Node::start(in_ns(&ns, 1, 2, 29501, &a), "node 1");
-    let (e0, e1) = (n0.wait(), n1.wait());
+    let n1 = spawn_named(in_ns(&ns, 1, 2, 29501, &a), "node 1");
+    let (e0, e1) = (n0.wait(DEADLINE), n1.wait(DEADLINE));
     assert!(
         e1.stderr.contains("10.77.0.1:29501") && e1.stderr.contains("connection refused"),
         "{}",
@@ -692,11 +557,11 @@ fn netns_unreachable_master_wrong_port_and_mismatch_are_named() {
         e0.stderr
     );
     // Mismatched flags, named on both nodes.
-    let n0 = Node::start(in_ns(&ns, 0, 2, 29502, &a), "node 0");
+    let n0 = spawn_named(in_ns(&ns, 0, 2, 29502, &a), "node 0");
     let mut b = a.clone();
     b.extend(args!["--lr", 0.1]);
-    let n1 = Node::start(in_ns(&ns, 1, 2, 29502, &b), "node 1");
-    for e in [n0.wait(), n1.wait()] {
+    let n1 = spawn_named(in_ns(&ns, 1, 2, 29502, &b), "node 1");
+    for e in [n0.wait(DEADLINE), n1.wait(DEADLINE)] {
         assert!(
             e.stderr.contains("node 1: --lr 0.1, node 0: 0.01"),
             "{}",
@@ -733,26 +598,26 @@ fn a_node_of_another_job_is_refused_and_a_late_node_is_told() {
     // A long job (it is stopped when the test ends), so the late node surely finds it running.
     let mut a = train(&data, &tmp.path().join("n"), args!["--epochs", 500]);
     a.extend(args!["--rendezvous-timeout", 30]);
-    let mut n0 = Node::start(loopback(0, 2, 0, 1, &a), "node 0");
-    let port = n0.served_port();
+    let mut n0 = spawn_named(loopback(0, 2, 0, 1, &a), "node 0");
+    let port = served_port(&n0);
     let mut other = loopback(1, 2, port, 1, &a);
     other.args(["--rdzv-id", "another-job"]);
-    let e = Node::start(other, "node 1 of another job").wait();
-    assert_ne!(e.code, Some(0));
+    let e = spawn_named(other, "node 1 of another job").wait(DEADLINE);
+    assert_ne!(e.status.code(), Some(0));
     assert!(
         e.stderr.contains("belongs to another job") && e.stderr.contains("\"another-job\""),
         "{}",
         e.stderr
     );
     // The job itself is unaffected: its own node 1 joins and it trains.
-    let n1 = Node::start(loopback(1, 2, port, 1, &a), "node 1");
+    let n1 = spawn_named(loopback(1, 2, port, 1, &a), "node 1");
     n1.wait_line("the job has 2 nodes");
-    let late = Node::start(loopback(1, 2, port, 1, &a), "a late node 1").wait();
+    let late = spawn_named(loopback(1, 2, port, 1, &a), "a late node 1").wait(DEADLINE);
     assert!(late.stderr.contains("came too late"), "{}", late.stderr);
     assert!(
         n0.child.try_wait().unwrap().is_none(),
         "the job stopped:\n{}",
-        n0.stderr()
+        n0.stderr_so_far()
     );
     drop((n0, n1));
 }

@@ -2,9 +2,10 @@
 //! `mnist-worker` / `mnist-launch` binaries under a deadline, and reading what they write.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Seconds any single command may run before the test kills it and fails.
@@ -75,6 +76,8 @@ pub struct Output {
     pub stderr: String,
     /// Wall-clock seconds.
     pub secs: f64,
+    /// When the command was seen to end.
+    pub ended: Instant,
 }
 
 impl Output {
@@ -92,7 +95,15 @@ impl Output {
 }
 
 /// Start `cmd` with piped output; the pipes are drained on threads.
-pub fn spawn(mut cmd: Command) -> Running {
+pub fn spawn(cmd: Command) -> Running {
+    let what = format!("{cmd:?}");
+    spawn_named(cmd, &what)
+}
+
+/// [`spawn`], naming the command `what` in failures. Its stderr is collected line by line, so
+/// a test can read it while the command runs ([`Running::stderr_so_far`],
+/// [`Running::wait_line`]).
+pub fn spawn_named(mut cmd: Command, what: &str) -> Running {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(Stdio::null());
@@ -104,27 +115,39 @@ pub fn spawn(mut cmd: Command) -> Running {
         "MNIST_RENDEZVOUS",
         "MNIST_RUN_ID",
         "MNIST_GPUS",
+        "MNIST_STORE",
     ] {
         cmd.env_remove(v);
     }
     let mut child = cmd
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = r.read_to_end(&mut b);
-            String::from_utf8_lossy(&b).into_owned()
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let mut stdout = child.stdout.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout.read_to_end(&mut b);
+        String::from_utf8_lossy(&b).into_owned()
+    });
+    let err = Arc::new(Mutex::new(String::new()));
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let lines = err.clone();
+    let err_thread = std::thread::spawn(move || {
+        let mut line = Vec::new();
+        while stderr.read_until(b'\n', &mut line).is_ok_and(|k| k > 0) {
+            lines
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&line));
+            line.clear();
+        }
+    });
     Running {
         child,
         out: Some(out),
-        err: Some(err),
+        err,
+        err_thread: Some(err_thread),
         start: Instant::now(),
-        what: format!("{cmd:?}"),
+        what: what.to_string(),
     }
 }
 
@@ -133,12 +156,44 @@ pub struct Running {
     /// The process.
     pub child: std::process::Child,
     out: Option<std::thread::JoinHandle<String>>,
-    err: Option<std::thread::JoinHandle<String>>,
+    /// Its stderr so far (line by line).
+    err: Arc<Mutex<String>>,
+    err_thread: Option<std::thread::JoinHandle<()>>,
     start: Instant,
     what: String,
 }
 
 impl Running {
+    /// What the command has written to stderr so far, line by line.
+    pub fn stderr_so_far(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    /// Wait for a stderr line containing `needle` and return it; fail the test after
+    /// [`DEADLINE`].
+    pub fn wait_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(l) = self.stderr_so_far().lines().find(|l| l.contains(needle)) {
+                return l.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no line with {needle:?} within {DEADLINE:?}:\n{}",
+                self.what,
+                self.stderr_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for the command (at most [`DEADLINE`]) and fail the test, with both streams,
+    /// unless it succeeded.
+    pub fn ok(self) -> Output {
+        let what = self.what.clone();
+        self.wait(DEADLINE).ok(&what)
+    }
+
     /// Wait for the command, killing it and failing the test after `deadline`.
     pub fn wait(mut self, deadline: Duration) -> Output {
         let status = loop {
@@ -148,11 +203,18 @@ impl Running {
             if self.start.elapsed() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("{} ran longer than {deadline:?}; killed", self.what);
+                panic!(
+                    "{} ran longer than {deadline:?}; killed:\n{}",
+                    self.what,
+                    self.stderr_so_far()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let secs = self.start.elapsed().as_secs_f64();
+        let ended = Instant::now();
+        if let Some(t) = self.err_thread.take() {
+            let _ = t.join();
+        }
         Output {
             status,
             stdout: self
@@ -160,12 +222,9 @@ impl Running {
                 .take()
                 .map(|h| h.join().unwrap())
                 .unwrap_or_default(),
-            stderr: self
-                .err
-                .take()
-                .map(|h| h.join().unwrap())
-                .unwrap_or_default(),
-            secs,
+            stderr: self.stderr_so_far(),
+            secs: ended.duration_since(self.start).as_secs_f64(),
+            ended,
         }
     }
 }
