@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): installs libtorch if needed, then formatting, lints, a
-# compile check of the GPU (NCCL) code path, every test of the workspace, and a self-test
-# proving that a failing test fails this command.
+# The test command (README, .ci/run): installs libtorch if needed (and, as root with apt-get,
+# Open MPI and Slurm for the engines' tests), then formatting, lints, a compile check of the
+# GPU (NCCL) code path, every test of the workspace, and a self-test proving that a failing
+# test fails this command.
 #
 #   scripts/test.sh                 everything (what CI runs)
 #   scripts/test.sh --tests-only [CARGO TEST ARGS]
@@ -11,7 +12,8 @@
 # Exit status: non-zero when any step or any test fails. Tests that cannot run here record a
 # skip (crates/mnist-testkit); the summary at the end lists each with its reason. The
 # prerequisites CI is supposed to have (Python with torch after set-up, the repository's
-# data/mnist) are required: their absence fails the tests that need them.
+# data/mnist, and Open MPI and Slurm once installed) are required: their absence fails the
+# tests that need them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/env.sh
@@ -31,10 +33,38 @@ trap 'rm -f "$skip_log" "$test_log"' EXIT
 export MNIST_SKIP_LOG="$skip_log"
 export MNIST_REQUIRE="${MNIST_REQUIRE-python,data}"
 
+# The engines' tests (worker/tests/engines.rs) run Open MPI and a two-node Slurm cluster of
+# this machine for real. As root with apt-get (CI), install them when missing; once they are
+# here, their tests must run (a skip would hide a broken engine). Elsewhere (no root, no
+# apt-get, or the install failed) those tests skip visibly, named in the summary.
+engines_setup() {
+  local progs=(mpirun srun sbatch sinfo slurmctld slurmd munged) p missing=0
+  for p in "${progs[@]}"; do
+    command -v "$p" >/dev/null || [ -x "/usr/sbin/$p" ] || missing=1
+  done
+  if [ "$missing" = 1 ]; then
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+      echo "== Open MPI / Slurm missing and no root apt-get here: the engines' tests will skip"
+      return 0
+    fi
+    echo "== apt-get install openmpi-bin slurm-wlm munge (the engines' tests run them)"
+    local pkgs=(openmpi-bin slurm-wlm munge)
+    if ! DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q "${pkgs[@]}" >/dev/null 2>&1 &&
+      ! { timeout 600 apt-get update -q >/dev/null 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q "${pkgs[@]}" >/dev/null 2>&1; }; then
+      echo "== apt-get install failed: the engines' tests will skip"
+      return 0
+    fi
+  fi
+  MNIST_REQUIRE="$MNIST_REQUIRE,$(IFS=,; echo "${progs[*]}")"
+  export MNIST_REQUIRE
+}
+
 if [ "$tests_only" = 0 ]; then
   for f in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz; do
     [ -s "data/mnist/$f" ] || { echo "test.sh: data/mnist/$f is missing; the repository ships MNIST there (restore it with git checkout -- data/mnist)" >&2; exit 1; }
   done
+  engines_setup
   echo "== cargo fmt --check"
   cargo fmt --all -- --check
   echo "== cargo clippy (all targets, warnings are errors)"
