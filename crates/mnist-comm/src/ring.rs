@@ -1294,6 +1294,21 @@ mod tests {
         }
     }
 
+    /// Run `f(index, ring)` for every member on a thread of its own.
+    fn each_member<R: Send + 'static>(
+        rs: Vec<Ring>,
+        f: impl Fn(usize, Ring) -> R + Send + Sync + 'static,
+    ) -> Vec<std::thread::JoinHandle<R>> {
+        let f = Arc::new(f);
+        rs.into_iter()
+            .enumerate()
+            .map(|(i, ring)| {
+                let f = f.clone();
+                std::thread::spawn(move || f(i, ring))
+            })
+            .collect()
+    }
+
     /// Real rings of `n` members on loopback sockets (one thread per member).
     fn rings(n: usize, timeout: Duration) -> Vec<Ring> {
         rings_through(n, timeout, |_, to| TcpStream::connect(to).unwrap())
@@ -1380,56 +1395,50 @@ mod tests {
         for n in 2..=8 {
             let lens = [0usize, 1, n - 1, n + 1, 1001, CHUNK_BYTES / 4 * 2 + 3];
             let rs = rings(n, Duration::from_secs(60));
-            let handles: Vec<_> = rs
-                .into_iter()
-                .enumerate()
-                .map(|(i, mut ring)| {
-                    std::thread::spawn(move || {
-                        let mut outs = Vec::new();
-                        for (c, &len) in lens.iter().enumerate() {
-                            let mut b: Vec<f32> = (0..len)
-                                .map(|k| ((i * 31 + k * 7 + c) % 101) as f32)
-                                .collect();
-                            ring.all_reduce(&mut b, c as u64 + 1, &desc(len), None)
-                                .unwrap();
-                            // The same sums in half precision (integers below 2048: every
-                            // partial sum and every result is exact in f16).
-                            let mut h: Vec<half::f16> = b.iter().map(|_| half::f16::ZERO).collect();
-                            h.iter_mut().enumerate().for_each(|(k, v)| {
-                                *v = half::f16::from_f32(((i * 31 + k * 7 + c) % 101) as f32)
-                            });
-                            let hd = desc_of(DType::F16, len);
-                            ring.all_reduce(&mut h, c as u64 + 50, &hd, None).unwrap();
-                            assert!(
-                                h.iter().zip(&b).all(|(x, y)| x.to_f32() == *y),
-                                "n={n} len={len}: f16 differs from f32 on member {i}"
-                            );
-                            outs.push(b);
-                        }
-                        let mut b = vec![0u8; 1 << 20 | 5];
-                        if i == n - 1 {
-                            b.iter_mut()
-                                .enumerate()
-                                .for_each(|(k, v)| *v = (k % 251) as u8);
-                        }
-                        let bd = OpDesc {
-                            op: crate::shm::OP_BROADCAST,
-                            dtype: 1,
-                            count: b.len() as u64,
-                            extra: 0,
-                        };
-                        ring.broadcast(&mut b, n - 1, 99, &bd).unwrap();
-                        let gd = OpDesc {
-                            op: crate::shm::OP_ALL_GATHER,
-                            dtype: 1,
-                            count: 0,
-                            extra: 0,
-                        };
-                        let g = ring.all_gather(vec![i as u8; i * 3], 100, &gd).unwrap();
-                        (outs, b, g)
-                    })
-                })
-                .collect();
+            let handles = each_member(rs, move |i, mut ring| {
+                let mut outs = Vec::new();
+                for (c, &len) in lens.iter().enumerate() {
+                    let mut b: Vec<f32> = (0..len)
+                        .map(|k| ((i * 31 + k * 7 + c) % 101) as f32)
+                        .collect();
+                    ring.all_reduce(&mut b, c as u64 + 1, &desc(len), None)
+                        .unwrap();
+                    // The same sums in half precision (integers below 2048: every
+                    // partial sum and every result is exact in f16).
+                    let mut h: Vec<half::f16> = b.iter().map(|_| half::f16::ZERO).collect();
+                    h.iter_mut().enumerate().for_each(|(k, v)| {
+                        *v = half::f16::from_f32(((i * 31 + k * 7 + c) % 101) as f32)
+                    });
+                    let hd = desc_of(DType::F16, len);
+                    ring.all_reduce(&mut h, c as u64 + 50, &hd, None).unwrap();
+                    assert!(
+                        h.iter().zip(&b).all(|(x, y)| x.to_f32() == *y),
+                        "n={n} len={len}: f16 differs from f32 on member {i}"
+                    );
+                    outs.push(b);
+                }
+                let mut b = vec![0u8; 1 << 20 | 5];
+                if i == n - 1 {
+                    b.iter_mut()
+                        .enumerate()
+                        .for_each(|(k, v)| *v = (k % 251) as u8);
+                }
+                let bd = OpDesc {
+                    op: crate::shm::OP_BROADCAST,
+                    dtype: 1,
+                    count: b.len() as u64,
+                    extra: 0,
+                };
+                ring.broadcast(&mut b, n - 1, 99, &bd).unwrap();
+                let gd = OpDesc {
+                    op: crate::shm::OP_ALL_GATHER,
+                    dtype: 1,
+                    count: 0,
+                    extra: 0,
+                };
+                let g = ring.all_gather(vec![i as u8; i * 3], 100, &gd).unwrap();
+                (outs, b, g)
+            });
             for (i, h) in handles.into_iter().enumerate() {
                 let (outs, b, g) = h.join().unwrap();
                 for (c, (&len, got)) in lens.iter().zip(outs).enumerate() {
@@ -1458,26 +1467,18 @@ mod tests {
         for n in [2usize, 3] {
             let len = CHUNK_BYTES / 2 + 5 * n + 1;
             let (rs, counts) = counted_rings(n, Duration::from_secs(60));
-            let handles: Vec<_> = rs
-                .into_iter()
-                .enumerate()
-                .map(|(i, mut ring)| {
-                    std::thread::spawn(move || {
-                        let v = |k: usize| ((i * 7 + k) % 1000) as f32 / 997.0 + 0.1;
-                        let mut b: Vec<f32> = (0..len).map(v).collect();
-                        ring.all_reduce(&mut b, 1, &desc(len), None).unwrap();
-                        let mut h: Vec<half::f16> =
-                            (0..len).map(|k| half::f16::from_f32(v(k))).collect();
-                        let hd = desc_of(DType::F16, len);
-                        ring.all_reduce(&mut h, 2, &hd, None).unwrap();
-                        let mut g: Vec<half::bf16> =
-                            (0..len).map(|k| half::bf16::from_f32(v(k))).collect();
-                        let gd = desc_of(DType::Bf16, len);
-                        ring.all_reduce(&mut g, 3, &gd, None).unwrap();
-                        (ring, h)
-                    })
-                })
-                .collect();
+            let handles = each_member(rs, move |i, mut ring| {
+                let v = |k: usize| ((i * 7 + k) % 1000) as f32 / 997.0 + 0.1;
+                let mut b: Vec<f32> = (0..len).map(v).collect();
+                ring.all_reduce(&mut b, 1, &desc(len), None).unwrap();
+                let mut h: Vec<half::f16> = (0..len).map(|k| half::f16::from_f32(v(k))).collect();
+                let hd = desc_of(DType::F16, len);
+                ring.all_reduce(&mut h, 2, &hd, None).unwrap();
+                let mut g: Vec<half::bf16> = (0..len).map(|k| half::bf16::from_f32(v(k))).collect();
+                let gd = desc_of(DType::Bf16, len);
+                ring.all_reduce(&mut g, 3, &gd, None).unwrap();
+                (ring, h)
+            });
             let outs: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
             // Every frame of member i: a header and its chunk's elements.
             let wire = |i: usize, esz: usize| -> u64 {
@@ -1520,23 +1521,16 @@ mod tests {
         for n in [2usize, 3, 5] {
             let len = CHUNK_BYTES / 4 + 7 * n + 1;
             let rs = rings(n, Duration::from_secs(60));
-            let handles: Vec<_> = rs
-                .into_iter()
-                .enumerate()
-                .map(|(i, mut ring)| {
-                    std::thread::spawn(move || {
-                        let mut b: Vec<f32> =
-                            (0..len).map(|k| (n * ((i + k) % 13)) as f32).collect();
-                        ring.all_reduce(&mut b, 1, &desc(len), Some(n)).unwrap();
-                        let mut h: Vec<half::f16> = (0..len)
-                            .map(|k| half::f16::from_f32((n * ((i + k) % 13)) as f32))
-                            .collect();
-                        let hd = desc_of(DType::F16, len);
-                        ring.all_reduce(&mut h, 2, &hd, Some(n)).unwrap();
-                        (b, h)
-                    })
-                })
-                .collect();
+            let handles = each_member(rs, move |i, mut ring| {
+                let mut b: Vec<f32> = (0..len).map(|k| (n * ((i + k) % 13)) as f32).collect();
+                ring.all_reduce(&mut b, 1, &desc(len), Some(n)).unwrap();
+                let mut h: Vec<half::f16> = (0..len)
+                    .map(|k| half::f16::from_f32((n * ((i + k) % 13)) as f32))
+                    .collect();
+                let hd = desc_of(DType::F16, len);
+                ring.all_reduce(&mut h, 2, &hd, Some(n)).unwrap();
+                (b, h)
+            });
             for (i, h) in handles.into_iter().enumerate() {
                 let (b, hb) = h.join().unwrap();
                 for k in 0..len {
@@ -1557,19 +1551,13 @@ mod tests {
     #[test]
     fn ring_mismatch_and_lost_member_are_errors_everywhere() {
         let rs = rings(3, Duration::from_secs(20));
-        let handles: Vec<_> = rs
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut ring)| {
-                std::thread::spawn(move || {
-                    let len = if i == 1 { 11 } else { 10 };
-                    let mut b = vec![1f32; len];
-                    ring.all_reduce(&mut b, 1, &desc(len), None)
-                        .unwrap_err()
-                        .to_string()
-                })
-            })
-            .collect();
+        let handles = each_member(rs, move |i, mut ring| {
+            let len = if i == 1 { 11 } else { 10 };
+            let mut b = vec![1f32; len];
+            ring.all_reduce(&mut b, 1, &desc(len), None)
+                .unwrap_err()
+                .to_string()
+        });
         for h in handles {
             let e = h.join().unwrap();
             assert!(
@@ -1579,17 +1567,12 @@ mod tests {
         }
         let mut rs = rings(3, Duration::from_secs(20));
         drop(rs.remove(1));
-        let handles: Vec<_> = rs
-            .into_iter()
-            .map(|mut ring| {
-                std::thread::spawn(move || {
-                    let mut b = vec![1f32; 100];
-                    ring.all_reduce(&mut b, 1, &desc(100), None)
-                        .unwrap_err()
-                        .to_string()
-                })
-            })
-            .collect();
+        let handles = each_member(rs, move |_, mut ring| {
+            let mut b = vec![1f32; 100];
+            ring.all_reduce(&mut b, 1, &desc(100), None)
+                .unwrap_err()
+                .to_string()
+        });
         for h in handles {
             let e = h.join().unwrap();
             assert!(e.contains("peer rank 10 (127.0.0.1:"), "{e}");
@@ -1604,21 +1587,15 @@ mod tests {
         let n = 3;
         let len = 3 * n * CHUNK_BYTES / 4;
         let rs = rings(n, Duration::from_secs(20));
-        let handles: Vec<_> = rs
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut ring)| {
-                std::thread::spawn(move || {
-                    let mut b = vec![1f32; len];
-                    ring.all_reduce(&mut b, 1, &desc(len), None).unwrap();
-                    let extra = if i == 1 { 5 } else { 0 };
-                    let d = OpDesc { extra, ..desc(len) };
-                    ring.all_reduce(&mut b, 2, &d, None)
-                        .unwrap_err()
-                        .to_string()
-                })
-            })
-            .collect();
+        let handles = each_member(rs, move |i, mut ring| {
+            let mut b = vec![1f32; len];
+            ring.all_reduce(&mut b, 1, &desc(len), None).unwrap();
+            let extra = if i == 1 { 5 } else { 0 };
+            let d = OpDesc { extra, ..desc(len) };
+            ring.all_reduce(&mut b, 2, &d, None)
+                .unwrap_err()
+                .to_string()
+        });
         for h in handles {
             let e = h.join().unwrap();
             assert!(e.contains("mismatch") && e.contains("#2 all_reduce"), "{e}");
@@ -1635,17 +1612,12 @@ mod tests {
         let mut rs = rings(n, Duration::from_secs(1));
         let idle = rs.pop().unwrap();
         let started = Instant::now();
-        let handles: Vec<_> = rs
-            .into_iter()
-            .map(|mut ring| {
-                std::thread::spawn(move || {
-                    let mut b = vec![1f32; len];
-                    ring.all_reduce(&mut b, 1, &desc(len), None)
-                        .unwrap_err()
-                        .to_string()
-                })
-            })
-            .collect();
+        let handles = each_member(rs, move |_, mut ring| {
+            let mut b = vec![1f32; len];
+            ring.all_reduce(&mut b, 1, &desc(len), None)
+                .unwrap_err()
+                .to_string()
+        });
         let errs: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         assert!(started.elapsed() < Duration::from_secs(15), "{errs:?}");
         for e in &errs {
