@@ -11,6 +11,7 @@
 # About 40 minutes per seed on an idle 2-core machine (16 ours, 23 PyTorch).
 #
 #   scripts/bench-net-accuracy.sh [--seeds 1,2,3] [--epochs 20] [--data DIR] [--keep DIR]
+# (release build under CARGO_TARGET_DIR, default ./target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS=1,2,3
@@ -38,7 +39,7 @@ echo "Net, 2 processes x 1 thread, batch 32, test batch 256, $EPOCHS epochs, see
 printf "%-6s %-22s %-22s\n" seed "ours best (epoch)" "PyTorch best (epoch)"
 ours_all=() torch_all=()
 for s in ${SEEDS//,/ }; do
-    target/release/mnist-launch --nproc 2 --threads 1 --model Net --batch-size 32 --test-batch-size 256 \
+    "${CARGO_TARGET_DIR:-target}/release/mnist-launch" --nproc 2 --threads 1 --model Net --batch-size 32 --test-batch-size 256 \
         --epochs "$EPOCHS" --seed "$s" --data "$DATA" --path "$OUT/ours_s$s" >"$OUT/ours_s$s.console" 2>&1 ||
         { tail -20 "$OUT/ours_s$s.console" >&2; exit 1; }
     ours=$("$MNIST_PYTHON" -c 'import json,sys
