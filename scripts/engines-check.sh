@@ -48,9 +48,7 @@ if [[ $install == 1 ]]; then
     fi
     if [[ ${#pkgs[@]} -gt 0 ]]; then
         echo "engines-check: apt-get install ${pkgs[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q "${pkgs[@]}" >/dev/null ||
-            { apt-get update -q >/dev/null && apt-get install -y -q "${pkgs[@]}" >/dev/null; } ||
+        mnist_apt_install "${pkgs[@]}" ||
             { echo "engines-check: apt-get install ${pkgs[*]} failed" >&2; exit 2; }
     fi
     if want kubernetes && ! "$MNIST_PYTHON" -c 'import kubernetes_validate, yaml, jsonschema' 2>/dev/null; then

@@ -38,3 +38,10 @@ fi
 # Python with torch, for the interop tests and the benchmarks.
 if [ -x "$MNIST_VENV/bin/python" ]; then export MNIST_PYTHON="$MNIST_VENV/bin/python"; fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Debian packages for the scripts that run real engines (test.sh, engines-check.sh): install
+# from the current lists, else refresh them once and retry; quiet, and bounded in time.
+mnist_apt_install() {
+  local apt=(env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get)
+  "${apt[@]}" install -y -q "$@" >/dev/null 2>&1 ||
+    { "${apt[@]}" update -q >/dev/null 2>&1 && "${apt[@]}" install -y -q "$@" >/dev/null 2>&1; }
+}

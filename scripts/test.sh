@@ -48,10 +48,7 @@ engines_setup() {
       return 0
     fi
     echo "== apt-get install openmpi-bin slurm-wlm munge (the engines' tests run them)"
-    local pkgs=(openmpi-bin slurm-wlm munge)
-    if ! DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q "${pkgs[@]}" >/dev/null 2>&1 &&
-      ! { timeout 600 apt-get update -q >/dev/null 2>&1 &&
-        DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q "${pkgs[@]}" >/dev/null 2>&1; }; then
+    if ! mnist_apt_install openmpi-bin slurm-wlm munge; then
       echo "== apt-get install failed: the engines' tests will skip"
       return 0
     fi
